@@ -1,0 +1,109 @@
+//! Framing: a 4-byte big-endian length, then that many bytes of postcard.
+//!
+//! The length is checked against the limit before a byte of the body is
+//! allocated, so a peer announcing 4 GiB costs nothing.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::FrameError;
+
+/// Bytes in the length prefix.
+pub const LENGTH_PREFIX_BYTES: usize = 4;
+
+/// Encodes `msg` as one frame (length prefix included).
+///
+/// ```
+/// use store_protocol::{decode_body, encode_frame, Request};
+/// let frame = encode_frame(&Request::Status, 1024).unwrap();
+/// assert_eq!(&frame[..4], &[0, 0, 0, 1]);
+/// assert_eq!(decode_body::<Request>(&frame[4..]).unwrap(), Request::Status);
+/// ```
+pub fn encode_frame<T: Serialize>(msg: &T, limit: u32) -> Result<Vec<u8>, FrameError> {
+    let mut buf = postcard::to_extend(msg, vec![0u8; LENGTH_PREFIX_BYTES])
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let len = buf.len() - LENGTH_PREFIX_BYTES;
+    if len > limit as usize {
+        return Err(FrameError::TooLarge {
+            len: len as u64,
+            limit,
+        });
+    }
+    // `len <= limit <= u32::MAX`, so the cast is exact.
+    buf[..LENGTH_PREFIX_BYTES].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(buf)
+}
+
+/// Decodes a frame body (without its length prefix). Trailing bytes are an error.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    let (msg, rest) =
+        postcard::take_from_bytes(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(FrameError::Malformed(format!(
+            "{} trailing bytes after the message",
+            rest.len()
+        )));
+    }
+    Ok(msg)
+}
+
+/// Writes `msg` as one frame.
+pub async fn write_frame<W, T>(writer: &mut W, msg: &T, limit: u32) -> Result<(), FrameError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let frame = encode_frame(msg, limit)?;
+    writer.write_all(&frame).await?;
+    Ok(())
+}
+
+/// Reads one frame. `Ok(None)` means the stream ended cleanly before a frame
+/// began; a stream ending inside a frame is [`FrameError::Truncated`].
+pub async fn read_frame<R, T>(reader: &mut R, limit: u32) -> Result<Option<T>, FrameError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+    let got = read_full(reader, &mut prefix).await?;
+    if got == 0 {
+        return Ok(None);
+    }
+    if got < LENGTH_PREFIX_BYTES {
+        return Err(FrameError::Truncated {
+            expected: LENGTH_PREFIX_BYTES as u64,
+            got: got as u64,
+        });
+    }
+    let len = u32::from_be_bytes(prefix);
+    if len > limit {
+        return Err(FrameError::TooLarge {
+            len: u64::from(len),
+            limit,
+        });
+    }
+    let mut body = vec![0u8; len as usize];
+    let got = read_full(reader, &mut body).await?;
+    if got < body.len() {
+        return Err(FrameError::Truncated {
+            expected: u64::from(len),
+            got: got as u64,
+        });
+    }
+    decode_body(&body).map(Some)
+}
+
+/// Fills `buf` unless the stream ends first; returns the bytes read.
+async fn read_full<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = reader.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
+}
