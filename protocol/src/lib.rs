@@ -71,6 +71,8 @@ mod frame;
 mod ids;
 mod limits;
 mod message;
+#[cfg(feature = "tls")]
+pub mod pem;
 
 pub use error::{FrameError, LimitKind, WireError};
 pub use frame::{decode_body, encode_frame, read_frame, write_frame, LENGTH_PREFIX_BYTES};

@@ -1,1 +1,43 @@
-//! placeholder
+//! # store-server: the Zeolite store server
+//!
+//! Serves versioned keys over QUIC with mutual TLS, durably: a commit is
+//! acknowledged only once it is fsynced, and concurrent commits share one
+//! fsync (group commit).
+//!
+//! Start at [`Server::bind`] with a [`ServerConfig`]; the binary
+//! (`store-server`) only parses [`Cli`] and runs it. The pieces, in the
+//! order a commit meets them:
+//!
+//! * `server`: the QUIC endpoint, connections, drain on shutdown;
+//! * `session`: `Hello`/`Welcome`, pings and pongs;
+//! * `request`: one request stream, limits checked before any work;
+//! * `commit`: the group-commit pipeline;
+//! * `storage`: redb tables and the rules of a commit (conflicts, `Incr`,
+//!   `Append`);
+//! * `tls`: development certificates and the rustls configuration.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), store_server::ServerError> {
+//! let server = store_server::Server::bind(store_server::ServerConfig::new("./zeolite-data")).await?;
+//! server.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! # Ok(()) }
+//! ```
+
+mod cli;
+mod commit;
+mod config;
+mod error;
+mod request;
+mod server;
+mod session;
+mod storage;
+mod tls;
+
+pub use cli::{Cli, Command, RunArgs};
+pub use config::{
+    ServerConfig, TlsSource, DEFAULT_DATA_DIR, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_LISTEN,
+};
+pub use error::ServerError;
+pub use server::Server;
+pub use tls::{ensure_dev_certs, TlsFiles};

@@ -1,0 +1,75 @@
+//! What a server needs to start: where its data lives, where it listens,
+//! which certificates it uses, and its limits.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use store_protocol::Limits;
+
+use crate::tls::TlsFiles;
+
+/// Default data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "./zeolite-data";
+/// Default listen address: loopback only, so a development server is never
+/// reachable from the network by accident.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7447";
+/// How long a connection may be silent before it is dropped. Clients ask for
+/// 10 s; QUIC uses the lower of the two, so this only bounds peers that ask
+/// for more (or nothing).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long SIGTERM waits for in-flight requests before closing connections.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the server's certificates come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// A development TLS directory, filled with a fresh CA and certificates
+    /// on first start if it holds no `ca.pem`.
+    DevDir(PathBuf),
+    /// Certificates supplied by the operator; nothing is generated.
+    Files(TlsFiles),
+}
+
+impl TlsSource {
+    /// The files the server will load.
+    pub fn files(&self) -> TlsFiles {
+        match self {
+            TlsSource::DevDir(dir) => TlsFiles::in_dir(dir),
+            TlsSource::Files(files) => files.clone(),
+        }
+    }
+}
+
+/// A server's configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Directory holding `store.redb` (created if missing).
+    pub data_dir: PathBuf,
+    /// UDP address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Certificates.
+    pub tls: TlsSource,
+    /// Size limits enforced on every request.
+    pub limits: Limits,
+    /// See [`DEFAULT_IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
+    /// See [`DEFAULT_DRAIN_TIMEOUT`].
+    pub drain_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// The defaults for a data directory: listen on [`DEFAULT_LISTEN`],
+    /// development certificates in `DATA/tls`, default limits.
+    pub fn new(data_dir: impl Into<PathBuf>) -> ServerConfig {
+        let data_dir = data_dir.into();
+        ServerConfig {
+            tls: TlsSource::DevDir(data_dir.join("tls")),
+            data_dir,
+            listen: SocketAddr::from(([127, 0, 0, 1], store_protocol::DEFAULT_PORT)),
+            limits: Limits::default(),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! The server's one error type.
+
+/// Everything that can stop the server from starting or serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A file or socket operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The storage engine failed (disk full, corruption, locked by another process).
+    #[error("storage: {0}")]
+    Storage(#[from] redb::Error),
+    /// A certificate or key could not be made or used.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// The configuration is inconsistent.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+impl ServerError {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        ServerError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+impl From<store_protocol::pem::PemError> for ServerError {
+    fn from(e: store_protocol::pem::PemError) -> Self {
+        ServerError::Tls(e.to_string())
+    }
+}
+
+impl From<rcgen::Error> for ServerError {
+    fn from(e: rcgen::Error) -> Self {
+        ServerError::Tls(format!("generating development certificates: {e}"))
+    }
+}
+
+impl From<rustls::Error> for ServerError {
+    fn from(e: rustls::Error) -> Self {
+        ServerError::Tls(e.to_string())
+    }
+}

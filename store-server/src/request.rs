@@ -1,0 +1,113 @@
+//! One request stream: read one `Request`, answer one `Response`.
+
+use std::sync::atomic::Ordering;
+
+use store_protocol::{
+    content_digest, encode_frame, read_frame, LimitKind, Request, Response, StatusInfo, WireError,
+};
+
+use crate::server::Shared;
+
+/// QUIC application error code sent with `STOP_SENDING` when a request frame
+/// is refused before it was read whole (oversize or malformed).
+const STOP_BAD_FRAME: u32 = 1;
+
+/// Reads the request, answers it, and finishes the stream.
+pub async fn serve(mut send: quinn::SendStream, mut recv: quinn::RecvStream, shared: &Shared) {
+    let limit = shared.limits.max_frame_bytes;
+    let response = match read_frame::<_, Request>(&mut recv, limit).await {
+        Ok(Some(request)) => answer(request, shared).await,
+        Ok(None) => Response::Error(WireError::Malformed {
+            detail: "request stream closed before a request".into(),
+        }),
+        Err(e) => {
+            tracing::debug!(error = %e, "bad request frame");
+            let _ = recv.stop(STOP_BAD_FRAME.into());
+            Response::Error(e.to_wire())
+        }
+    };
+    let frame = match encode_frame(&response, limit) {
+        Ok(frame) => frame,
+        Err(e) => match encode_frame(&Response::Error(e.to_wire()), limit) {
+            Ok(frame) => frame,
+            Err(_) => return,
+        },
+    };
+    if send.write_all(&frame).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+async fn answer(request: Request, shared: &Shared) -> Response {
+    match decide(request, shared).await {
+        Ok(response) => response,
+        Err(error) => Response::Error(error),
+    }
+}
+
+async fn decide(request: Request, shared: &Shared) -> Result<Response, WireError> {
+    let limits = &shared.limits;
+    match request {
+        Request::Get { key } => {
+            limits.check_key(&key)?;
+            Ok(Response::Value(shared.storage.get(&key).map_err(internal)?))
+        }
+        Request::GetMany { keys } => {
+            if keys.len() > limits.max_ops_per_txn as usize {
+                return Err(WireError::TooLarge {
+                    what: LimitKind::Ops,
+                    size: keys.len() as u64,
+                    limit: u64::from(limits.max_ops_per_txn),
+                });
+            }
+            for key in &keys {
+                limits.check_key(key)?;
+            }
+            Ok(Response::Values(
+                shared.storage.get_many(&keys).map_err(internal)?,
+            ))
+        }
+        Request::Scan(scan) => {
+            limits.check_key(&scan.start)?;
+            if let Some(end) = &scan.end {
+                limits.check_key(end)?;
+            }
+            // Leave room in the frame for the envelope and per-entry lengths.
+            let budget = (limits.max_frame_bytes as usize) / 2;
+            let (entries, more) = shared
+                .storage
+                .scan(&scan, limits.max_ops_per_txn as usize, budget)
+                .map_err(internal)?;
+            Ok(Response::Entries { entries, more })
+        }
+        Request::Commit(commit) => {
+            if shared.draining.load(Ordering::Acquire) {
+                return Err(WireError::ShuttingDown);
+            }
+            if !shared.role.is_writable() {
+                return Err(WireError::NotPrimary {
+                    epoch: shared.epoch,
+                });
+            }
+            limits.check_commit(&commit)?;
+            if content_digest(&commit.read_set, &commit.writes) != commit.digest {
+                return Err(WireError::DigestMismatch);
+            }
+            Ok(Response::Committed(shared.committer.commit(commit).await?))
+        }
+        Request::Status => Ok(Response::Status(StatusInfo {
+            role: shared.role,
+            epoch: shared.epoch,
+            last_tid: shared.storage.last_tid(),
+            server_id: shared.storage.server_id(),
+            sessions: shared.sessions.load(Ordering::Relaxed),
+        })),
+    }
+}
+
+fn internal(e: redb::Error) -> WireError {
+    tracing::error!(error = %e, "storage read failed");
+    WireError::Internal {
+        detail: format!("storage: {e}"),
+    }
+}

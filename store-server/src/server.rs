@@ -1,0 +1,217 @@
+//! The QUIC endpoint: accepts connections, opens their sessions, serves their
+//! request streams, and drains on shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use store_protocol::{Epoch, Limits, Role};
+use tokio::sync::Notify;
+use tracing::Instrument as _;
+
+use crate::commit::{CommitPipeline, Committer};
+use crate::config::{ServerConfig, TlsSource};
+use crate::error::ServerError;
+use crate::storage::Storage;
+use crate::{session, tls};
+
+/// QUIC close code for a refused session (bad Hello, wrong version, behind).
+const CLOSE_REFUSED: u32 = 1;
+/// QUIC close code sent to every connection on shutdown.
+const CLOSE_SHUTDOWN: u32 = 2;
+/// Most request streams a client may have open at once on one connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
+/// State every connection task reads.
+pub struct Shared {
+    pub(crate) storage: Arc<Storage>,
+    pub(crate) committer: Committer,
+    pub(crate) limits: Limits,
+    pub(crate) role: Role,
+    pub(crate) epoch: Epoch,
+    pub(crate) sessions: AtomicU64,
+    pub(crate) draining: AtomicBool,
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+/// Counts one request as in flight until dropped, so a drain can wait for it.
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn start(shared: Arc<Shared>) -> InFlight {
+        shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// A bound, ready server. Call [`Server::run`] to serve.
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    pipeline: CommitPipeline,
+    drain_timeout: Duration,
+}
+
+impl Server {
+    /// Creates the data directory (and development certificates) if needed,
+    /// opens storage and binds the UDP socket.
+    pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            ServerError::io(
+                format!("creating data dir {}", config.data_dir.display()),
+                e,
+            )
+        })?;
+        if let TlsSource::DevDir(dir) = &config.tls {
+            tls::ensure_dev_certs(dir)?;
+        }
+        let crypto = tls::quic_server_crypto(&config.tls.files())?;
+        let db_path = config.data_dir.join("store.redb");
+        let storage = Arc::new(Storage::open(&db_path)?);
+        let pipeline = CommitPipeline::start(storage.clone(), config.limits)
+            .map_err(|e| ServerError::io("starting the committer thread", e))?;
+
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_idle_timeout(Some(
+                config
+                    .idle_timeout
+                    .try_into()
+                    .map_err(|_| ServerError::Config("idle timeout out of range".into()))?,
+            ))
+            .max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into())
+            .max_concurrent_uni_streams(0u32.into());
+        let mut server_config = quinn::ServerConfig::with_crypto(crypto);
+        server_config.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::server(server_config, config.listen)
+            .map_err(|e| ServerError::io(format!("listening on {}", config.listen), e))?;
+
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            last_tid = storage.last_tid().0,
+            server_id = %format!("{:016x}", storage.server_id()),
+            "storage open"
+        );
+        let shared = Arc::new(Shared {
+            committer: pipeline.committer(),
+            storage,
+            limits: config.limits,
+            role: Role::Standalone,
+            epoch: Epoch(1),
+            sessions: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+        });
+        Ok(Server {
+            endpoint,
+            shared,
+            pipeline,
+            drain_timeout: config.drain_timeout,
+        })
+    }
+
+    /// The address the server listens on (useful with port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr, ServerError> {
+        self.endpoint
+            .local_addr()
+            .map_err(|e| ServerError::io("reading the listen address", e))
+    }
+
+    /// Serves until `shutdown` completes, then drains: stops accepting,
+    /// refuses new commits, waits for in-flight requests (up to the drain
+    /// timeout), closes every connection and stops the committer.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let addr = self.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(%addr, "listening");
+        tokio::select! {
+            () = accept_loop(&self.endpoint, &self.shared) => {}
+            () = shutdown => {}
+        }
+        tracing::info!("draining");
+        self.shared.draining.store(true, Ordering::Release);
+        self.endpoint.set_server_config(None);
+        let drained = tokio::time::timeout(self.drain_timeout, wait_idle(&self.shared)).await;
+        if drained.is_err() {
+            tracing::warn!("drain timeout passed with requests still in flight");
+        }
+        self.endpoint
+            .close(CLOSE_SHUTDOWN.into(), b"server shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        let Server {
+            shared, pipeline, ..
+        } = self;
+        drop(shared);
+        pipeline.shutdown().await;
+        tracing::info!("stopped");
+    }
+}
+
+async fn wait_idle(shared: &Shared) {
+    loop {
+        let notified = shared.idle.notified();
+        if shared.in_flight.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        notified.await;
+    }
+}
+
+async fn accept_loop(endpoint: &quinn::Endpoint, shared: &Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(serve_connection(incoming, shared));
+    }
+}
+
+async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
+    let remote = incoming.remote_address();
+    let connection = match incoming.await {
+        Ok(connection) => connection,
+        Err(e) => {
+            tracing::info!(%remote, error = %e, "connection refused during handshake");
+            return;
+        }
+    };
+    let span = tracing::info_span!("session", %remote, client = tracing::field::Empty);
+    async move {
+        let Ok((send, recv)) = connection.accept_bi().await else {
+            return;
+        };
+        let session = match session::open(send, recv, shared.clone()).await {
+            Ok(session) => session,
+            Err(error) => {
+                tracing::info!(%error, "session refused");
+                connection.close(CLOSE_REFUSED.into(), error.to_string().as_bytes());
+                return;
+            }
+        };
+        tracing::Span::current().record("client", format!("{:032x}", session.client_id));
+        tracing::debug!("session open");
+        let pings = tokio::spawn(session.serve().in_current_span());
+        while let Ok((send, recv)) = connection.accept_bi().await {
+            let in_flight = InFlight::start(shared.clone());
+            tokio::spawn(
+                async move {
+                    crate::request::serve(send, recv, &in_flight.0).await;
+                }
+                .in_current_span(),
+            );
+        }
+        pings.abort();
+        tracing::debug!("session closed");
+    }
+    .instrument(span)
+    .await;
+}
