@@ -1,0 +1,181 @@
+//! What `store-cli` prints, in text or JSON (DESIGN §8), and its exit codes.
+
+use std::io::Write as _;
+use std::time::Instant;
+
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+use store_client::{CommitOutcome, Error, StatusInfo};
+
+/// Exit codes scripts rely on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Done.
+    Ok = 0,
+    /// `get`: the key does not exist.
+    NotFound = 1,
+    /// Usage or configuration error (clap also exits 2 on bad usage).
+    Usage = 2,
+    /// A definite failure: nothing applied.
+    Definite = 3,
+    /// The outcome of a write is unknown; stderr names `txn=ID`.
+    Unknown = 4,
+    /// No server answered; a write was never sent.
+    Unavailable = 5,
+}
+
+/// Prints results as text or one JSON object per line.
+pub struct Output {
+    json: bool,
+    started: Instant,
+    stdout: std::io::Stdout,
+}
+
+impl Output {
+    pub fn new(json: bool) -> Output {
+        Output {
+            json,
+            started: Instant::now(),
+            stdout: std::io::stdout(),
+        }
+    }
+
+    fn t_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn line(&mut self, bytes: &[u8]) {
+        let mut out = self.stdout.lock();
+        // A closed stdout (e.g. `| head`) is not worth a panic.
+        let _ = out.write_all(bytes).and_then(|()| out.write_all(b"\n"));
+    }
+
+    fn json_line(&mut self, value: &Value) {
+        self.line(value.to_string().as_bytes());
+    }
+
+    pub fn value(&mut self, value: &[u8]) -> Exit {
+        if self.json {
+            let mut object = self.read_header();
+            put_bytes(&mut object, "value", value);
+            object.insert("source".into(), json!("server"));
+            self.json_line(&Value::Object(object));
+        } else {
+            self.line(value);
+        }
+        Exit::Ok
+    }
+
+    pub fn not_found(&mut self) -> Exit {
+        if self.json {
+            let mut object = self.read_header();
+            object.insert("value".into(), Value::Null);
+            object.insert("source".into(), json!("server"));
+            self.json_line(&Value::Object(object));
+        }
+        Exit::NotFound
+    }
+
+    /// `t_ms` and `state` of a read that reached the server.
+    fn read_header(&self) -> Map<String, Value> {
+        let mut object = Map::new();
+        object.insert("t_ms".into(), json!(self.t_ms()));
+        object.insert("state".into(), json!("live"));
+        object
+    }
+
+    pub fn committed(&mut self, outcome: &CommitOutcome) -> Exit {
+        if self.json {
+            let mut object = Map::new();
+            object.insert("tid".into(), json!(outcome.tid.0));
+            object.insert("txn".into(), json!(outcome.txn_id.to_string()));
+            object.insert("replayed".into(), json!(outcome.replayed));
+            if let Some(value) = outcome.counter() {
+                object.insert("value".into(), json!(value));
+            }
+            self.json_line(&Value::Object(object));
+        } else {
+            let mut text = format!("committed tid={} txn={}", outcome.tid, outcome.txn_id);
+            if let Some(value) = outcome.counter() {
+                text.push_str(&format!(" value={value}"));
+            }
+            self.line(text.as_bytes());
+        }
+        Exit::Ok
+    }
+
+    pub fn entry(&mut self, key: &[u8], value: &[u8]) {
+        if self.json {
+            let mut object = Map::new();
+            put_bytes(&mut object, "key", key);
+            put_bytes(&mut object, "value", value);
+            self.json_line(&Value::Object(object));
+        } else {
+            let mut line = Vec::with_capacity(key.len() + value.len() + 1);
+            line.extend_from_slice(key);
+            line.push(b'\t');
+            line.extend_from_slice(value);
+            self.line(&line);
+        }
+    }
+
+    pub fn status(&mut self, status: &StatusInfo) -> Exit {
+        let server_id = format!("{:016x}", status.server_id);
+        if self.json {
+            self.json_line(&json!({
+                "role": status.role.to_string(),
+                "epoch": status.epoch.0,
+                "last_tid": status.last_tid.0,
+                "server_id": server_id,
+                "sessions": status.sessions,
+            }));
+        } else {
+            let text = format!(
+                "role={} epoch={} last_tid={} server_id={} sessions={}",
+                status.role, status.epoch, status.last_tid, server_id, status.sessions
+            );
+            self.line(text.as_bytes());
+        }
+        Exit::Ok
+    }
+
+    /// Reports a failure on stderr (and, in JSON mode, as `{"t_ms", "state",
+    /// "error"}` on stdout) and returns its exit code.
+    pub fn error(&mut self, error: &Error) -> Exit {
+        let exit = exit_for(error);
+        eprintln!("store-cli: {error}");
+        if self.json {
+            let state = if exit == Exit::Unavailable {
+                "unavailable"
+            } else {
+                "live"
+            };
+            self.json_line(&json!({
+                "t_ms": self.t_ms(),
+                "state": state,
+                "error": error.to_string(),
+            }));
+        }
+        exit
+    }
+}
+
+fn exit_for(error: &Error) -> Exit {
+    match error {
+        Error::Conflict { .. } | Error::Rejected(_) => Exit::Definite,
+        Error::OutcomeUnknown { .. } => Exit::Unknown,
+        Error::Config { .. } | Error::Tls { .. } => Exit::Usage,
+        _ => Exit::Unavailable,
+    }
+}
+
+/// Inserts bytes as UTF-8 text under `name`, or base64 under `name_b64`.
+fn put_bytes(object: &mut Map<String, Value>, name: &str, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => object.insert(name.into(), json!(text)),
+        Err(_) => object.insert(
+            format!("{name}_b64"),
+            json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
+    };
+}

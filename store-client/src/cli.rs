@@ -1,0 +1,68 @@
+//! Command-line pieces shared by `store-cli` and `store-bench`: the
+//! connection flags of DESIGN §8 and logging set-up.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::config::{ClientConfig, TlsPaths, DEFAULT_SERVER, DEFAULT_TLS_DIR};
+
+/// How to reach the store: `--server`, `--tls-dir`, `--ca`, `--cert`,
+/// `--key`, `--timeout`.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionArgs {
+    /// Servers to try, comma-separated `host:port`.
+    #[arg(
+        long = "server",
+        env = "ZEOLITE_SERVERS",
+        value_name = "A[,B]",
+        value_delimiter = ',',
+        default_value = DEFAULT_SERVER
+    )]
+    pub servers: Vec<String>,
+    /// Directory holding ca.pem, client.pem and client.key.
+    #[arg(long, env = "ZEOLITE_TLS_DIR", value_name = "DIR", default_value = DEFAULT_TLS_DIR)]
+    pub tls_dir: PathBuf,
+    /// CA certificate (PEM); overrides DIR/ca.pem.
+    #[arg(long, value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM); overrides DIR/client.pem.
+    #[arg(long, value_name = "PEM")]
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM); overrides DIR/client.key.
+    #[arg(long, value_name = "PEM")]
+    pub key: Option<PathBuf>,
+    /// Bound on the whole command, retries included (e.g. 500ms, 10s, 1m).
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+impl ConnectionArgs {
+    /// The client configuration these flags describe.
+    pub fn to_config(&self) -> ClientConfig {
+        let dir = TlsPaths::in_dir(&self.tls_dir);
+        let mut config = ClientConfig::new(self.servers.iter().cloned()).timeout(self.timeout);
+        config.tls = TlsPaths {
+            ca: self.ca.clone().unwrap_or(dir.ca),
+            cert: self.cert.clone().unwrap_or(dir.cert),
+            key: self.key.clone().unwrap_or(dir.key),
+        };
+        config
+    }
+}
+
+/// Parses a duration with a unit, as humantime does: `250ms`, `3s`, `1m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (expected e.g. 250ms, 3s, 1m)"))
+}
+
+/// Sends `tracing` output to stderr, filtered by `RUST_LOG` (default: warnings).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .try_init();
+}

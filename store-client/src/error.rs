@@ -1,0 +1,86 @@
+//! The client's one error type.
+
+use bytes::Bytes;
+use store_protocol::{TxnId, WireError};
+
+/// Why a call failed, and what that says about whether a write was applied.
+///
+/// * [`Error::Unavailable`]: no server could be reached or the server refused
+///   before deciding; a write was **not applied**.
+/// * [`Error::Conflict`], [`Error::Rejected`]: a definite failure; a write
+///   was **not applied**.
+/// * [`Error::OutcomeUnknown`]: a write may or may not have been applied.
+/// * [`Error::Config`], [`Error::Tls`]: fix the configuration; nothing was sent.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No server answered in time, or the server could not serve now
+    /// (shutting down, overloaded, not primary). Nothing was applied.
+    #[error("unavailable: {detail}")]
+    Unavailable {
+        /// What happened, per server tried.
+        detail: String,
+    },
+    /// The TLS handshake failed: wrong CA, missing or unknown client
+    /// certificate. Retrying will not help.
+    #[error("TLS handshake failed: {detail}")]
+    Tls {
+        /// What the TLS layer said.
+        detail: String,
+    },
+    /// The client configuration is unusable (missing files, bad address).
+    #[error("configuration: {detail}")]
+    Config {
+        /// What is wrong.
+        detail: String,
+    },
+    /// A key read by the transaction changed before it committed. Nothing
+    /// was applied.
+    #[error("conflict on key {}", String::from_utf8_lossy(key))]
+    Conflict {
+        /// The first changed key the server found.
+        key: Bytes,
+    },
+    /// The server refused the request (too large, malformed, not an integer,
+    /// ...). Nothing was applied.
+    #[error("rejected: {0}")]
+    Rejected(WireError),
+    /// The commit was sent, but no answer came back: it may or may not have
+    /// been applied.
+    #[error("outcome unknown for txn={txn_id}: {detail}")]
+    OutcomeUnknown {
+        /// The transaction whose outcome is unknown.
+        txn_id: TxnId,
+        /// What interrupted it.
+        detail: String,
+    },
+    /// The server answered something this client does not understand.
+    #[error("protocol error: {detail}")]
+    Protocol {
+        /// What was unexpected.
+        detail: String,
+    },
+}
+
+impl Error {
+    /// True when the operation is known not to have been applied.
+    pub fn is_not_applied(&self) -> bool {
+        !matches!(self, Error::OutcomeUnknown { .. } | Error::Protocol { .. })
+    }
+
+    /// The transaction id, when the outcome of a commit is unknown.
+    pub fn unknown_txn_id(&self) -> Option<TxnId> {
+        match self {
+            Error::OutcomeUnknown { txn_id, .. } => Some(*txn_id),
+            _ => None,
+        }
+    }
+
+    /// Maps an error the server reported about a request it received.
+    pub(crate) fn from_wire(error: WireError) -> Error {
+        match error {
+            WireError::Conflict { key } => Error::Conflict { key },
+            other => Error::Rejected(other),
+        }
+    }
+}
