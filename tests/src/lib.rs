@@ -1,1 +1,18 @@
-//! placeholder
+//! # store-tests: end-to-end harness
+//!
+//! Real `store-server` processes in temporary directories, driven through
+//! the real client library and the real `store-cli` binary. Every process a
+//! test starts is stopped when its handle drops; all traffic stays on
+//! 127.0.0.1.
+//!
+//! * [`ServerProcess`]: start, SIGKILL, SIGSTOP/SIGCONT, SIGTERM, restart.
+//! * [`cli`]: run `store-cli` against a server and capture what it printed.
+//! * [`binary`]: where the workspace's binaries were built.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod process;
+
+pub use process::{binary, cli, free_udp_port, CliOutput, ServerProcess};
+
+/// A generous deadline for events in tests: the machine may be slow and shared.
+pub const EVENT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);

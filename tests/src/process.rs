@@ -1,0 +1,247 @@
+//! Server processes and `store-cli` runs.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use store_client::{Client, ClientConfig};
+
+use crate::EVENT_DEADLINE;
+
+/// The path of a workspace binary (`store-server`, `store-cli`), built by the
+/// same `cargo test`/`cargo nextest` run. `ZEOLITE_BIN_DIR` overrides.
+pub fn binary(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("ZEOLITE_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            // target/<profile>/deps/<test binary> → target/<profile>
+            let exe = std::env::current_exe().expect("current exe");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("test binary lives in target/<profile>/deps")
+                .to_path_buf()
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built; run `cargo build --workspace --bins` (or the README's test command)",
+        path.display()
+    );
+    path
+}
+
+/// A free UDP port on 127.0.0.1 (bound once, then released).
+pub fn free_udp_port() -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
+    socket.local_addr().expect("local addr").port()
+}
+
+/// A `store-server` process with its own data directory.
+pub struct ServerProcess {
+    child: Option<Child>,
+    data_dir: PathBuf,
+    addr: SocketAddr,
+    extra_args: Vec<String>,
+    log: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts a server on a free loopback port with data in `dir/data`, and
+    /// waits until it answers `status`.
+    pub async fn start(dir: &Path) -> ServerProcess {
+        Self::start_with(dir, &[]).await
+    }
+
+    /// Like [`ServerProcess::start`], with extra flags.
+    pub async fn start_with(dir: &Path, extra_args: &[&str]) -> ServerProcess {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+        let mut server = ServerProcess {
+            child: None,
+            data_dir: dir.join("data"),
+            addr,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            log: dir.join("server.log"),
+        };
+        server.spawn();
+        server.wait_ready().await;
+        server
+    }
+
+    fn spawn(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open server log");
+        let child = Command::new(binary("store-server"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .args(&self.extra_args)
+            .env("RUST_LOG", "store_server=debug,info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn store-server");
+        self.child = Some(child);
+    }
+
+    /// Waits until a fresh client gets an answer to `status`.
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + EVENT_DEADLINE;
+        for attempt in 0u32.. {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "store-server exited with {status}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            if self.tls_dir().join("client.key").exists() {
+                let config = self.client_config().timeout(Duration::from_secs(2));
+                if let Ok(client) = Client::connect(config).await {
+                    if client.status().await.is_ok() {
+                        client.close().await;
+                        return;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server not ready after {attempt} attempts; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its development TLS directory.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
+    }
+
+    /// Its data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// A client configuration for this server.
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig::new([self.addr.to_string()]).tls_dir(self.tls_dir())
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.client_config())
+            .await
+            .expect("connect to test server")
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for the exit status (None if it had to be killed
+    /// after the deadline).
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        signal(child.id() as i32, libc::SIGTERM);
+        let deadline = Instant::now() + EVENT_DEADLINE;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// Starts the server again on the same data directory and port.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    /// Everything the server logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is our child.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// What a `store-cli` run printed.
+#[derive(Debug)]
+pub struct CliOutput {
+    /// Exit code (-1 if killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl From<Output> for CliOutput {
+    fn from(out: Output) -> Self {
+        CliOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs `store-cli --server ADDR --tls-dir DIR ARGS...` with `stdin` as its
+/// standard input, and waits for it (it bounds itself with `--timeout`).
+pub fn cli(server: &ServerProcess, args: &[&str], stdin: Option<&[u8]>) -> CliOutput {
+    use std::io::Write as _;
+    let mut child = Command::new(binary("store-cli"))
+        .arg("--server")
+        .arg(server.addr().to_string())
+        .arg("--tls-dir")
+        .arg(server.tls_dir())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn store-cli");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).expect("write stdin");
+    }
+    drop(input);
+    child.wait_with_output().expect("wait for store-cli").into()
+}
