@@ -1,6 +1,6 @@
 //! Property tests: every message round-trips through a frame, and decoding
 //! arbitrary bytes never panics.
-
+#![allow(clippy::unwrap_used)]
 use bytes::Bytes;
 use proptest::prelude::*;
 use store_protocol::*;

@@ -13,7 +13,7 @@ pub enum ServerError {
     },
     /// The storage engine failed (disk full, corruption, locked by another process).
     #[error("storage: {0}")]
-    Storage(#[from] redb::Error),
+    Storage(#[from] StorageError),
     /// A certificate or key could not be made or used.
     #[error("tls: {0}")]
     Tls(String),
@@ -21,6 +21,30 @@ pub enum ServerError {
     #[error("configuration: {0}")]
     Config(String),
 }
+
+/// A failure of the storage engine, boxed because redb's error is large.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct StorageError(Box<redb::Error>);
+
+macro_rules! storage_error_from {
+    ($($source:ty),* $(,)?) => {
+        $(impl From<$source> for StorageError {
+            fn from(e: $source) -> Self {
+                StorageError(Box::new(e.into()))
+            }
+        })*
+    };
+}
+
+storage_error_from!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+);
 
 impl ServerError {
     /// Wraps an I/O error with what was being done.

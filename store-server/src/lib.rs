@@ -38,6 +38,6 @@ pub use config::{
     ServerConfig, TlsSource, DEFAULT_DATA_DIR, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_LISTEN,
 };
-pub use error::ServerError;
+pub use error::{ServerError, StorageError};
 pub use server::Server;
 pub use tls::{ensure_dev_certs, TlsFiles};

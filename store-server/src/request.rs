@@ -105,7 +105,7 @@ async fn decide(request: Request, shared: &Shared) -> Result<Response, WireError
     }
 }
 
-fn internal(e: redb::Error) -> WireError {
+fn internal(e: crate::error::StorageError) -> WireError {
     tracing::error!(error = %e, "storage read failed");
     WireError::Internal {
         detail: format!("storage: {e}"),

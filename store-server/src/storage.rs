@@ -15,6 +15,8 @@ use store_protocol::{
     CommitRequest, Entry, Limits, ScanRequest, Tid, Versioned, WireError, Write, WriteResult,
 };
 
+use crate::error::StorageError;
+
 /// key → (serial, value).
 const DATA: TableDefinition<'_, &[u8], (u64, &[u8])> = TableDefinition::new("data");
 /// name → number: `last_tid`, `server_id`.
@@ -36,7 +38,7 @@ pub type CommitResult = Result<(Tid, Vec<WriteResult>), WireError>;
 
 impl Storage {
     /// Opens (or creates) the database file at `path`.
-    pub fn open(path: &Path) -> Result<Storage, redb::Error> {
+    pub fn open(path: &Path) -> Result<Storage, StorageError> {
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         let (server_id, last_tid) = {
@@ -73,7 +75,7 @@ impl Storage {
     }
 
     /// Reads one key.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, redb::Error> {
+    pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(DATA)?;
         let found = table.get(key)?.map(|guard| {
@@ -87,7 +89,7 @@ impl Storage {
     }
 
     /// Reads several keys from one snapshot.
-    pub fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Option<Versioned>>, redb::Error> {
+    pub fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Option<Versioned>>, StorageError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(DATA)?;
         keys.iter()
@@ -110,7 +112,7 @@ impl Storage {
         scan: &ScanRequest,
         max_entries: usize,
         max_bytes: usize,
-    ) -> Result<(Vec<Entry>, bool), redb::Error> {
+    ) -> Result<(Vec<Entry>, bool), StorageError> {
         let mut entries = Vec::new();
         if scan.end.as_ref().is_some_and(|end| *end <= scan.start) {
             return Ok((entries, false));
@@ -150,7 +152,7 @@ impl Storage {
         &self,
         batch: impl IntoIterator<Item = &'a CommitRequest>,
         limits: &Limits,
-    ) -> Result<Vec<CommitResult>, redb::Error> {
+    ) -> Result<Vec<CommitResult>, StorageError> {
         let txn = self.db.begin_write()?;
         let mut results = Vec::new();
         let mut last = self.last_tid();
@@ -187,7 +189,7 @@ fn apply_commit(
     request: &CommitRequest,
     tid: Tid,
     limits: &Limits,
-) -> Result<Result<Vec<WriteResult>, WireError>, redb::Error> {
+) -> Result<Result<Vec<WriteResult>, WireError>, StorageError> {
     for read in &request.read_set {
         let serial = data.get(&read.key[..])?.map(|g| g.value().0).unwrap_or(0);
         if serial != read.serial.0 {
@@ -381,7 +383,10 @@ mod tests {
             (vec!["b/1".into(), "b/2".into(), "b/3".into()], false)
         );
         let limited = ScanRequest::prefix(b("b/"), 2);
-        assert_eq!(keys(storage.scan(&limited, 100, 1 << 20).unwrap()).1, true);
+        assert_eq!(
+            keys(storage.scan(&limited, 100, 1 << 20).unwrap()),
+            (vec!["b/1".into(), "b/2".into()], true)
+        );
         assert_eq!(
             keys(
                 storage

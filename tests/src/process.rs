@@ -57,6 +57,7 @@ impl ServerProcess {
 
     /// Like [`ServerProcess::start`], with extra flags.
     pub async fn start_with(dir: &Path, extra_args: &[&str]) -> ServerProcess {
+        std::fs::create_dir_all(dir).expect("create the test directory");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
         let mut server = ServerProcess {
             child: None,
