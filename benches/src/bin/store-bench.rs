@@ -52,7 +52,10 @@ fn main() -> ExitCode {
         }),
         value_size: args.value_size,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("store-bench: {e}");
