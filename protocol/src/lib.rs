@@ -92,5 +92,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The TLS application protocol name.
 pub const ALPN: &[u8] = b"zeolite/1";
 
+/// Pings closer together than this are dropped unanswered by the server, so
+/// a client never sends them closer (DESIGN §4).
+pub const MIN_PING_SPACING: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The default UDP port.
 pub const DEFAULT_PORT: u16 = 7447;

@@ -29,6 +29,9 @@ pub struct Hello {
     pub client_id: u128,
     /// The highest TID the client has seen; a server behind it refuses.
     pub last_seen_tid: Tid,
+    /// The TID up to which the client's cache has applied invalidations:
+    /// `Welcome` lists the keys changed after it.
+    pub cached_tid: Tid,
 }
 
 /// Server → client on the session stream, in order.
@@ -61,10 +64,16 @@ pub struct Welcome {
     pub role: Role,
     /// The server's epoch now.
     pub epoch: Epoch,
-    /// The last committed TID.
+    /// The last TID whose invalidations this session has been given: every
+    /// later commit arrives as an `Invalidate` on the session stream.
     pub last_tid: Tid,
     /// The limits the server enforces.
     pub limits: Limits,
+    /// Revalidation of the client's cache: `Some(keys)` lists every key
+    /// changed after the client's `cached_tid` up to `last_tid` (empty if
+    /// none), so the client drops just those; `None` means the server's change
+    /// log does not reach back that far and the client must drop its cache.
+    pub changed_since_cached: Option<Vec<Bytes>>,
 }
 
 /// Proof of liveness for one `Ping`.
@@ -236,10 +245,21 @@ impl std::io::Write for HashWriter<'_> {
 /// Server → client: the one response frame of a request stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    /// The value of a `Get`, `None` if absent.
-    Value(Option<Versioned>),
-    /// The values of a `GetMany`, in request order.
-    Values(Vec<Option<Versioned>>),
+    /// The value of a `Get`.
+    Value {
+        /// The value, `None` if absent.
+        found: Option<Versioned>,
+        /// The last TID of the snapshot it was read from: the value is
+        /// current as of this TID.
+        read_tid: Tid,
+    },
+    /// The values of a `GetMany`, in request order, from one snapshot.
+    Values {
+        /// The values, `None` where absent.
+        values: Vec<Option<Versioned>>,
+        /// The last TID of the snapshot.
+        read_tid: Tid,
+    },
     /// The entries of a `Scan`, ascending.
     Entries {
         /// The entries.

@@ -85,9 +85,13 @@ fn request() -> impl Strategy<Value = Request> {
 fn response() -> impl Strategy<Value = Response> {
     let versioned = || (bytes(32), tid()).prop_map(|(value, serial)| Versioned { value, serial });
     prop_oneof![
-        proptest::option::of(versioned()).prop_map(Response::Value),
-        proptest::collection::vec(proptest::option::of(versioned()), 0..4)
-            .prop_map(Response::Values),
+        (proptest::option::of(versioned()), tid())
+            .prop_map(|(found, read_tid)| Response::Value { found, read_tid }),
+        (
+            proptest::collection::vec(proptest::option::of(versioned()), 0..4),
+            tid()
+        )
+            .prop_map(|(values, read_tid)| Response::Values { values, read_tid }),
         (
             proptest::collection::vec(
                 (bytes(8), bytes(8), tid()).prop_map(|(key, value, serial)| Entry {
@@ -129,15 +133,23 @@ fn response() -> impl Strategy<Value = Response> {
 
 fn session_event() -> impl Strategy<Value = SessionEvent> {
     prop_oneof![
-        (any::<u64>(), role(), any::<u64>(), tid()).prop_map(|(server_id, role, e, last_tid)| {
-            SessionEvent::Welcome(Welcome {
-                server_id,
-                role,
-                epoch: Epoch(e),
-                last_tid,
-                limits: Limits::default(),
-            })
-        }),
+        (
+            any::<u64>(),
+            role(),
+            any::<u64>(),
+            tid(),
+            proptest::option::of(proptest::collection::vec(bytes(8), 0..4))
+        )
+            .prop_map(|(server_id, role, e, last_tid, changed_since_cached)| {
+                SessionEvent::Welcome(Welcome {
+                    server_id,
+                    role,
+                    epoch: Epoch(e),
+                    last_tid,
+                    limits: Limits::default(),
+                    changed_since_cached,
+                })
+            }),
         wire_error().prop_map(|error| SessionEvent::Refused { error }),
         (any::<u64>(), tid(), any::<u64>(), role()).prop_map(|(seq, last_tid, e, role)| {
             SessionEvent::Pong(Pong {
@@ -154,13 +166,16 @@ fn session_event() -> impl Strategy<Value = SessionEvent> {
 
 fn session_request() -> impl Strategy<Value = SessionRequest> {
     prop_oneof![
-        (any::<u32>(), any::<u128>(), tid()).prop_map(|(v, client_id, last_seen_tid)| {
-            SessionRequest::Hello(Hello {
-                protocol_version: v,
-                client_id,
-                last_seen_tid,
-            })
-        }),
+        (any::<u32>(), any::<u128>(), tid(), tid()).prop_map(
+            |(v, client_id, last_seen_tid, cached_tid)| {
+                SessionRequest::Hello(Hello {
+                    protocol_version: v,
+                    client_id,
+                    last_seen_tid,
+                    cached_tid,
+                })
+            }
+        ),
         any::<u64>().prop_map(|seq| SessionRequest::Ping { seq }),
     ]
 }

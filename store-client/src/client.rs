@@ -1,25 +1,28 @@
-//! The client handle: connects, reads, and commits transactions.
+//! The client handle: reads through the cache while the session is proven
+//! live, and commits transactions.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use store_protocol::{
-    CommitRequest, Entry, Hello, Request, Response, ScanRequest, StatusInfo, Tid, Versioned,
-    WireError, PROTOCOL_VERSION,
+    CommitRequest, Entry, Request, Response, ScanRequest, StatusInfo, Tid, Versioned, WireError,
 };
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use crate::config::ClientConfig;
+use crate::cache::Cache;
+use crate::config::{ClientConfig, ReadPolicy};
 use crate::connection::{resolve, Connection, RoundTripError};
+use crate::driver::{self, Command, SessionShared, SessionStatus};
 use crate::error::Error;
 use crate::tls::quic_client_config;
 use crate::txn::{CommitOutcome, Transaction, TxnIds};
 
-/// A connection to a Zeolite store. Cheap to clone; clones share one
-/// connection and one transaction-id space.
+/// A connection to a Zeolite store with a local read-through cache. Cheap
+/// to clone; clones share one session, one cache and one transaction-id
+/// space.
 ///
 /// ```no_run
 /// use store_client::{Client, ClientConfig};
@@ -39,11 +42,9 @@ pub struct Client {
 struct Inner {
     config: ClientConfig,
     endpoint: quinn::Endpoint,
-    crypto: quinn::ClientConfig,
+    shared: Arc<SessionShared>,
+    commands: mpsc::UnboundedSender<Command>,
     txn_ids: TxnIds,
-    current: Mutex<Option<Arc<Connection>>>,
-    dialing: tokio::sync::Mutex<()>,
-    last_seen_tid: AtomicU64,
 }
 
 /// One page of a scan.
@@ -55,15 +56,37 @@ pub struct ScanPage {
     pub more: bool,
 }
 
+/// Where a read's answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The local cache.
+    Cache,
+    /// The server.
+    Server,
+}
+
+/// A read's answer, with how much it can be trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read {
+    /// The value, `None` if the key is absent.
+    pub value: Option<Bytes>,
+    /// Where it came from.
+    pub source: Source,
+    /// True when the session was not proven live: the value may be old
+    /// (only with [`ReadPolicy::AllowStale`]).
+    pub stale: bool,
+}
+
 impl Client {
-    /// Loads the certificates, then connects to the first configured server
-    /// that answers, within `config.timeout`.
+    /// Loads the certificates, starts the session and waits until a server
+    /// proves itself live, within `config.timeout`. Fails at once on a
+    /// certificate or configuration problem.
     pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
-        let first = config.servers.first().ok_or_else(|| Error::Config {
-            detail: "no server configured".into(),
-        })?;
+        config
+            .validate()
+            .map_err(|detail| Error::Config { detail })?;
         let crypto = quic_client_config(&config)?;
-        let (_, addrs) = resolve(first).await?;
+        let (_, addrs) = resolve(&config.servers[0]).await?;
         let bind: SocketAddr = if addrs[0].is_ipv6() {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         } else {
@@ -72,18 +95,31 @@ impl Client {
         let endpoint = quinn::Endpoint::client(bind).map_err(|e| Error::Config {
             detail: format!("binding a UDP socket: {e}"),
         })?;
+        let shared = Arc::new(SessionShared::new(Cache::new(config.cache_bytes)));
+        let client_id = rand::random();
+        let commands = driver::spawn(
+            config.clone(),
+            endpoint.clone(),
+            crypto,
+            client_id,
+            shared.clone(),
+        );
         let client = Client {
             inner: Arc::new(Inner {
-                txn_ids: TxnIds::new(rand::random()),
                 config,
                 endpoint,
-                crypto,
-                current: Mutex::new(None),
-                dialing: tokio::sync::Mutex::new(()),
-                last_seen_tid: AtomicU64::new(0),
+                shared,
+                commands,
+                txn_ids: TxnIds::new(client_id),
             }),
         };
-        client.connection(client.deadline()).await?;
+        client
+            .connection(
+                ReadPolicy::Wait(client.inner.config.timeout),
+                client.deadline(),
+                None,
+            )
+            .await?;
         Ok(client)
     }
 
@@ -95,55 +131,149 @@ impl Client {
     /// The highest TID this client has seen; it never accepts a server
     /// behind it.
     pub fn last_seen_tid(&self) -> Tid {
-        Tid(self.inner.last_seen_tid.load(Ordering::Acquire))
+        self.inner.shared.last_seen_tid()
     }
 
-    /// The server currently connected, as configured (`host:port`).
-    pub fn server(&self) -> Option<String> {
-        self.current().map(|c| c.server.clone())
+    /// The session's state, server and epoch now.
+    pub fn session(&self) -> SessionStatus {
+        self.inner.shared.status()
     }
 
-    /// Reads `key`; `None` if absent.
+    /// A channel that sees every change of the session's state.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: store_client::Client) {
+    /// let mut states = client.watch_session();
+    /// while states.changed().await.is_ok() {
+    ///     let status = states.borrow_and_update().clone();
+    ///     eprintln!("session {} on {:?}", status.state, status.server);
+    /// }
+    /// # }
+    /// ```
+    pub fn watch_session(&self) -> watch::Receiver<SessionStatus> {
+        self.inner.shared.subscribe()
+    }
+
+    /// Reads `key` with the client's [`ReadPolicy`]; `None` if absent.
     pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, Error> {
-        Ok(self.get_versioned(key).await?.map(|v| v.value))
+        Ok(self.read(key, self.inner.config.read_policy).await?.value)
     }
 
-    /// Reads `key` with the TID that wrote it.
+    /// Reads `key` with `policy`: from the cache while the session is
+    /// proven live, else from the server, filling the cache.
+    pub async fn read(&self, key: impl Into<Bytes>, policy: ReadPolicy) -> Result<Read, Error> {
+        let key = key.into();
+        let cache = &self.inner.shared.cache;
+        let fresh = self.inner.shared.is_fresh(std::time::Instant::now());
+        if let Some(hit) = cache.lookup(&key) {
+            if fresh && hit.current {
+                return Ok(Read {
+                    value: hit.value,
+                    source: Source::Cache,
+                    stale: false,
+                });
+            }
+            if !fresh && policy == ReadPolicy::AllowStale {
+                return Ok(Read {
+                    value: hit.value,
+                    source: Source::Cache,
+                    stale: true,
+                });
+            }
+        }
+        let generation = cache.generation();
+        let (response, proven) = self
+            .request(&Request::Get { key: key.clone() }, policy)
+            .await?;
+        match response {
+            Response::Value { found, read_tid } => {
+                self.inner.shared.saw(read_tid);
+                let (value, serial) = match found {
+                    Some(v) => (Some(v.value), v.serial),
+                    None => (None, Tid::ZERO),
+                };
+                cache.fill(key, value.clone(), serial, read_tid, generation);
+                Ok(Read {
+                    value,
+                    source: Source::Server,
+                    stale: !proven,
+                })
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Reads `key` from the server with the TID that wrote it (bypassing
+    /// the cache; transactions use this for their read sets).
     pub async fn get_versioned(&self, key: impl Into<Bytes>) -> Result<Option<Versioned>, Error> {
-        match self.read(Request::Get { key: key.into() }).await? {
-            Response::Value(found) => {
-                if let Some(v) = &found {
-                    self.saw(v.serial);
-                }
+        let request = Request::Get { key: key.into() };
+        match self.request(&request, self.write_policy()).await?.0 {
+            Response::Value { found, read_tid } => {
+                self.inner.shared.saw(read_tid);
                 Ok(found)
             }
             other => Err(unexpected(&other)),
         }
     }
 
-    /// Reads several keys at one snapshot, answered in order.
+    /// Reads several keys, answered in order: cached ones from the cache
+    /// while the session is live, the rest from one server snapshot.
     pub async fn get_many<K: Into<Bytes>>(
         &self,
         keys: impl IntoIterator<Item = K>,
     ) -> Result<Vec<Option<Bytes>>, Error> {
-        let keys = keys.into_iter().map(Into::into).collect();
-        match self.read(Request::GetMany { keys }).await? {
-            Response::Values(values) => Ok(values
-                .into_iter()
-                .map(|v| {
-                    v.map(|v| {
-                        self.saw(v.serial);
-                        v.value
-                    })
-                })
-                .collect()),
-            other => Err(unexpected(&other)),
+        let keys: Vec<Bytes> = keys.into_iter().map(Into::into).collect();
+        let cache = &self.inner.shared.cache;
+        let fresh = self.inner.shared.is_fresh(std::time::Instant::now());
+        let mut answers: Vec<Option<Option<Bytes>>> = keys
+            .iter()
+            .map(|key| {
+                cache
+                    .lookup(key)
+                    .filter(|hit| fresh && hit.current)
+                    .map(|hit| hit.value)
+            })
+            .collect();
+        let missing: Vec<Bytes> = keys
+            .iter()
+            .zip(&answers)
+            .filter(|(_, answer)| answer.is_none())
+            .map(|(key, _)| key.clone())
+            .collect();
+        if !missing.is_empty() {
+            let generation = cache.generation();
+            let request = Request::GetMany {
+                keys: missing.clone(),
+            };
+            let policy = self.inner.config.read_policy;
+            let (values, read_tid) = match self.request(&request, policy).await?.0 {
+                Response::Values { values, read_tid } => (values, read_tid),
+                other => return Err(unexpected(&other)),
+            };
+            self.inner.shared.saw(read_tid);
+            let mut fetched = missing.into_iter().zip(values);
+            for answer in answers.iter_mut().filter(|a| a.is_none()) {
+                let Some((key, found)) = fetched.next() else {
+                    return Err(Error::Protocol {
+                        detail: "GetMany answered fewer values than keys".into(),
+                    });
+                };
+                let (value, serial) = match found {
+                    Some(v) => (Some(v.value), v.serial),
+                    None => (None, Tid::ZERO),
+                };
+                cache.fill(key, value.clone(), serial, read_tid, generation);
+                *answer = Some(value);
+            }
         }
+        Ok(answers.into_iter().map(Option::flatten).collect())
     }
 
-    /// Reads one page of a key range; see [`ScanRequest::prefix`].
+    /// Reads one page of a key range from the server; see
+    /// [`ScanRequest::prefix`].
     pub async fn scan(&self, scan: ScanRequest) -> Result<ScanPage, Error> {
-        match self.read(Request::Scan(scan)).await? {
+        let policy = self.inner.config.read_policy;
+        match self.request(&Request::Scan(scan), policy).await?.0 {
             Response::Entries { entries, more } => Ok(ScanPage { entries, more }),
             other => Err(unexpected(&other)),
         }
@@ -151,8 +281,12 @@ impl Client {
 
     /// The connected server's status.
     pub async fn status(&self) -> Result<StatusInfo, Error> {
-        match self.read(Request::Status).await? {
-            Response::Status(status) => Ok(status),
+        let policy = self.inner.config.read_policy;
+        match self.request(&Request::Status, policy).await?.0 {
+            Response::Status(status) => {
+                self.inner.shared.saw(status.last_tid);
+                Ok(status)
+            }
             other => Err(unexpected(&other)),
         }
     }
@@ -198,9 +332,10 @@ impl Client {
         txn.commit().await
     }
 
-    /// Closes the connection politely and waits briefly for the server to
-    /// hear it. Other clones stop working.
+    /// Ends the session, closes the connection politely and waits briefly
+    /// for the server to hear it. Every clone stops working.
     pub async fn close(&self) {
+        let _ = self.inner.commands.send(Command::Close);
         self.inner.endpoint.close(0u32.into(), b"client closed");
         let _ = tokio::time::timeout(
             std::time::Duration::from_secs(1),
@@ -213,33 +348,44 @@ impl Client {
         &self.inner.txn_ids
     }
 
-    /// Sends a commit once. A commit that may have reached the server and
-    /// got no answer is reported as [`Error::OutcomeUnknown`].
+    /// Writes never go out on a session that is not proven live.
+    fn write_policy(&self) -> ReadPolicy {
+        match self.inner.config.read_policy {
+            ReadPolicy::AllowStale => ReadPolicy::Wait(self.inner.config.timeout),
+            other => other,
+        }
+    }
+
+    /// Sends a commit. A commit that may have reached the server and got
+    /// no answer is reported as [`Error::OutcomeUnknown`].
     pub(crate) async fn commit_request(
         &self,
         request: CommitRequest,
     ) -> Result<CommitOutcome, Error> {
         let span = tracing::debug_span!("commit", txn = %request.txn_id);
-        self.send_commit(request).instrument(span).await
+        let txn_id = request.txn_id;
+        let outcome = self.send_commit(request).instrument(span).await;
+        if outcome
+            .as_ref()
+            .map_or_else(Error::is_not_applied, |_| true)
+        {
+            self.inner.txn_ids.resolved(txn_id);
+        }
+        outcome
     }
 
     async fn send_commit(&self, request: CommitRequest) -> Result<CommitOutcome, Error> {
         let txn_id = request.txn_id;
         let deadline = self.deadline();
         let request = Request::Commit(request);
-        let mut last_failure = String::new();
-        // A request that provably never left can be sent again.
-        for _attempt in 0..2 {
-            let connection = match self.connection(deadline).await {
-                Ok(connection) => connection,
-                Err(e) => {
-                    self.inner.txn_ids.resolved(txn_id);
-                    return Err(e);
-                }
-            };
-            let outcome = match connection.round_trip(&request, deadline).await {
+        let mut failed: Option<Arc<Connection>> = None;
+        loop {
+            let connection = self
+                .connection(self.write_policy(), deadline, failed.as_ref())
+                .await?;
+            return match connection.round_trip(&request, deadline).await {
                 Ok(Response::Committed(c)) => {
-                    self.saw(c.tid);
+                    self.inner.shared.saw(c.tid);
                     Ok(CommitOutcome {
                         tid: c.tid,
                         txn_id,
@@ -248,145 +394,118 @@ impl Client {
                     })
                 }
                 Ok(Response::Error(e)) => Err(Error::from_wire(e)),
-                Ok(other) => {
-                    return Err(Error::OutcomeUnknown {
-                        txn_id,
-                        detail: unexpected(&other).to_string(),
-                    })
-                }
+                Ok(other) => Err(Error::OutcomeUnknown {
+                    txn_id,
+                    detail: unexpected(&other).to_string(),
+                }),
                 Err(RoundTripError::Unsendable(e)) => Err(Error::Rejected(e)),
-                Err(RoundTripError::NotSent(detail)) => {
-                    self.forget(&connection);
-                    last_failure = detail;
+                // Provably never left: send it again on the next session.
+                Err(RoundTripError::NotSent(_)) => {
+                    failed = Some(connection);
                     continue;
                 }
                 Err(RoundTripError::MaybeSent(detail)) => {
-                    self.forget(&connection);
-                    return Err(Error::OutcomeUnknown { txn_id, detail });
+                    Err(Error::OutcomeUnknown { txn_id, detail })
                 }
             };
-            if outcome
-                .as_ref()
-                .map_or_else(Error::is_not_applied, |_| true)
-            {
-                self.inner.txn_ids.resolved(txn_id);
-            }
-            return outcome;
         }
-        self.inner.txn_ids.resolved(txn_id);
-        Err(Error::Unavailable {
-            detail: last_failure,
-        })
     }
 
-    /// Sends a read, reconnecting once if the connection failed under it.
-    async fn read(&self, request: Request) -> Result<Response, Error> {
+    /// Sends a request under `policy`, retrying on the next session if the
+    /// connection fails under it. Returns whether the session was proven
+    /// live when it was sent.
+    async fn request(
+        &self,
+        request: &Request,
+        policy: ReadPolicy,
+    ) -> Result<(Response, bool), Error> {
         let deadline = self.deadline();
-        let mut last_failure = String::new();
-        for _attempt in 0..2 {
-            let connection = self.connection(deadline).await?;
-            match connection.round_trip(&request, deadline).await {
+        let mut failed: Option<Arc<Connection>> = None;
+        loop {
+            let connection = self.connection(policy, deadline, failed.as_ref()).await?;
+            let proven = self.inner.shared.is_fresh(std::time::Instant::now());
+            match connection.round_trip(request, deadline).await {
                 Ok(Response::Error(e)) => return Err(read_error(e)),
-                Ok(response) => return Ok(response),
+                Ok(response) => return Ok((response, proven)),
                 Err(RoundTripError::Unsendable(e)) => return Err(Error::Rejected(e)),
                 Err(RoundTripError::NotSent(detail) | RoundTripError::MaybeSent(detail)) => {
-                    self.forget(&connection);
-                    last_failure = detail;
+                    if Instant::now() >= deadline {
+                        return Err(Error::Unavailable { detail });
+                    }
+                    tracing::debug!(%detail, "request failed; waiting for the next session");
+                    failed = Some(connection);
                 }
             }
         }
-        Err(Error::Unavailable {
-            detail: last_failure,
-        })
     }
 
     fn deadline(&self) -> Instant {
         Instant::now() + self.inner.config.timeout
     }
 
-    fn saw(&self, tid: Tid) {
-        self.inner.last_seen_tid.fetch_max(tid.0, Ordering::AcqRel);
-    }
-
-    fn current(&self) -> Option<Arc<Connection>> {
-        self.inner
-            .current
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    fn forget(&self, failed: &Arc<Connection>) {
-        let mut current = self
-            .inner
-            .current
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, failed)) {
-            *current = None;
-        }
-    }
-
-    /// The open connection, or a new one to the first server that welcomes
-    /// this client.
-    async fn connection(&self, deadline: Instant) -> Result<Arc<Connection>, Error> {
-        let usable = |c: &Arc<Connection>| c.connection.close_reason().is_none();
-        if let Some(c) = self.current().filter(usable) {
-            return Ok(c);
-        }
-        let _dialing = self.inner.dialing.lock().await;
-        if let Some(c) = self.current().filter(usable) {
-            return Ok(c);
-        }
-        let mut failures = Vec::new();
-        for server in &self.inner.config.servers {
-            let hello = Hello {
-                protocol_version: PROTOCOL_VERSION,
-                client_id: self.client_id(),
-                last_seen_tid: self.last_seen_tid(),
-            };
-            match Connection::dial(
-                &self.inner.endpoint,
-                &self.inner.crypto,
-                server,
-                hello,
-                deadline,
-            )
-            .await
-            {
-                Ok(connection) => {
-                    self.saw(connection.last_tid());
-                    let connection = Arc::new(connection);
-                    *self
-                        .inner
-                        .current
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                        Some(connection.clone());
-                    return Ok(connection);
+    /// The connection to send on under `policy` (other than `avoid`, which
+    /// just failed): at once while the session is live; otherwise as the
+    /// policy says: fail, use whatever connection is open, or ping and
+    /// wait for proof.
+    async fn connection(
+        &self,
+        policy: ReadPolicy,
+        deadline: Instant,
+        avoid: Option<&Arc<Connection>>,
+    ) -> Result<Arc<Connection>, Error> {
+        let shared = &self.inner.shared;
+        let deadline = match policy {
+            ReadPolicy::Wait(wait) => deadline.min(Instant::now() + wait),
+            _ => deadline,
+        };
+        let mut status = shared.subscribe();
+        let usable = |c: &Arc<Connection>| avoid.is_none_or(|a| !Arc::ptr_eq(a, c));
+        let mut pinged = false;
+        loop {
+            let fresh = shared.is_fresh(std::time::Instant::now());
+            let current = shared.connection().filter(usable);
+            match (fresh, current, policy) {
+                (true, Some(connection), _) => return Ok(connection),
+                (false, Some(connection), ReadPolicy::AllowStale) => return Ok(connection),
+                (false, _, ReadPolicy::FailFast) => {
+                    return Err(Error::SessionStale {
+                        state: shared.status().state,
+                    })
                 }
-                Err(e) => {
-                    tracing::debug!(%server, error = %e, "dial failed");
-                    failures.push(e);
+                (false, None, ReadPolicy::AllowStale) => {
+                    return Err(unavailable(&shared.status(), "no open session"))
+                }
+                _ => {}
+            }
+            if let Some(e @ (Error::Tls { .. } | Error::Config { .. })) =
+                &status.borrow_and_update().last_error
+            {
+                return Err(e.clone());
+            }
+            if !fresh && !pinged {
+                let _ = self.inner.commands.send(Command::PingNow);
+                pinged = true;
+            }
+            match tokio::time::timeout_at(deadline, status.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(unavailable(&shared.status(), "session ended")),
+                Err(_) => {
+                    return Err(unavailable(
+                        &shared.status(),
+                        "no proof of a live server in time",
+                    ))
                 }
             }
         }
-        // A certificate or configuration problem outranks "unreachable":
-        // it will not go away by waiting.
-        let worst = failures
-            .iter()
-            .position(|e| matches!(e, Error::Tls { .. } | Error::Config { .. }));
-        match worst {
-            Some(i) => Err(failures.swap_remove(i)),
-            None => Err(Error::Unavailable {
-                detail: failures
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            }),
-        }
     }
+}
+
+fn unavailable(status: &SessionStatus, what: &str) -> Error {
+    let detail = match &status.last_error {
+        Some(e) => format!("{what} (session {}; last error: {e})", status.state),
+        None => format!("{what} (session {})", status.state),
+    };
+    Error::Unavailable { detail }
 }
 
 /// For reads, a server that cannot serve now is simply unavailable.

@@ -3,6 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::cache::DEFAULT_CACHE_BYTES;
+use crate::session::SessionConfig;
+
 /// Default server address.
 pub const DEFAULT_SERVER: &str = "127.0.0.1:7447";
 /// Default TLS directory: the one `store-server` fills on first start when
@@ -16,6 +19,35 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default QUIC keep-alive interval: half the idle timeout, so one lost
 /// keep-alive does not end an idle connection.
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// Default bound on one dial attempt (connect, TLS, `Hello`/`Welcome`).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default wait of [`ReadPolicy::Wait`]: long enough to ride out one failover.
+pub const DEFAULT_READ_WAIT: Duration = Duration::from_secs(10);
+
+/// What a read does while the session is not `Live` (DESIGN §5).
+///
+/// ```
+/// use std::time::Duration;
+/// use store_client::ReadPolicy;
+/// assert_eq!(ReadPolicy::default(), ReadPolicy::Wait(Duration::from_secs(10)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadPolicy {
+    /// Ping at once and wait up to this long for proof, then read; fail
+    /// with [`Error::Unavailable`](crate::Error::Unavailable) if none comes.
+    Wait(Duration),
+    /// Fail at once with [`Error::SessionStale`](crate::Error::SessionStale).
+    FailFast,
+    /// Answer with the last value this client knew (cached, or from the
+    /// server if it still answers), always marked stale.
+    AllowStale,
+}
+
+impl Default for ReadPolicy {
+    fn default() -> Self {
+        ReadPolicy::Wait(DEFAULT_READ_WAIT)
+    }
+}
 
 /// The PEM files a client presents and trusts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +95,15 @@ pub struct ClientConfig {
     pub idle_timeout: Duration,
     /// QUIC keep-alive interval. Default [`DEFAULT_KEEP_ALIVE`].
     pub keep_alive: Duration,
+    /// Bound on one dial attempt. Default [`DEFAULT_CONNECT_TIMEOUT`].
+    pub connect_timeout: Duration,
+    /// Heartbeat timing: ping interval, `stale_after`, expiry.
+    pub session: SessionConfig,
+    /// What reads (and writes) do while the session is not `Live`.
+    /// Writes never go out on a stale session: `AllowStale` waits for them.
+    pub read_policy: ReadPolicy,
+    /// Cache budget in bytes. Default [`DEFAULT_CACHE_BYTES`] (256 MiB).
+    pub cache_bytes: u64,
 }
 
 impl Default for ClientConfig {
@@ -80,7 +121,25 @@ impl ClientConfig {
             timeout: DEFAULT_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             keep_alive: DEFAULT_KEEP_ALIVE,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            session: SessionConfig::default(),
+            read_policy: ReadPolicy::default(),
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
+    }
+
+    /// Checks how the settings interact.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.servers.is_empty() {
+            return Err("no server configured".into());
+        }
+        if self.keep_alive >= self.idle_timeout {
+            return Err(format!(
+                "keep-alive {:?} must be shorter than the idle timeout {:?}",
+                self.keep_alive, self.idle_timeout
+            ));
+        }
+        self.session.validate()
     }
 
     /// Takes `ca.pem`, `client.pem` and `client.key` from `dir`.

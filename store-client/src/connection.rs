@@ -5,23 +5,33 @@ use std::net::SocketAddr;
 
 use store_protocol::{
     encode_frame, read_frame, write_frame, FrameError, Hello, Request, Response, SessionEvent,
-    SessionRequest, Tid, Welcome, WireError,
+    SessionRequest, Welcome, WireError,
 };
 use tokio::time::{timeout_at, Instant};
 
 use crate::error::Error;
 use crate::tls::is_tls_failure;
 
-/// Largest session-stream frame the client accepts.
-const SESSION_FRAME_LIMIT: u32 = 64 * 1024;
+/// Largest session-stream frame the client writes (pings and Hello).
+pub(crate) const SESSION_REQUEST_LIMIT: u32 = 64 * 1024;
+/// Largest session-stream frame the client accepts: an invalidation lists
+/// the keys of one commit, which fit in one request frame.
+pub(crate) const SESSION_EVENT_LIMIT: u32 = store_protocol::DEFAULT_MAX_FRAME_BYTES + 64 * 1024;
 
 /// A connection with an open session.
 pub(crate) struct Connection {
     pub(crate) connection: quinn::Connection,
     pub(crate) server: String,
     pub(crate) welcome: Welcome,
-    /// The session stream, kept open for the session's life.
-    _session: (quinn::SendStream, quinn::RecvStream),
+}
+
+/// A freshly opened session: the connection, its session stream, and when
+/// the `Hello` that `Welcome` answered was sent.
+pub(crate) struct Opened {
+    pub(crate) connection: Connection,
+    pub(crate) send: quinn::SendStream,
+    pub(crate) recv: quinn::RecvStream,
+    pub(crate) hello_sent_at: std::time::Instant,
 }
 
 /// How a round trip failed: whether the request may have reached the server.
@@ -65,7 +75,7 @@ impl Connection {
         server: &str,
         hello: Hello,
         deadline: Instant,
-    ) -> Result<Connection, Error> {
+    ) -> Result<Opened, Error> {
         let (host, addrs) = resolve(server).await?;
         let unavailable = |detail: String| Error::Unavailable {
             detail: format!("{server}: {detail}"),
@@ -94,11 +104,12 @@ impl Connection {
                 .map_err(|e| FrameError::Io(e.into()))?;
             let _ = send.set_priority(i32::MAX);
             let hello = SessionRequest::Hello(hello);
-            write_frame(&mut send, &hello, SESSION_FRAME_LIMIT).await?;
-            let event = read_frame::<_, SessionEvent>(&mut recv, SESSION_FRAME_LIMIT).await?;
-            Ok::<_, FrameError>((send, recv, event))
+            let hello_sent_at = std::time::Instant::now();
+            write_frame(&mut send, &hello, SESSION_REQUEST_LIMIT).await?;
+            let event = read_frame::<_, SessionEvent>(&mut recv, SESSION_EVENT_LIMIT).await?;
+            Ok::<_, FrameError>((send, recv, event, hello_sent_at))
         };
-        let (send, recv, event) = match timeout_at(deadline, handshake).await {
+        let (send, recv, event, hello_sent_at) = match timeout_at(deadline, handshake).await {
             Err(_) => return Err(timed_out()),
             Ok(Ok(done)) => done,
             // A server that refuses the client certificate does so after the
@@ -113,11 +124,15 @@ impl Connection {
         match event {
             Some(SessionEvent::Welcome(welcome)) => {
                 tracing::debug!(%server, last_tid = welcome.last_tid.0, role = %welcome.role, "session open");
-                Ok(Connection {
-                    connection,
-                    server: server.to_string(),
-                    welcome,
-                    _session: (send, recv),
+                Ok(Opened {
+                    connection: Connection {
+                        connection,
+                        server: server.to_string(),
+                        welcome,
+                    },
+                    send,
+                    recv,
+                    hello_sent_at,
                 })
             }
             Some(SessionEvent::Refused { error }) => Err(unavailable(format!("refused: {error}"))),
@@ -127,9 +142,9 @@ impl Connection {
         }
     }
 
-    /// The highest TID this server had when the session opened.
-    pub(crate) fn last_tid(&self) -> Tid {
-        self.welcome.last_tid
+    /// True until the connection is closed or lost.
+    pub(crate) fn is_open(&self) -> bool {
+        self.connection.close_reason().is_none()
     }
 
     /// Sends one request on a new stream and reads its response.

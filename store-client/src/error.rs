@@ -21,6 +21,13 @@ pub enum Error {
         /// What happened, per server tried.
         detail: String,
     },
+    /// The session is not `Live` and the read policy is `FailFast`: no
+    /// proof that the server is current. Nothing was sent.
+    #[error("session is {state}, not live (fail-fast)")]
+    SessionStale {
+        /// The session's state.
+        state: crate::SessionState,
+    },
     /// The TLS handshake failed: wrong CA, missing or unknown client
     /// certificate. Retrying will not help.
     #[error("TLS handshake failed: {detail}")]

@@ -9,26 +9,46 @@
 //! definitely not ([`Error::is_not_applied`]) or unknown
 //! ([`Error::OutcomeUnknown`], with the transaction's id).
 //!
-//! The pieces: `config` (defaults), `client` (the handle, reconnects),
-//! `connection` (one QUIC connection and its session), `txn` (transactions
-//! and their ids), `tls`, `error`; with the `cli` feature, [`cli`] holds the
-//! connection flags shared by `store-cli` and `store-bench`.
+//! Cached reads are served only while the session is proven live: the
+//! client pings every second, and a pong proves the server current as of
+//! the ping's *send* time for `stale_after` (3 s). The moment that proof
+//! lapses, cached values stop being served as fresh, and reads follow the
+//! [`ReadPolicy`]: wait for proof (default), fail fast, or answer marked
+//! stale. Watch the session with [`Client::watch_session`].
+//!
+//! The pieces: `session` (the liveness state machine: *is this cached value
+//! still safe to serve?*), `driver` (the task that runs it), `cache`,
+//! `retry` (backoff), `client` (the handle), `connection` (one QUIC
+//! connection), `txn` (transactions and their ids), `config`, `tls`,
+//! `error`; with the `cli` feature, [`cli`] holds the connection flags
+//! shared by `store-cli` and `store-bench`.
 
+mod cache;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod client;
 mod config;
 mod connection;
+mod driver;
 mod error;
+mod retry;
+mod session;
 mod tls;
 mod txn;
 
-pub use client::{Client, ScanPage};
+pub use cache::DEFAULT_CACHE_BYTES;
+pub use client::{Client, Read, ScanPage, Source};
 pub use config::{
-    ClientConfig, TlsPaths, DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEP_ALIVE, DEFAULT_SERVER,
-    DEFAULT_TIMEOUT, DEFAULT_TLS_DIR,
+    ClientConfig, ReadPolicy, TlsPaths, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_KEEP_ALIVE, DEFAULT_READ_WAIT, DEFAULT_SERVER, DEFAULT_TIMEOUT, DEFAULT_TLS_DIR,
 };
+pub use driver::SessionStatus;
 pub use error::Error;
+pub use retry::{BACKOFF_BASE, BACKOFF_CAP};
+pub use session::{
+    SessionConfig, SessionState, DEFAULT_EXPIRE_AFTER, DEFAULT_PING_INTERVAL, DEFAULT_PING_JITTER,
+    DEFAULT_STALE_AFTER,
+};
 pub use store_protocol::{
     Entry, Role, ScanRequest, StatusInfo, Tid, TxnId, Versioned, WireError, WriteResult,
 };

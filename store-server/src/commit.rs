@@ -10,6 +10,7 @@ use store_protocol::{CommitRequest, Committed, Limits, WireError};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
+use crate::invalidation::{Invalidation, Invalidations};
 use crate::storage::Storage;
 
 /// Most commits in one batch: bounds the latency one batch adds to the next.
@@ -38,11 +39,15 @@ pub struct Committer {
 
 impl CommitPipeline {
     /// Starts the committer thread over `storage`.
-    pub fn start(storage: Arc<Storage>, limits: Limits) -> std::io::Result<CommitPipeline> {
+    pub fn start(
+        storage: Arc<Storage>,
+        invalidations: Arc<Invalidations>,
+        limits: Limits,
+    ) -> std::io::Result<CommitPipeline> {
         let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
         let thread = std::thread::Builder::new()
             .name("zeolite-committer".into())
-            .spawn(move || run_committer(&storage, &limits, jobs))?;
+            .spawn(move || run_committer(&storage, &invalidations, &limits, jobs))?;
         Ok(CommitPipeline {
             committer: Committer { queue },
             thread,
@@ -89,7 +94,12 @@ impl Committer {
     }
 }
 
-fn run_committer(storage: &Storage, limits: &Limits, mut jobs: mpsc::Receiver<Job>) {
+fn run_committer(
+    storage: &Storage,
+    invalidations: &Invalidations,
+    limits: &Limits,
+    mut jobs: mpsc::Receiver<Job>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = jobs.blocking_recv() {
         batch.push(first);
@@ -103,6 +113,16 @@ fn run_committer(storage: &Storage, limits: &Limits, mut jobs: mpsc::Receiver<Jo
         match outcome {
             Ok(results) => {
                 tracing::debug!(size = batch.len(), "batch durable");
+                // Every session hears of a commit before anyone is told it
+                // committed, so a pong never runs ahead of an acknowledgement.
+                for (job, result) in batch.iter().zip(&results) {
+                    if let Ok((tid, _)) = result {
+                        invalidations.publish(Invalidation {
+                            tid: *tid,
+                            keys: written_keys(&job.request),
+                        });
+                    }
+                }
                 for (job, result) in batch.drain(..).zip(results) {
                     let answer = result.map(|(tid, results)| {
                         job.span.record("tid", tid.0);
@@ -129,4 +149,16 @@ fn run_committer(storage: &Storage, limits: &Limits, mut jobs: mpsc::Receiver<Jo
             }
         }
     }
+}
+
+/// The keys a commit wrote, each once, in first-written order.
+fn written_keys(request: &CommitRequest) -> Vec<bytes::Bytes> {
+    let mut seen = std::collections::HashSet::with_capacity(request.writes.len());
+    request
+        .writes
+        .iter()
+        .map(|write| write.key())
+        .filter(|key| seen.insert(*key))
+        .cloned()
+        .collect()
 }

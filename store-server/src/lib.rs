@@ -9,9 +9,11 @@
 //! order a commit meets them:
 //!
 //! * `server`: the QUIC endpoint, connections, drain on shutdown;
-//! * `session`: `Hello`/`Welcome`, pings and pongs;
+//! * `session`: `Hello`/`Welcome` with cache revalidation, then pings,
+//!   pongs and invalidations in TID order;
 //! * `request`: one request stream, limits checked before any work;
 //! * `commit`: the group-commit pipeline;
+//! * `invalidation`: fan-out of changed keys and the change log;
 //! * `storage`: redb tables and the rules of a commit (conflicts, `Incr`,
 //!   `Append`);
 //! * `tls`: development certificates and the rustls configuration.
@@ -27,6 +29,7 @@ mod cli;
 mod commit;
 mod config;
 mod error;
+mod invalidation;
 mod request;
 mod server;
 mod session;

@@ -50,7 +50,8 @@ async fn decide(request: Request, shared: &Shared) -> Result<Response, WireError
     match request {
         Request::Get { key } => {
             limits.check_key(&key)?;
-            Ok(Response::Value(shared.storage.get(&key).map_err(internal)?))
+            let (found, read_tid) = shared.storage.get(&key).map_err(internal)?;
+            Ok(Response::Value { found, read_tid })
         }
         Request::GetMany { keys } => {
             if keys.len() > limits.max_ops_per_txn as usize {
@@ -63,9 +64,8 @@ async fn decide(request: Request, shared: &Shared) -> Result<Response, WireError
             for key in &keys {
                 limits.check_key(key)?;
             }
-            Ok(Response::Values(
-                shared.storage.get_many(&keys).map_err(internal)?,
-            ))
+            let (values, read_tid) = shared.storage.get_many(&keys).map_err(internal)?;
+            Ok(Response::Values { values, read_tid })
         }
         Request::Scan(scan) => {
             limits.check_key(&scan.start)?;

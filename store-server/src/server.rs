@@ -14,6 +14,7 @@ use tracing::Instrument as _;
 use crate::commit::{CommitPipeline, Committer};
 use crate::config::{ServerConfig, TlsSource};
 use crate::error::ServerError;
+use crate::invalidation::{Invalidations, DEFAULT_CHANGE_LOG_KEYS};
 use crate::storage::Storage;
 use crate::{session, tls};
 
@@ -27,6 +28,7 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 /// State every connection task reads.
 pub struct Shared {
     pub(crate) storage: Arc<Storage>,
+    pub(crate) invalidations: Arc<Invalidations>,
     pub(crate) committer: Committer,
     pub(crate) limits: Limits,
     pub(crate) role: Role,
@@ -79,7 +81,11 @@ impl Server {
         let crypto = tls::quic_server_crypto(&config.tls.files())?;
         let db_path = config.data_dir.join("store.redb");
         let storage = Arc::new(Storage::open(&db_path)?);
-        let pipeline = CommitPipeline::start(storage.clone(), config.limits)
+        let invalidations = Arc::new(Invalidations::new(
+            storage.last_tid(),
+            DEFAULT_CHANGE_LOG_KEYS,
+        ));
+        let pipeline = CommitPipeline::start(storage.clone(), invalidations.clone(), config.limits)
             .map_err(|e| ServerError::io("starting the committer thread", e))?;
 
         let mut transport = quinn::TransportConfig::default();
@@ -106,6 +112,7 @@ impl Server {
         let shared = Arc::new(Shared {
             committer: pipeline.committer(),
             storage,
+            invalidations,
             limits: config.limits,
             role: Role::Standalone,
             epoch: Epoch(1),

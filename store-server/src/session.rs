@@ -1,32 +1,71 @@
-//! The session stream: `Hello` → `Welcome` (or a refusal), then pings
-//! answered with pongs, on the stream with the highest send priority.
+//! The session stream: `Hello` → `Welcome` (with cache revalidation) or a
+//! refusal; then, on the stream with the highest send priority, pings in one
+//! direction and, in TID order, invalidations and pongs in the other.
+//!
+//! A pong is written only after every invalidation published before the
+//! ping was handled, and its `last_tid` names the last one written, so a
+//! client that applies the stream in order knows exactly what a pong proves.
+//! Nothing on this path touches the disk or waits for the commit pipeline.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use store_protocol::{
-    read_frame, write_frame, Hello, Pong, SessionEvent, SessionRequest, Welcome, WireError,
-    PROTOCOL_VERSION,
+    read_frame, write_frame, Hello, Pong, SessionEvent, SessionRequest, Tid, Welcome, WireError,
+    MIN_PING_SPACING, PROTOCOL_VERSION,
 };
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
 
+use crate::invalidation::Invalidation;
 use crate::server::Shared;
 
-/// Largest session-stream frame: sessions carry only small control messages.
-const SESSION_FRAME_LIMIT: u32 = 64 * 1024;
+/// Largest frame a client may send on its session stream (pings and Hello).
+const CLIENT_SESSION_FRAME_LIMIT: u32 = 64 * 1024;
+/// Largest revalidation list sent in `Welcome`; past it, the client is told
+/// to drop its cache (a bigger list would cost more than refetching).
+const MAX_REVALIDATION_BYTES: usize = 1024 * 1024;
 
-/// An open session: counted in `status` until dropped.
+/// An open session.
 pub struct Session {
-    send: quinn::SendStream,
+    writer: EventWriter,
     recv: quinn::RecvStream,
-    shared: Arc<Shared>,
     /// The client's random id.
     pub client_id: u128,
 }
 
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
+/// The server → client half of a session.
+struct EventWriter {
+    send: quinn::SendStream,
+    shared: Arc<Shared>,
+    invalidations: broadcast::Receiver<Arc<Invalidation>>,
+    /// The last TID whose invalidation this session has written (or covered
+    /// in `Welcome`).
+    written_tid: Tid,
+    _counted: Counted,
+}
+
+/// Counts an open session in `status` until dropped.
+struct Counted(Arc<Shared>);
+
+impl Counted {
+    fn new(shared: Arc<Shared>) -> Counted {
+        shared.sessions.fetch_add(1, Ordering::Relaxed);
+        Counted(shared)
     }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The largest session-stream frame the server may write: an invalidation
+/// lists the keys of one commit, which fit in one request frame.
+fn event_frame_limit(shared: &Shared) -> u32 {
+    shared.limits.max_frame_bytes.saturating_add(64 * 1024)
 }
 
 /// Reads `Hello` and answers `Welcome`, or `Refused` with the reason.
@@ -37,43 +76,58 @@ pub async fn open(
 ) -> Result<Session, WireError> {
     // Pongs and invalidations must never wait behind request data.
     let _ = send.set_priority(i32::MAX);
-    let decided = match read_frame::<_, SessionRequest>(&mut recv, SESSION_FRAME_LIMIT).await {
-        Ok(Some(SessionRequest::Hello(hello))) => admit(&hello, &shared).map(|w| (hello, w)),
+    let hello = match read_frame::<_, SessionRequest>(&mut recv, CLIENT_SESSION_FRAME_LIMIT).await {
+        Ok(Some(SessionRequest::Hello(hello))) => admit(&hello, &shared).map(|()| hello),
         Ok(Some(SessionRequest::Ping { .. })) | Ok(None) => Err(WireError::NoSession),
         Err(e) => Err(e.to_wire()),
     };
-    match decided {
-        Ok((hello, welcome)) => {
-            write_frame(
-                &mut send,
-                &SessionEvent::Welcome(welcome),
-                SESSION_FRAME_LIMIT,
-            )
-            .await
-            .map_err(|e| WireError::Malformed {
-                detail: e.to_string(),
-            })?;
-            shared.sessions.fetch_add(1, Ordering::Relaxed);
-            Ok(Session {
-                send,
-                recv,
-                shared,
-                client_id: hello.client_id,
-            })
-        }
+    let hello = match hello {
+        Ok(hello) => hello,
         Err(error) => {
             let refusal = SessionEvent::Refused {
                 error: error.clone(),
             };
-            let _ = write_frame(&mut send, &refusal, SESSION_FRAME_LIMIT).await;
+            let _ = write_frame(&mut send, &refusal, CLIENT_SESSION_FRAME_LIMIT).await;
             let _ = send.finish();
             let _ = send.stopped().await;
-            Err(error)
+            return Err(error);
         }
-    }
+    };
+    let subscription = shared.invalidations.subscribe(hello.cached_tid);
+    let changed = subscription
+        .changed
+        .filter(|keys| keys.iter().map(Bytes::len).sum::<usize>() <= MAX_REVALIDATION_BYTES);
+    let welcome = Welcome {
+        server_id: shared.storage.server_id(),
+        role: shared.role,
+        epoch: shared.epoch,
+        last_tid: subscription.covered_tid,
+        limits: shared.limits,
+        changed_since_cached: changed,
+    };
+    write_frame(
+        &mut send,
+        &SessionEvent::Welcome(welcome),
+        event_frame_limit(&shared),
+    )
+    .await
+    .map_err(|e| WireError::Malformed {
+        detail: e.to_string(),
+    })?;
+    Ok(Session {
+        writer: EventWriter {
+            send,
+            invalidations: subscription.receiver,
+            written_tid: subscription.covered_tid,
+            _counted: Counted::new(shared.clone()),
+            shared,
+        },
+        recv,
+        client_id: hello.client_id,
+    })
 }
 
-fn admit(hello: &Hello, shared: &Shared) -> Result<Welcome, WireError> {
+fn admit(hello: &Hello, shared: &Shared) -> Result<(), WireError> {
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(WireError::UnsupportedVersion {
             client: hello.protocol_version,
@@ -87,43 +141,110 @@ fn admit(hello: &Hello, shared: &Shared) -> Result<Welcome, WireError> {
             client_last_seen: hello.last_seen_tid,
         });
     }
-    Ok(Welcome {
-        server_id: shared.storage.server_id(),
-        role: shared.role,
-        epoch: shared.epoch,
-        last_tid,
-        limits: shared.limits,
-    })
+    Ok(())
 }
 
 impl Session {
-    /// Answers pings until the client closes the stream or breaks the protocol.
-    pub async fn serve(mut self) {
+    /// Serves the session until the client closes it, breaks the protocol,
+    /// or falls so far behind on invalidations that it must revalidate.
+    pub async fn serve(self) {
+        let Session {
+            mut writer, recv, ..
+        } = self;
+        let (pings, mut ping_queue) = mpsc::channel(4);
+        let reader = tokio::spawn(read_pings(recv, pings));
+        let result = writer.write_events(&mut ping_queue).await;
+        reader.abort();
+        if let Err(reason) = result {
+            tracing::info!(reason, "session ended");
+        }
+    }
+}
+
+impl EventWriter {
+    async fn write_events(&mut self, pings: &mut mpsc::Receiver<u64>) -> Result<(), &'static str> {
         loop {
-            match read_frame::<_, SessionRequest>(&mut self.recv, SESSION_FRAME_LIMIT).await {
-                Ok(Some(SessionRequest::Ping { seq })) => {
-                    let pong = SessionEvent::Pong(Pong {
-                        seq,
-                        last_tid: self.shared.storage.last_tid(),
-                        epoch: self.shared.epoch,
-                        role: self.shared.role,
-                    });
-                    if write_frame(&mut self.send, &pong, SESSION_FRAME_LIMIT)
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
+            tokio::select! {
+                biased;
+                received = self.invalidations.recv() => match received {
+                    Ok(invalidation) => self.write_invalidation(&invalidation).await?,
+                    Err(broadcast::error::RecvError::Lagged(_)) => return Err("too far behind on invalidations"),
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+                ping = pings.recv() => match ping {
+                    Some(seq) => self.write_pong(seq).await?,
+                    None => return Ok(()),
+                },
+            }
+        }
+    }
+
+    async fn write_invalidation(
+        &mut self,
+        invalidation: &Invalidation,
+    ) -> Result<(), &'static str> {
+        if invalidation.tid <= self.written_tid {
+            return Ok(()); // already covered by Welcome
+        }
+        let event = SessionEvent::Invalidate {
+            tid: invalidation.tid,
+            keys: invalidation.keys.clone(),
+        };
+        write_frame(&mut self.send, &event, event_frame_limit(&self.shared))
+            .await
+            .map_err(|_| "session stream closed")?;
+        self.written_tid = invalidation.tid;
+        Ok(())
+    }
+
+    /// Writes every invalidation already published, then the pong.
+    async fn write_pong(&mut self, seq: u64) -> Result<(), &'static str> {
+        loop {
+            match self.invalidations.try_recv() {
+                Ok(invalidation) => self.write_invalidation(&invalidation).await?,
+                Err(broadcast::error::TryRecvError::Empty) => break,
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    return Err("too far behind on invalidations")
                 }
-                Ok(Some(SessionRequest::Hello(_))) => {
-                    tracing::debug!("second Hello on an open session; closing it");
-                    return;
+                Err(broadcast::error::TryRecvError::Closed) => return Ok(()),
+            }
+        }
+        let pong = SessionEvent::Pong(Pong {
+            seq,
+            last_tid: self.written_tid,
+            epoch: self.shared.epoch,
+            role: self.shared.role,
+        });
+        write_frame(&mut self.send, &pong, event_frame_limit(&self.shared))
+            .await
+            .map_err(|_| "session stream closed")
+    }
+}
+
+/// Reads pings and forwards those at least [`MIN_PING_SPACING`] apart; the
+/// rest are dropped unanswered, so a misbehaving client cannot turn the
+/// session stream into a load generator.
+async fn read_pings(mut recv: quinn::RecvStream, pings: mpsc::Sender<u64>) {
+    let mut last_answered: Option<Instant> = None;
+    loop {
+        match read_frame::<_, SessionRequest>(&mut recv, CLIENT_SESSION_FRAME_LIMIT).await {
+            Ok(Some(SessionRequest::Ping { seq })) => {
+                let now = Instant::now();
+                if last_answered.is_some_and(|at| now.duration_since(at) < MIN_PING_SPACING) {
+                    continue;
                 }
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::debug!(error = %e, "session stream failed");
-                    return;
-                }
+                last_answered = Some(now);
+                // A full queue means pongs are already pending: drop this one.
+                let _ = pings.try_send(seq);
+            }
+            Ok(Some(SessionRequest::Hello(_))) => {
+                tracing::debug!("second Hello on an open session; closing it");
+                return;
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "session stream failed");
+                return;
             }
         }
     }

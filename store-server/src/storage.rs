@@ -74,27 +74,28 @@ impl Storage {
         Tid(self.last_tid.load(Ordering::Acquire))
     }
 
-    /// Reads one key.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(DATA)?;
-        let found = table.get(key)?.map(|guard| {
-            let (serial, value) = guard.value();
-            Versioned {
-                value: Bytes::copy_from_slice(value),
-                serial: Tid(serial),
-            }
-        });
-        Ok(found)
+    /// Reads one key, with the last TID of the snapshot it was read from.
+    pub fn get(&self, key: &[u8]) -> Result<(Option<Versioned>, Tid), StorageError> {
+        let (mut values, read_tid) = self.get_many(&[key])?;
+        Ok((values.pop().flatten(), read_tid))
     }
 
-    /// Reads several keys from one snapshot.
-    pub fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Option<Versioned>>, StorageError> {
+    /// Reads several keys from one snapshot, with that snapshot's last TID.
+    pub fn get_many<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+    ) -> Result<(Vec<Option<Versioned>>, Tid), StorageError> {
         let txn = self.db.begin_read()?;
+        let read_tid = Tid(txn
+            .open_table(META)?
+            .get(LAST_TID)?
+            .map(|v| v.value())
+            .unwrap_or(0));
         let table = txn.open_table(DATA)?;
-        keys.iter()
+        let values = keys
+            .iter()
             .map(|key| {
-                Ok(table.get(&key[..])?.map(|guard| {
+                Ok(table.get(key.as_ref())?.map(|guard| {
                     let (serial, value) = guard.value();
                     Versioned {
                         value: Bytes::copy_from_slice(value),
@@ -102,7 +103,8 @@ impl Storage {
                     }
                 }))
             })
-            .collect()
+            .collect::<Result<_, StorageError>>()?;
+        Ok((values, read_tid))
     }
 
     /// Reads a range in key order: at most `max_entries` entries and about
@@ -342,16 +344,21 @@ mod tests {
                 ]
             ))
         );
-        assert_eq!(storage.get(b"n").unwrap().unwrap().value, b("10"));
-        assert_eq!(storage.get(b"n").unwrap().unwrap().serial, Tid(2));
-        assert!(storage.get(b"x").unwrap().is_none());
-        assert!(storage.get(b"y").unwrap().is_none());
+        assert_eq!(storage.get(b"n").unwrap().0.unwrap().value, b("10"));
+        assert_eq!(storage.get(b"n").unwrap().0.unwrap().serial, Tid(2));
+        assert!(storage.get(b"x").unwrap().0.is_none());
+        assert!(storage.get(b"y").unwrap().0.is_none());
+        assert_eq!(
+            storage.get(b"y").unwrap().1,
+            Tid(2),
+            "reads carry their snapshot TID"
+        );
         assert_eq!(storage.last_tid(), Tid(2));
 
         drop(storage);
         let reopened = Storage::open(&dir.path().join("db")).unwrap();
         assert_eq!(reopened.last_tid(), Tid(2));
-        assert_eq!(reopened.get(b"log").unwrap().unwrap().value, b("a"));
+        assert_eq!(reopened.get(b"log").unwrap().0.unwrap().value, b("a"));
     }
 
     #[test]

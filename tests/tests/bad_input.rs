@@ -106,6 +106,7 @@ async fn open_session(connection: &quinn::Connection) -> (quinn::SendStream, qui
         protocol_version: PROTOCOL_VERSION,
         client_id: 7,
         last_seen_tid: store_protocol::Tid::ZERO,
+        cached_tid: store_protocol::Tid::ZERO,
     });
     write_frame(&mut send, &hello, 1 << 16).await.unwrap();
     let welcome = read_frame::<_, SessionEvent>(&mut recv, 1 << 16)
@@ -179,7 +180,7 @@ async fn malformed_frames_get_typed_errors_and_hurt_no_one() {
     .unwrap();
     let response = send_raw(&connection, &good).await;
     assert!(
-        matches!(&response, Response::Value(Some(v)) if v.value == "yes"),
+        matches!(&response, Response::Value { found: Some(v), .. } if v.value == "yes"),
         "{response:?}"
     );
 
@@ -207,6 +208,7 @@ async fn malformed_frames_get_typed_errors_and_hurt_no_one() {
         protocol_version: 99,
         client_id: 1,
         last_seen_tid: store_protocol::Tid::ZERO,
+        cached_tid: store_protocol::Tid::ZERO,
     });
     write_frame(&mut send, &hello, 1 << 16).await.unwrap();
     let refused = read_frame::<_, SessionEvent>(&mut recv, 1 << 16)
@@ -276,6 +278,7 @@ async fn wrong_ca_or_missing_client_certificate_fails_fast() {
             protocol_version: PROTOCOL_VERSION,
             client_id: 1,
             last_seen_tid: store_protocol::Tid::ZERO,
+            cached_tid: store_protocol::Tid::ZERO,
         });
         let _ = write_frame(&mut send, &hello, 1 << 16).await;
         let _ = read_frame::<_, SessionEvent>(&mut recv, 1 << 16).await;

@@ -1,0 +1,283 @@
+//! The read-through cache: values with their serials, dropped in O(1) by a
+//! generation bump, and filled only when the fill cannot undo an
+//! invalidation (the fill-vs-invalidate race).
+//!
+//! Whether a cached value may be *served* is the session's decision
+//! (`session`); this module only keeps values consistent with the
+//! invalidations applied so far.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+
+use bytes::Bytes;
+use store_protocol::Tid;
+
+/// Default cache budget: 256 MiB of keys and values.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+/// Bookkeeping bytes charged per entry on top of its key and value.
+const ENTRY_OVERHEAD: u32 = 64;
+
+#[derive(Debug, Clone)]
+struct Entry {
+    /// `None`: the key was absent (negative caching).
+    value: Option<Bytes>,
+    /// The TID that wrote the value (`Tid::ZERO` when absent).
+    serial: Tid,
+    generation: u64,
+}
+
+/// A cached read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cached {
+    /// The value, `None` if the key was absent.
+    pub value: Option<Bytes>,
+    /// False when the entry is from before the last invalidate-all: it may
+    /// be served only as stale.
+    pub current: bool,
+}
+
+/// Values this client has read, bounded by bytes.
+pub struct Cache {
+    entries: moka::sync::Cache<Bytes, Entry>,
+    generation: AtomicU64,
+    /// The last TID whose invalidations have been applied.
+    applied_tid: AtomicU64,
+    /// Held for writing while invalidations are applied, for reading while
+    /// a fill checks and installs: a fill never straddles an invalidation.
+    applying: RwLock<()>,
+}
+
+impl Cache {
+    /// An empty cache of at most `max_bytes` of keys, values and overhead.
+    pub fn new(max_bytes: u64) -> Cache {
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|key: &Bytes, entry: &Entry| {
+                let size = key.len() + entry.value.as_ref().map_or(0, Bytes::len);
+                u32::try_from(size)
+                    .unwrap_or(u32::MAX)
+                    .saturating_add(ENTRY_OVERHEAD)
+            })
+            .build();
+        Cache {
+            entries,
+            generation: AtomicU64::new(0),
+            applied_tid: AtomicU64::new(0),
+            applying: RwLock::new(()),
+        }
+    }
+
+    /// The current generation; pass it to [`Cache::fill`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The last TID whose invalidations were applied.
+    pub fn applied_tid(&self) -> Tid {
+        Tid(self.applied_tid.load(Ordering::Acquire))
+    }
+
+    /// The cached entry for `key`, current or from an older generation.
+    pub fn lookup(&self, key: &[u8]) -> Option<Cached> {
+        let entry = self.entries.get(key)?;
+        Some(Cached {
+            current: entry.generation == self.generation(),
+            value: entry.value,
+        })
+    }
+
+    /// Installs a value read from the server from a snapshot at `read_tid`,
+    /// by a read that started in `generation`. Skipped if the cache was
+    /// dropped since, or if invalidations newer than the snapshot were
+    /// already applied (one of them might concern this key, and its removal
+    /// must not be undone).
+    pub fn fill(
+        &self,
+        key: Bytes,
+        value: Option<Bytes>,
+        serial: Tid,
+        read_tid: Tid,
+        generation: u64,
+    ) -> bool {
+        let _guard = self
+            .applying
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if generation != self.generation() || read_tid < self.applied_tid() {
+            return false;
+        }
+        self.entries.insert(
+            key,
+            Entry {
+                value,
+                serial,
+                generation,
+            },
+        );
+        true
+    }
+
+    /// Applies `Invalidate{tid, keys}`: drops each key's entry unless it
+    /// already holds that commit's value or a later one.
+    pub fn invalidate(&self, tid: Tid, keys: &[Bytes]) {
+        let _guard = self
+            .applying
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for key in keys {
+            let keep = self
+                .entries
+                .get(key)
+                .is_some_and(|e| e.serial >= tid && e.generation == self.generation());
+            if !keep {
+                self.entries.invalidate(key);
+            }
+        }
+        self.applied_tid.fetch_max(tid.0, Ordering::AcqRel);
+    }
+
+    /// Applies a new session's revalidation: `Some(keys)` changed since the
+    /// cache's applied TID (drop just those); `None`: drop everything, in
+    /// O(1), by a generation bump (old entries stay readable only as stale,
+    /// for `AllowStale`, until replaced or evicted). Afterwards
+    /// invalidations count as applied up to `last_tid`.
+    pub fn revalidate(&self, last_tid: Tid, changed: Option<&[Bytes]>) {
+        let _guard = self
+            .applying
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match changed {
+            Some(keys) => {
+                for key in keys {
+                    self.entries.invalidate(key);
+                }
+            }
+            None => {
+                self.generation.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        self.applied_tid.fetch_max(last_tid.0, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn b(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    #[test]
+    fn fills_serve_until_invalidated() {
+        let cache = Cache::new(1 << 20);
+        let g = cache.generation();
+        assert!(cache.fill(b("k"), Some(b("v1")), Tid(3), Tid(5), g));
+        assert_eq!(
+            cache.lookup(b"k"),
+            Some(Cached {
+                value: Some(b("v1")),
+                current: true
+            })
+        );
+        cache.invalidate(Tid(6), &[b("k")]);
+        assert_eq!(cache.lookup(b"k"), None);
+        assert_eq!(cache.applied_tid(), Tid(6));
+    }
+
+    #[test]
+    fn an_invalidation_for_an_older_commit_keeps_a_newer_value() {
+        let cache = Cache::new(1 << 20);
+        cache.fill(b("k"), Some(b("v7")), Tid(7), Tid(7), cache.generation());
+        cache.invalidate(Tid(7), &[b("k")]);
+        assert_eq!(cache.lookup(b"k").unwrap().value, Some(b("v7")));
+    }
+
+    /// The fill-vs-invalidate race, forced: a read fetches k at snapshot 5,
+    /// then the invalidation for commit 6 (which changed k) is applied before
+    /// the read installs its value. The stale value must not be installed.
+    #[test]
+    fn a_fill_from_before_an_applied_invalidation_is_refused() {
+        let cache = Cache::new(1 << 20);
+        let generation = cache.generation();
+        // 1. The read's response: value at serial 4 from snapshot 5.
+        let (value, serial, read_tid) = (b("old"), Tid(4), Tid(5));
+        // 2. Meanwhile the session applies commit 6's invalidation of k.
+        cache.invalidate(Tid(6), &[b("k")]);
+        // 3. The read tries to install what it fetched.
+        assert!(!cache.fill(b("k"), Some(value), serial, read_tid, generation));
+        assert_eq!(cache.lookup(b"k"), None);
+    }
+
+    #[test]
+    fn a_fill_from_before_a_cache_drop_is_refused() {
+        let cache = Cache::new(1 << 20);
+        let generation = cache.generation();
+        cache.revalidate(Tid::ZERO, None);
+        assert!(!cache.fill(b("k"), Some(b("v")), Tid(1), Tid(1), generation));
+    }
+
+    #[test]
+    fn dropping_the_cache_is_a_generation_bump_leaving_stale_values_readable() {
+        let cache = Cache::new(1 << 20);
+        cache.fill(b("k"), Some(b("v")), Tid(1), Tid(1), cache.generation());
+        cache.revalidate(Tid(1), None);
+        assert_eq!(
+            cache.lookup(b"k"),
+            Some(Cached {
+                value: Some(b("v")),
+                current: false
+            })
+        );
+        // A new fill replaces it as current.
+        cache.fill(b("k"), Some(b("w")), Tid(2), Tid(2), cache.generation());
+        assert_eq!(
+            cache.lookup(b"k"),
+            Some(Cached {
+                value: Some(b("w")),
+                current: true
+            })
+        );
+    }
+
+    #[test]
+    fn revalidation_drops_only_changed_keys_or_everything() {
+        let cache = Cache::new(1 << 20);
+        let g = cache.generation();
+        cache.fill(b("a"), Some(b("1")), Tid(1), Tid(2), g);
+        cache.fill(b("b"), None, Tid::ZERO, Tid(2), g);
+        cache.revalidate(Tid(9), Some(&[b("a")]));
+        assert_eq!(cache.lookup(b"a"), None);
+        assert_eq!(
+            cache.lookup(b"b"),
+            Some(Cached {
+                value: None,
+                current: true
+            })
+        );
+        assert_eq!(cache.applied_tid(), Tid(9));
+        cache.revalidate(Tid(12), None);
+        assert!(!cache.lookup(b"b").unwrap().current);
+    }
+
+    #[test]
+    fn the_cache_is_bounded_by_bytes() {
+        let cache = Cache::new(64 * 1024);
+        for i in 0..1000 {
+            cache.fill(
+                Bytes::from(format!("k{i}")),
+                Some(Bytes::from(vec![0u8; 1024])),
+                Tid(1),
+                Tid(1),
+                0,
+            );
+        }
+        cache.entries.run_pending_tasks();
+        assert!(
+            cache.entries.weighted_size() <= 64 * 1024,
+            "{}",
+            cache.entries.weighted_size()
+        );
+    }
+}

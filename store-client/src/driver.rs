@@ -1,0 +1,456 @@
+//! The async shell around [`Liveness`]: dials the servers, runs the session
+//! stream, applies invalidations to the cache in stream order, and publishes
+//! the session's state and freshness. All timing decisions are the state
+//! machine's; this task only moves bytes and sleeps until it is asked to.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use store_protocol::{
+    read_frame, write_frame, Epoch, Hello, SessionEvent, SessionRequest, Tid, PROTOCOL_VERSION,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::Instrument as _;
+
+use crate::cache::Cache;
+use crate::config::ClientConfig;
+use crate::connection::{Connection, Opened, SESSION_EVENT_LIMIT, SESSION_REQUEST_LIMIT};
+use crate::error::Error;
+use crate::retry::Backoff;
+use crate::session::{Action, Liveness, SessionState};
+
+/// The session as the application sees it, published on every change.
+#[derive(Debug, Clone)]
+pub struct SessionStatus {
+    /// The state.
+    pub state: SessionState,
+    /// The server of the current session, as configured (`host:port`).
+    pub server: Option<String>,
+    /// The epoch the server last reported.
+    pub epoch: Epoch,
+    /// Why the last dial round failed, while no session is open.
+    pub last_error: Option<Error>,
+}
+
+/// State shared between the driver and the client's calls.
+pub(crate) struct SessionShared {
+    /// Origin of `fresh_until_ns`.
+    base: Instant,
+    /// `fresh_until` as nanoseconds since `base`; 0 when not `Live`.
+    fresh_until_ns: AtomicU64,
+    current: Mutex<Option<Arc<Connection>>>,
+    status: watch::Sender<SessionStatus>,
+    pub(crate) cache: Cache,
+    last_seen_tid: AtomicU64,
+}
+
+impl SessionShared {
+    pub(crate) fn new(cache: Cache) -> SessionShared {
+        SessionShared {
+            base: Instant::now(),
+            fresh_until_ns: AtomicU64::new(0),
+            current: Mutex::new(None),
+            status: watch::Sender::new(SessionStatus {
+                state: SessionState::Connecting,
+                server: None,
+                epoch: Epoch(0),
+                last_error: None,
+            }),
+            cache,
+            last_seen_tid: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether cached values may be served at `now`: the session is `Live`
+    /// and `now < fresh_until`. Checked on every cached read, against the
+    /// monotonic clock, so a process that was paused past `fresh_until`
+    /// serves nothing from cache when it wakes, whatever the driver did.
+    pub(crate) fn is_fresh(&self, now: Instant) -> bool {
+        let until = self.fresh_until_ns.load(Ordering::Acquire);
+        let now =
+            u64::try_from(now.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX);
+        now < until
+    }
+
+    fn publish_fresh_until(&self, fresh_until: Option<Instant>) {
+        let nanos = fresh_until.map_or(0, |at| {
+            u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+        });
+        self.fresh_until_ns.store(nanos, Ordering::Release);
+    }
+
+    /// The connection of the current session, if it is still open.
+    pub(crate) fn connection(&self) -> Option<Arc<Connection>> {
+        self.lock_current().clone().filter(|c| c.is_open())
+    }
+
+    fn lock_current(&self) -> std::sync::MutexGuard<'_, Option<Arc<Connection>>> {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<SessionStatus> {
+        self.status.subscribe()
+    }
+
+    pub(crate) fn status(&self) -> SessionStatus {
+        self.status.borrow().clone()
+    }
+
+    pub(crate) fn last_seen_tid(&self) -> Tid {
+        Tid(self.last_seen_tid.load(Ordering::Acquire))
+    }
+
+    /// Records a TID this client has seen (it never accepts a server behind it).
+    pub(crate) fn saw(&self, tid: Tid) {
+        self.last_seen_tid.fetch_max(tid.0, Ordering::AcqRel);
+    }
+}
+
+/// What the client asks of the driver.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Command {
+    /// A reader is waiting for proof: ping as soon as allowed.
+    PingNow,
+    /// The client is closing: end the session.
+    Close,
+}
+
+/// What reaches the driver from its helper tasks.
+enum Event {
+    Opened(Box<Opened>),
+    DialFailed(Error),
+    Session { id: u64, event: SessionEvent },
+    SessionClosed { id: u64, reason: String },
+}
+
+/// The current session's connection and its stream tasks.
+struct Link {
+    id: u64,
+    connection: Arc<Connection>,
+    pings: mpsc::Sender<u64>,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.connection
+            .connection
+            .close(0u32.into(), b"session replaced");
+    }
+}
+
+/// Starts the driver; it runs until `commands` is dropped.
+pub(crate) fn spawn(
+    config: ClientConfig,
+    endpoint: quinn::Endpoint,
+    crypto: quinn::ClientConfig,
+    client_id: u128,
+    shared: Arc<SessionShared>,
+) -> mpsc::UnboundedSender<Command> {
+    let (commands_tx, commands) = mpsc::unbounded_channel();
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let seed = rand::random();
+    let driver = Driver {
+        liveness: Liveness::new(config.session, Instant::now(), seed),
+        config,
+        endpoint,
+        crypto,
+        client_id,
+        shared,
+        backoff: Backoff::default(),
+        rng: StdRng::seed_from_u64(seed ^ 0x5eed),
+        link: None,
+        dialing: false,
+        next_id: 0,
+        events_tx,
+        events,
+        commands,
+    };
+    let span = tracing::info_span!("session", client = %format!("{client_id:032x}"));
+    tokio::spawn(driver.run().instrument(span));
+    commands_tx
+}
+
+struct Driver {
+    liveness: Liveness,
+    config: ClientConfig,
+    endpoint: quinn::Endpoint,
+    crypto: quinn::ClientConfig,
+    client_id: u128,
+    shared: Arc<SessionShared>,
+    backoff: Backoff,
+    rng: StdRng,
+    link: Option<Link>,
+    dialing: bool,
+    next_id: u64,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedReceiver<Event>,
+    commands: mpsc::UnboundedReceiver<Command>,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        loop {
+            self.carry_out_actions();
+            let wake = self.liveness.poll_timeout();
+            let sleep = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = sleep => self.liveness.handle_timeout(Instant::now()),
+                Some(event) = self.events.recv() => self.on_event(event),
+                command = self.commands.recv() => match command {
+                    Some(Command::PingNow) => self.liveness.ping_now(Instant::now()),
+                    // Closed, or every client handle is gone.
+                    Some(Command::Close) | None => break,
+                },
+            }
+        }
+        self.link = None;
+        self.shared.publish_fresh_until(None);
+    }
+
+    fn carry_out_actions(&mut self) {
+        // Freshness first, so that whoever a state change wakes sees it.
+        self.shared.publish_fresh_until(self.liveness.fresh_until());
+        while let Some(action) = self.liveness.poll_action() {
+            match action {
+                Action::SendPing { seq } => {
+                    if let Some(link) = &self.link {
+                        // A full queue means the stream is stuck; the ping's
+                        // absence is itself the signal Liveness acts on.
+                        let _ = link.pings.try_send(seq);
+                    }
+                }
+                Action::Dial => self.start_dialing(),
+                // From here on nothing cached is served as fresh: the
+                // freshness check fails for every read. The entries are
+                // kept, not dropped: the same session's stream still
+                // delivers every invalidation in order, and a new session
+                // revalidates them (or drops them all, O(1), when the
+                // server's change log does not reach back).
+                Action::StateChanged(state) => {
+                    tracing::info!(%state, server = ?self.link.as_ref().map(|l| &l.connection.server), "session state");
+                    self.shared
+                        .status
+                        .send_modify(|status| status.state = state);
+                }
+            }
+        }
+    }
+
+    fn start_dialing(&mut self) {
+        if self.dialing {
+            return;
+        }
+        self.dialing = true;
+        let delay = self.backoff.next_delay(&mut self.rng);
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_id: self.client_id,
+            last_seen_tid: self.shared.last_seen_tid(),
+            cached_tid: self.shared.cache.applied_tid(),
+        };
+        let round = dial_round(
+            self.config.servers.clone(),
+            self.endpoint.clone(),
+            self.crypto.clone(),
+            hello,
+            self.config.connect_timeout,
+        );
+        let events = self.events_tx.clone();
+        tokio::spawn(
+            async move {
+                tokio::time::sleep(delay).await;
+                let event = match round.await {
+                    Ok(opened) => Event::Opened(Box::new(opened)),
+                    Err(e) => Event::DialFailed(e),
+                };
+                let _ = events.send(event);
+            }
+            .in_current_span(),
+        );
+    }
+
+    fn on_event(&mut self, event: Event) {
+        let now = Instant::now();
+        match event {
+            Event::Opened(opened) => {
+                self.dialing = false;
+                if self.link.is_some() && self.liveness.state() == SessionState::Live {
+                    // The old session recovered first: keep it.
+                    opened
+                        .connection
+                        .connection
+                        .close(0u32.into(), b"not needed");
+                    return;
+                }
+                self.adopt(*opened, now);
+            }
+            Event::DialFailed(error) => {
+                self.dialing = false;
+                tracing::debug!(%error, "dial round failed");
+                self.shared
+                    .status
+                    .send_modify(|status| status.last_error = Some(error));
+                if self.liveness.state() != SessionState::Live {
+                    self.start_dialing();
+                }
+            }
+            Event::Session { id, event } if self.is_current(id) => match event {
+                SessionEvent::Invalidate { tid, keys } => self.shared.cache.invalidate(tid, &keys),
+                SessionEvent::Pong(pong) => {
+                    self.shared.status.send_if_modified(|status| {
+                        let changed = status.epoch != pong.epoch;
+                        status.epoch = pong.epoch;
+                        changed
+                    });
+                    self.liveness.pong(
+                        now,
+                        pong.seq,
+                        pong.last_tid,
+                        self.shared.cache.applied_tid(),
+                    );
+                }
+                other => tracing::debug!(?other, "unexpected session event"),
+            },
+            Event::SessionClosed { id, reason } if self.is_current(id) => {
+                tracing::info!(%reason, "session stream closed");
+                self.link = None;
+                *self.shared.lock_current() = None;
+                self.liveness.disconnected(now);
+            }
+            Event::Session { .. } | Event::SessionClosed { .. } => {} // an old session
+        }
+    }
+
+    fn is_current(&self, id: u64) -> bool {
+        self.link.as_ref().is_some_and(|link| link.id == id)
+    }
+
+    /// Makes a newly opened session the current one.
+    fn adopt(&mut self, opened: Opened, now: Instant) {
+        let Opened {
+            connection,
+            send,
+            recv,
+            hello_sent_at,
+        } = opened;
+        let welcome = &connection.welcome;
+        self.shared
+            .cache
+            .revalidate(welcome.last_tid, welcome.changed_since_cached.as_deref());
+        self.shared.saw(welcome.last_tid);
+        tracing::info!(server = %connection.server, last_tid = welcome.last_tid.0, revalidated = welcome.changed_since_cached.is_some(), "session open");
+        self.next_id += 1;
+        let id = self.next_id;
+        let (pings, ping_queue) = mpsc::channel(16);
+        let connection = Arc::new(connection);
+        let tasks = [
+            tokio::spawn(read_events(id, recv, self.events_tx.clone()).in_current_span()),
+            tokio::spawn(write_pings(send, ping_queue).in_current_span()),
+        ];
+        self.shared.status.send_modify(|status| {
+            status.server = Some(connection.server.clone());
+            status.epoch = connection.welcome.epoch;
+            status.last_error = None;
+        });
+        *self.shared.lock_current() = Some(connection.clone());
+        // Dropping the old link closes its connection: break after make.
+        self.link = Some(Link {
+            id,
+            connection,
+            pings,
+            tasks,
+        });
+        self.backoff.reset();
+        self.liveness.session_opened(now, hello_sent_at);
+    }
+}
+
+/// Dials every server at once; the first to welcome the client wins.
+async fn dial_round(
+    servers: Vec<String>,
+    endpoint: quinn::Endpoint,
+    crypto: quinn::ClientConfig,
+    hello: Hello,
+    connect_timeout: std::time::Duration,
+) -> Result<Opened, Error> {
+    let deadline = tokio::time::Instant::now() + connect_timeout;
+    let mut attempts = tokio::task::JoinSet::new();
+    for server in servers {
+        let (endpoint, crypto, hello) = (endpoint.clone(), crypto.clone(), hello.clone());
+        attempts.spawn(
+            async move { Connection::dial(&endpoint, &crypto, &server, hello, deadline).await }
+                .in_current_span(),
+        );
+    }
+    let mut failures = Vec::new();
+    while let Some(attempt) = attempts.join_next().await {
+        match attempt {
+            Ok(Ok(opened)) => return Ok(opened),
+            Ok(Err(e)) => failures.push(e),
+            Err(e) => failures.push(Error::Protocol {
+                detail: format!("dial task failed: {e}"),
+            }),
+        }
+    }
+    Err(worst_of(failures))
+}
+
+/// A certificate or configuration problem outranks "unreachable": it will
+/// not go away by waiting.
+fn worst_of(mut failures: Vec<Error>) -> Error {
+    let permanent = failures
+        .iter()
+        .position(|e| matches!(e, Error::Tls { .. } | Error::Config { .. }));
+    match permanent {
+        Some(i) => failures.swap_remove(i),
+        None => Error::Unavailable {
+            detail: failures
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        },
+    }
+}
+
+async fn read_events(id: u64, mut recv: quinn::RecvStream, events: mpsc::UnboundedSender<Event>) {
+    let reason = loop {
+        match read_frame::<_, SessionEvent>(&mut recv, SESSION_EVENT_LIMIT).await {
+            Ok(Some(event)) => {
+                if events.send(Event::Session { id, event }).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => break "server closed the session stream".to_string(),
+            Err(e) => break e.to_string(),
+        }
+    };
+    let _ = events.send(Event::SessionClosed { id, reason });
+}
+
+async fn write_pings(mut send: quinn::SendStream, mut pings: mpsc::Receiver<u64>) {
+    while let Some(seq) = pings.recv().await {
+        let ping = SessionRequest::Ping { seq };
+        if write_frame(&mut send, &ping, SESSION_REQUEST_LIMIT)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}

@@ -1,0 +1,592 @@
+//! Session liveness as a pure state machine: the one place that decides
+//! whether cached data may be served.
+//!
+//! [`Liveness`] is fed events (`session_opened`, `pong`, `disconnected`) and
+//! the current time, and answers with [`Action`]s (send a ping, dial, the
+//! state changed) and the time it next wants to be woken
+//! ([`Liveness::poll_timeout`]). It never sleeps or does I/O, so its tests
+//! drive it through hours of simulated time. The async driver around it
+//! (`driver`) only moves bytes and timers.
+//!
+//! The rule: a pong for ping `s` proves the server current as of
+//! `sent_at(s)`, so `fresh_until = sent_at(s) + stale_after`, counted only
+//! once every invalidation up to the pong's `last_tid` has been applied. A
+//! cached value is served only while `now < fresh_until`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use store_protocol::{Tid, MIN_PING_SPACING};
+
+/// Default ping interval.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(1);
+/// Default ping jitter: ±10 % of the interval, so that clients started
+/// together do not ping in step.
+pub const DEFAULT_PING_JITTER: f64 = 0.1;
+/// Default freshness window. Not lower: QUIC's first probe timeout is about
+/// 1 s before the first RTT sample, so 3 × PTO ≈ 3 s is the shortest window
+/// in which a healthy connection reliably answers.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(3);
+/// Default time without proof after which the session is `Expired`.
+pub const DEFAULT_EXPIRE_AFTER: Duration = Duration::from_secs(40);
+/// Pings remembered while unanswered; older ones are forgotten.
+const MAX_OUTSTANDING_PINGS: usize = 64;
+
+/// Timing of the session heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SessionConfig {
+    /// Time between pings. Default 1 s; with jitter, never below 250 ms
+    /// (the server drops pings closer together).
+    pub ping_interval: Duration,
+    /// Relative jitter of the interval, in `[0, 0.5]`. Default 0.1.
+    pub ping_jitter: f64,
+    /// How long a pong's proof lasts, from the ping's send time. Default
+    /// 3 s; must exceed the longest ping interval.
+    pub stale_after: Duration,
+    /// Time without proof before the session is `Expired`. Default 40 s;
+    /// must exceed `stale_after`.
+    pub expire_after: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            ping_interval: DEFAULT_PING_INTERVAL,
+            ping_jitter: DEFAULT_PING_JITTER,
+            stale_after: DEFAULT_STALE_AFTER,
+            expire_after: DEFAULT_EXPIRE_AFTER,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// Checks how the settings interact; says what to change if they clash.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=0.5).contains(&self.ping_jitter) {
+            return Err(format!(
+                "ping jitter {} is outside [0, 0.5]",
+                self.ping_jitter
+            ));
+        }
+        let shortest = self.ping_interval.mul_f64(1.0 - self.ping_jitter);
+        let longest = self.ping_interval.mul_f64(1.0 + self.ping_jitter);
+        if shortest < MIN_PING_SPACING {
+            return Err(format!(
+                "ping interval {:?} with jitter can fall below {:?}, and the server drops such pings",
+                self.ping_interval, MIN_PING_SPACING
+            ));
+        }
+        if self.stale_after <= longest {
+            return Err(format!(
+                "stale-after {:?} must exceed the ping interval with jitter ({longest:?})",
+                self.stale_after
+            ));
+        }
+        if self.expire_after <= self.stale_after {
+            return Err(format!(
+                "expire-after {:?} must exceed stale-after {:?}",
+                self.expire_after, self.stale_after
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where a session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionState {
+    /// Dialing for the first time.
+    Connecting,
+    /// Proven current: the cache may be served.
+    Live,
+    /// Connected, but proof has lapsed: nothing is served from cache as
+    /// fresh; pinging on, and dialing the servers meanwhile.
+    Stale,
+    /// The connection is gone; dialing with backoff.
+    Reconnecting,
+    /// No proof for `expire_after`; still dialing.
+    Expired,
+}
+
+impl SessionState {
+    /// The lower-case name printed by `store-cli monitor`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Connecting => "connecting",
+            SessionState::Live => "live",
+            SessionState::Stale => "stale",
+            SessionState::Reconnecting => "reconnecting",
+            SessionState::Expired => "expired",
+        }
+    }
+}
+
+impl fmt::Display for SessionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send `Ping{seq}` on the session stream now.
+    SendPing {
+        /// The ping's sequence number.
+        seq: u64,
+    },
+    /// Start dialing the servers (if not already dialing).
+    Dial,
+    /// The state changed; tell the application.
+    StateChanged(SessionState),
+}
+
+/// The session heartbeat and freshness rules. See the module docs.
+#[derive(Debug)]
+pub struct Liveness {
+    config: SessionConfig,
+    rng: StdRng,
+    state: SessionState,
+    connected: bool,
+    next_seq: u64,
+    /// Unanswered pings, oldest first, with their send times.
+    sent: VecDeque<(u64, Instant)>,
+    last_ping_at: Option<Instant>,
+    next_ping_at: Option<Instant>,
+    fresh_until: Option<Instant>,
+    /// Leaving Stale takes a pong for a ping with at least this seq, i.e.
+    /// one sent after the proof lapsed.
+    recovery_seq: u64,
+    expires_at: Instant,
+    actions: VecDeque<Action>,
+}
+
+impl Liveness {
+    /// A session that has not connected yet; its first action is `Dial`.
+    /// `seed` feeds the ping jitter.
+    pub fn new(config: SessionConfig, now: Instant, seed: u64) -> Liveness {
+        Liveness {
+            config,
+            rng: StdRng::seed_from_u64(seed),
+            state: SessionState::Connecting,
+            connected: false,
+            next_seq: 1,
+            sent: VecDeque::new(),
+            last_ping_at: None,
+            next_ping_at: None,
+            fresh_until: None,
+            recovery_seq: 0,
+            expires_at: now + config.expire_after,
+            actions: VecDeque::from([Action::Dial]),
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> SessionState {
+        self.state
+    }
+
+    /// Until when cached values may be served; `None` unless `Live`.
+    pub fn fresh_until(&self) -> Option<Instant> {
+        self.fresh_until
+            .filter(|_| self.state == SessionState::Live)
+    }
+
+    /// A session opened: its `Welcome` (with revalidation applied) proves
+    /// the server current as of `hello_sent_at`.
+    pub fn session_opened(&mut self, now: Instant, hello_sent_at: Instant) {
+        self.connected = true;
+        self.sent.clear();
+        self.recovery_seq = self.next_seq;
+        self.fresh_until = None;
+        self.prove(hello_sent_at, now);
+        if self.state != SessionState::Live {
+            // A handshake slower than stale_after proves nothing: ask again.
+            self.set_state(SessionState::Stale);
+            self.send_ping(now);
+        } else {
+            self.next_ping_at = Some(now + self.jittered_interval());
+        }
+    }
+
+    /// A pong arrived; `applied_tid` is the last TID whose invalidations
+    /// the cache has applied.
+    pub fn pong(&mut self, now: Instant, seq: u64, last_tid: Tid, applied_tid: Tid) {
+        if applied_tid < last_tid {
+            return; // its proof covers invalidations not yet applied
+        }
+        let Some(index) = self.sent.iter().position(|(s, _)| *s == seq) else {
+            return; // unknown, or already superseded
+        };
+        let sent_at = self.sent[index].1;
+        self.sent.drain(..=index);
+        if self.state != SessionState::Live && seq < self.recovery_seq {
+            return; // sent before the proof lapsed: too old to restore it
+        }
+        self.prove(sent_at, now);
+    }
+
+    /// The connection is gone.
+    pub fn disconnected(&mut self, _now: Instant) {
+        self.connected = false;
+        self.sent.clear();
+        self.next_ping_at = None;
+        self.fresh_until = None;
+        self.recovery_seq = self.next_seq;
+        if self.state != SessionState::Expired {
+            self.set_state(SessionState::Reconnecting);
+        }
+        self.actions.push_back(Action::Dial);
+    }
+
+    /// Asks for proof as soon as the server will answer (a reader is
+    /// waiting): a ping now, or as soon as [`MIN_PING_SPACING`] allows.
+    pub fn ping_now(&mut self, now: Instant) {
+        if !self.connected {
+            return;
+        }
+        let earliest = self.last_ping_at.map_or(now, |at| at + MIN_PING_SPACING);
+        if earliest <= now {
+            self.send_ping(now);
+        } else if self.next_ping_at.is_none_or(|at| at > earliest) {
+            self.next_ping_at = Some(earliest);
+        }
+    }
+
+    /// Advances the timers to `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.state == SessionState::Live && self.fresh_until.is_some_and(|at| at <= now) {
+            self.fresh_until = None;
+            self.recovery_seq = self.next_seq;
+            self.set_state(SessionState::Stale);
+            // Make before break: dial the servers while still pinging this one.
+            self.actions.push_back(Action::Dial);
+        }
+        if self.state != SessionState::Expired && self.expires_at <= now {
+            self.set_state(SessionState::Expired);
+        }
+        if self.connected && self.next_ping_at.is_some_and(|at| at <= now) {
+            self.send_ping(now);
+        }
+    }
+
+    /// When [`Liveness::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let fresh = self.fresh_until();
+        let ping = self.next_ping_at.filter(|_| self.connected);
+        let expiry = Some(self.expires_at).filter(|_| self.state != SessionState::Expired);
+        [fresh, ping, expiry].into_iter().flatten().min()
+    }
+
+    /// The next action to carry out.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    fn prove(&mut self, sent_at: Instant, now: Instant) {
+        let until = sent_at + self.config.stale_after;
+        self.expires_at = self.expires_at.max(sent_at + self.config.expire_after);
+        if until <= now {
+            return;
+        }
+        self.fresh_until = Some(self.fresh_until.map_or(until, |f| f.max(until)));
+        self.set_state(SessionState::Live);
+    }
+
+    fn send_ping(&mut self, now: Instant) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.sent.push_back((seq, now));
+        if self.sent.len() > MAX_OUTSTANDING_PINGS {
+            self.sent.pop_front();
+        }
+        self.last_ping_at = Some(now);
+        self.next_ping_at = Some(now + self.jittered_interval());
+        self.actions.push_back(Action::SendPing { seq });
+    }
+
+    fn jittered_interval(&mut self) -> Duration {
+        let jitter = self.config.ping_jitter;
+        let factor = 1.0 + self.rng.gen_range(-jitter..=jitter);
+        self.config.ping_interval.mul_f64(factor)
+    }
+
+    fn set_state(&mut self, state: SessionState) {
+        if self.state != state {
+            self.state = state;
+            self.actions.push_back(Action::StateChanged(state));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A simulated clock and a machine, with the actions it emitted.
+    struct Sim {
+        now: Instant,
+        live: Liveness,
+        actions: Vec<Action>,
+        /// Every ping sent, with the simulated time it was sent.
+        sent: Vec<(u64, Instant)>,
+    }
+
+    impl Sim {
+        fn new() -> Sim {
+            let now = Instant::now();
+            let mut sim = Sim {
+                now,
+                live: Liveness::new(SessionConfig::default(), now, 42),
+                actions: Vec::new(),
+                sent: Vec::new(),
+            };
+            sim.drain();
+            sim
+        }
+
+        fn drain(&mut self) {
+            while let Some(a) = self.live.poll_action() {
+                if let Action::SendPing { seq } = a {
+                    self.sent.push((seq, self.now));
+                }
+                self.actions.push(a);
+            }
+        }
+
+        /// Runs the timers up to `until`, one wake-up at a time.
+        fn run_until(&mut self, until: Instant) {
+            while let Some(at) = self.live.poll_timeout().filter(|at| *at <= until) {
+                self.now = at.max(self.now);
+                self.live.handle_timeout(self.now);
+                self.drain();
+            }
+            self.now = until;
+        }
+
+        fn advance(&mut self, by: Duration) {
+            self.run_until(self.now + by);
+        }
+
+        fn open(&mut self) {
+            let at = self.now;
+            self.live.session_opened(self.now, at);
+            self.drain();
+        }
+
+        fn pings(&self) -> Vec<u64> {
+            self.sent.iter().map(|(seq, _)| *seq).collect()
+        }
+
+        fn last_ping(&self) -> u64 {
+            *self.pings().last().unwrap()
+        }
+
+        fn pong(&mut self, seq: u64) {
+            self.live.pong(self.now, seq, Tid(0), Tid(0));
+            self.drain();
+        }
+
+        fn took(&mut self, action: Action) -> bool {
+            let found = self.actions.contains(&action);
+            self.actions.clear();
+            found
+        }
+    }
+
+    #[test]
+    fn starts_by_dialing_and_goes_live_on_welcome() {
+        let mut sim = Sim::new();
+        assert_eq!(sim.live.state(), SessionState::Connecting);
+        assert!(sim.took(Action::Dial));
+        sim.advance(200 * MS);
+        let hello_sent = sim.now - 150 * MS;
+        sim.live.session_opened(sim.now, hello_sent);
+        sim.drain();
+        assert_eq!(sim.live.state(), SessionState::Live);
+        assert_eq!(
+            sim.live.fresh_until(),
+            Some(hello_sent + DEFAULT_STALE_AFTER)
+        );
+        assert!(sim.took(Action::StateChanged(SessionState::Live)));
+    }
+
+    #[test]
+    fn pings_keep_within_the_jitter_bounds_for_an_hour() {
+        let mut sim = Sim::new();
+        sim.open();
+        let end = sim.now + Duration::from_secs(3600);
+        while sim.now < end {
+            let before = sim.pings().len();
+            sim.advance(10 * MS);
+            if sim.pings().len() > before {
+                let seq = sim.last_ping();
+                sim.pong(seq); // answered within 10 ms
+            }
+        }
+        let sent_at: Vec<Instant> = sim.sent.iter().map(|(_, at)| *at).collect();
+        assert!(sent_at.len() > 3000);
+        let gaps: Vec<Duration> = sent_at.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(
+            gaps.iter().all(|g| *g >= 890 * MS && *g <= 1110 * MS),
+            "gap out of bounds"
+        );
+        let spread =
+            gaps.iter().max().unwrap().as_millis() - gaps.iter().min().unwrap().as_millis();
+        assert!(spread >= 150, "jitter actually varies: spread {spread} ms");
+        assert_eq!(sim.live.state(), SessionState::Live);
+    }
+
+    #[test]
+    fn freshness_counts_from_the_send_time_not_the_arrival() {
+        let mut sim = Sim::new();
+        sim.open();
+        sim.advance(1100 * MS);
+        let (seq, sent) = *sim.sent.last().unwrap();
+        sim.advance(1500 * MS); // a slow pong, still inside the first window
+        sim.pong(seq);
+        assert_eq!(sim.live.fresh_until(), Some(sent + DEFAULT_STALE_AFTER));
+    }
+
+    #[test]
+    fn silence_makes_the_session_stale_exactly_at_fresh_until_and_dials() {
+        let mut sim = Sim::new();
+        sim.open();
+        sim.actions.clear();
+        let fresh_until = sim.live.fresh_until().unwrap();
+        // The server goes silent: pings continue, nothing answers.
+        sim.run_until(fresh_until - MS);
+        assert_eq!(sim.live.state(), SessionState::Live);
+        sim.run_until(fresh_until);
+        assert_eq!(sim.live.state(), SessionState::Stale);
+        assert_eq!(sim.live.fresh_until(), None);
+        assert!(sim.actions.contains(&Action::Dial), "make before break");
+        assert!(sim.took(Action::StateChanged(SessionState::Stale)));
+    }
+
+    #[test]
+    fn detection_never_takes_longer_than_stale_after_from_the_outage() {
+        // Whenever the outage starts, proof lapses within stale_after of it,
+        // because every proof dates from a ping sent before the outage.
+        for offset_ms in (0..2000).step_by(37) {
+            let mut sim = Sim::new();
+            sim.open();
+            let mut outage_at = None;
+            let outage_start = sim.now + Duration::from_secs(5) + offset_ms * MS;
+            while sim.live.state() == SessionState::Live {
+                let before = sim.pings().len();
+                sim.advance(5 * MS);
+                if sim.now >= outage_start {
+                    outage_at.get_or_insert(sim.now);
+                } else if sim.pings().len() > before {
+                    let seq = sim.last_ping();
+                    sim.pong(seq);
+                }
+            }
+            let detected = sim.now - outage_at.unwrap();
+            assert!(
+                detected <= DEFAULT_STALE_AFTER,
+                "offset {offset_ms}: {detected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_late_pong_for_an_old_ping_does_not_restore_live() {
+        let mut sim = Sim::new();
+        sim.open();
+        sim.advance(1100 * MS);
+        let old = sim.pings()[0];
+        sim.run_until(sim.live.poll_timeout().unwrap() + Duration::from_secs(3));
+        assert_eq!(sim.live.state(), SessionState::Stale);
+        sim.pong(old);
+        assert_eq!(
+            sim.live.state(),
+            SessionState::Stale,
+            "sent before the lapse"
+        );
+        sim.advance(1200 * MS);
+        let fresh = sim.last_ping();
+        assert!(fresh > old);
+        sim.pong(fresh);
+        assert_eq!(sim.live.state(), SessionState::Live);
+    }
+
+    #[test]
+    fn a_pong_ahead_of_applied_invalidations_does_not_count() {
+        let mut sim = Sim::new();
+        sim.open();
+        sim.run_until(sim.live.fresh_until().unwrap());
+        assert_eq!(sim.live.state(), SessionState::Stale);
+        sim.advance(1200 * MS);
+        let seq = sim.last_ping();
+        sim.live.pong(sim.now, seq, Tid(10), Tid(9));
+        assert_eq!(sim.live.state(), SessionState::Stale);
+        sim.live.pong(sim.now, seq, Tid(10), Tid(10));
+        assert_eq!(sim.live.state(), SessionState::Live);
+    }
+
+    #[test]
+    fn disconnect_reconnects_and_expiry_is_reported_without_any_server() {
+        let mut sim = Sim::new();
+        sim.open();
+        sim.advance(500 * MS);
+        sim.live.disconnected(sim.now);
+        sim.drain();
+        assert_eq!(sim.live.state(), SessionState::Reconnecting);
+        assert!(sim.took(Action::Dial));
+        let pings_before = sim.pings().len();
+        sim.advance(Duration::from_secs(39));
+        assert_eq!(sim.live.state(), SessionState::Reconnecting);
+        assert_eq!(
+            sim.pings().len(),
+            pings_before,
+            "no pings without a connection"
+        );
+        sim.advance(Duration::from_secs(1));
+        assert_eq!(sim.live.state(), SessionState::Expired);
+        sim.open();
+        assert_eq!(sim.live.state(), SessionState::Live);
+    }
+
+    #[test]
+    fn ping_now_respects_the_server_spacing() {
+        let mut sim = Sim::new();
+        sim.open();
+        sim.advance(1100 * MS); // one regular ping
+        let count = sim.pings().len();
+        sim.live.ping_now(sim.now);
+        sim.drain();
+        assert_eq!(sim.pings().len(), count, "too soon after the last ping");
+        let last_sent = sim.sent.last().unwrap().1;
+        assert_eq!(sim.live.poll_timeout(), Some(last_sent + MIN_PING_SPACING));
+        sim.advance(MIN_PING_SPACING);
+        assert_eq!(sim.pings().len(), count + 1, "sent as soon as allowed");
+    }
+
+    #[test]
+    fn configuration_interactions_are_checked() {
+        assert!(SessionConfig::default().validate().is_ok());
+        let too_short = SessionConfig {
+            stale_after: Duration::from_secs(1),
+            ..SessionConfig::default()
+        };
+        assert!(too_short.validate().unwrap_err().contains("stale-after"));
+        let too_fast = SessionConfig {
+            ping_interval: 200 * MS,
+            ..SessionConfig::default()
+        };
+        assert!(too_fast.validate().unwrap_err().contains("drops"));
+        let expiry = SessionConfig {
+            expire_after: Duration::from_secs(2),
+            ..SessionConfig::default()
+        };
+        assert!(expiry.validate().unwrap_err().contains("expire-after"));
+    }
+}
