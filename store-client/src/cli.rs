@@ -4,12 +4,24 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
-use crate::config::{ClientConfig, TlsPaths, DEFAULT_SERVER, DEFAULT_TLS_DIR};
+use crate::config::{ClientConfig, ReadPolicy, TlsPaths, DEFAULT_SERVER, DEFAULT_TLS_DIR};
+
+/// `--read-policy` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReadPolicyArg {
+    /// Ping and wait (up to --timeout) for proof that the server is live.
+    Wait,
+    /// Fail at once (exit 5) while the session is not live.
+    FailFast,
+    /// Answer with the last known value, marked stale.
+    AllowStale,
+}
 
 /// How to reach the store: `--server`, `--tls-dir`, `--ca`, `--cert`,
-/// `--key`, `--timeout`.
+/// `--key`, `--timeout`, and the session's `--ping-interval`,
+/// `--stale-after`, `--read-policy`.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionArgs {
     /// Servers to try, comma-separated `host:port`.
@@ -36,6 +48,16 @@ pub struct ConnectionArgs {
     /// Bound on the whole command, retries included (e.g. 500ms, 10s, 1m).
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Time between heartbeat pings (±10 % jitter; at least 250ms).
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+    /// How long a pong proves the server live, from the ping's send time;
+    /// cached values are not served past it. Must exceed --ping-interval.
+    #[arg(long, value_name = "DUR", default_value = "3s", value_parser = parse_duration)]
+    pub stale_after: Duration,
+    /// What reads do while the session is not live.
+    #[arg(long, value_enum, default_value = "wait")]
+    pub read_policy: ReadPolicyArg,
 }
 
 impl ConnectionArgs {
@@ -48,7 +70,19 @@ impl ConnectionArgs {
             cert: self.cert.clone().unwrap_or(dir.cert),
             key: self.key.clone().unwrap_or(dir.key),
         };
+        config.session.ping_interval = self.ping_interval;
+        config.session.stale_after = self.stale_after;
+        config.read_policy = self.read_policy();
         config
+    }
+
+    /// The read policy; `wait` waits up to `--timeout`.
+    pub fn read_policy(&self) -> ReadPolicy {
+        match self.read_policy {
+            ReadPolicyArg::Wait => ReadPolicy::Wait(self.timeout),
+            ReadPolicyArg::FailFast => ReadPolicy::FailFast,
+            ReadPolicyArg::AllowStale => ReadPolicy::AllowStale,
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use tracing::Instrument as _;
 
 use crate::cache::Cache;
 use crate::config::{ClientConfig, ReadPolicy};
-use crate::connection::{resolve, Connection, RoundTripError};
+use crate::connection::{resolve_now, Connection, RoundTripError};
 use crate::driver::{self, Command, SessionShared, SessionStatus};
 use crate::error::Error;
 use crate::tls::quic_client_config;
@@ -37,6 +37,8 @@ use crate::txn::{CommitOutcome, Transaction, TxnIds};
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// When set, every call of this handle ends by then (see [`Client::until`]).
+    deadline: Option<Instant>,
 }
 
 struct Inner {
@@ -82,12 +84,21 @@ impl Client {
     /// proves itself live, within `config.timeout`. Fails at once on a
     /// certificate or configuration problem.
     pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
+        let client = Client::start(config)?;
+        let wait = ReadPolicy::Wait(client.inner.config.timeout);
+        client.connection(wait, client.deadline(), None).await?;
+        Ok(client)
+    }
+
+    /// Starts the session in the background and returns at once; calls wait
+    /// for a live session as their [`ReadPolicy`] says. Fails only on a
+    /// configuration problem. Must be called inside a tokio runtime.
+    pub fn start(config: ClientConfig) -> Result<Client, Error> {
         config
             .validate()
             .map_err(|detail| Error::Config { detail })?;
         let crypto = quic_client_config(&config)?;
-        let (_, addrs) = resolve(&config.servers[0]).await?;
-        let bind: SocketAddr = if addrs[0].is_ipv6() {
+        let bind: SocketAddr = if resolve_now(&config.servers[0])?.is_ipv6() {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
@@ -104,7 +115,7 @@ impl Client {
             client_id,
             shared.clone(),
         );
-        let client = Client {
+        Ok(Client {
             inner: Arc::new(Inner {
                 config,
                 endpoint,
@@ -112,15 +123,18 @@ impl Client {
                 commands,
                 txn_ids: TxnIds::new(client_id),
             }),
-        };
-        client
-            .connection(
-                ReadPolicy::Wait(client.inner.config.timeout),
-                client.deadline(),
-                None,
-            )
-            .await?;
-        Ok(client)
+            deadline: None,
+        })
+    }
+
+    /// A handle whose every call ends by `deadline` (instead of
+    /// `config.timeout` after it starts), sharing this client's session:
+    /// one bound for a whole sequence of calls.
+    pub fn until(&self, deadline: std::time::Instant) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            deadline: Some(deadline.into()),
+        }
     }
 
     /// This client instance's random id (the `client_id` of its [`TxnId`](crate::TxnId)s).
@@ -440,7 +454,8 @@ impl Client {
     }
 
     fn deadline(&self) -> Instant {
-        Instant::now() + self.inner.config.timeout
+        self.deadline
+            .unwrap_or_else(|| Instant::now() + self.inner.config.timeout)
     }
 
     /// The connection to send on under `policy` (other than `avoid`, which

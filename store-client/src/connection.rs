@@ -66,6 +66,21 @@ pub(crate) async fn resolve(server: &str) -> Result<(String, Vec<SocketAddr>), E
     Ok((host, addrs))
 }
 
+/// The first address of `host:port`, resolved without blocking on DNS
+/// longer than the system resolver does (used once, at start).
+pub(crate) fn resolve_now(server: &str) -> Result<SocketAddr, Error> {
+    use std::net::ToSocketAddrs as _;
+    server
+        .to_socket_addrs()
+        .map_err(|e| Error::Config {
+            detail: format!("resolving {server}: {e}"),
+        })?
+        .next()
+        .ok_or_else(|| Error::Config {
+            detail: format!("{server} resolves to no address"),
+        })
+}
+
 impl Connection {
     /// Connects to `server`, sends `Hello` and waits for `Welcome`, all
     /// before `deadline`.

@@ -187,7 +187,7 @@ async fn unreachable_server_exits_5_and_writes_nothing() {
         .unwrap();
     assert_eq!(out.status.code(), Some(5));
     let stdout: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(stdout["state"], "unavailable");
+    assert_eq!(stdout["state"], "connecting");
     assert!(stdout["error"].as_str().unwrap().contains("unavailable"));
 
     server.restart().await;

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use store_client::cli::{init_logging, ConnectionArgs};
-use store_client::{Client, Error, ScanRequest};
+use store_client::{Client, ClientConfig, Error, ReadPolicy, ScanRequest, SessionState};
 
 use output::{Exit, Output};
 
@@ -53,6 +53,16 @@ enum Command {
     },
     /// Print the server's role, epoch, last TID, id and session count.
     Status,
+    /// Print a line per session state change (`T_MS STATE SERVER`) until
+    /// interrupted.
+    Monitor,
+    /// Read KEY every MS milliseconds, a line per read, until interrupted.
+    Watch {
+        key: OsString,
+        /// Milliseconds between reads.
+        #[arg(long, value_name = "MS", default_value_t = 1000)]
+        every: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -74,34 +84,119 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, out: &mut Output) -> Exit {
+    let started = std::time::Instant::now();
     let config = cli.connection.to_config();
+    let policy = cli.connection.read_policy();
+    let result = match cli.command {
+        Command::Monitor => monitor(config, out).await,
+        Command::Watch { key, every } => {
+            let every = std::time::Duration::from_millis(every.max(1));
+            watch(config, bytes_of(key), every, policy, out).await
+        }
+        command => {
+            // --timeout bounds the whole command, connecting included.
+            let deadline = started + config.timeout;
+            match Client::connect(config).await {
+                Ok(client) => {
+                    let client = client.until(deadline);
+                    let exit = execute(&client, command, policy, out).await;
+                    let state = client.session().state;
+                    client.close().await;
+                    exit.map_err(|e| (state, e))
+                }
+                Err(e) => Err((SessionState::Connecting, e)),
+            }
+        }
+    };
+    result.unwrap_or_else(|(state, e)| out.error(state, &e))
+}
+
+/// Prints every change of the session's state or server until interrupted.
+async fn monitor(config: ClientConfig, out: &mut Output) -> Result<Exit, (SessionState, Error)> {
+    let client = Client::start(config).map_err(|e| (SessionState::Connecting, e))?;
+    let mut states = client.watch_session();
+    let mut shown = None;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let status = states.borrow_and_update().clone();
+        let key = (status.state, status.server.clone());
+        if shown.as_ref() != Some(&key) {
+            out.monitor(&status);
+            shown = Some(key);
+        }
+        tokio::select! {
+            changed = states.changed() => if changed.is_err() { break },
+            () = &mut stop => break,
+        }
+    }
+    client.close().await;
+    Ok(Exit::Ok)
+}
+
+/// Reads `key` every `every` until interrupted, printing each outcome.
+async fn watch(
+    config: ClientConfig,
+    key: Bytes,
+    every: std::time::Duration,
+    policy: ReadPolicy,
+    out: &mut Output,
+) -> Result<Exit, (SessionState, Error)> {
     let timeout = config.timeout;
-    // --timeout bounds the whole command, connecting included.
-    let work = async {
-        let client = Client::connect(config).await?;
-        let exit = execute(&client, cli.command, out).await;
-        client.close().await;
-        exit
-    };
-    let result = match tokio::time::timeout(timeout, work).await {
-        Ok(result) => result,
-        Err(_) => Err(Error::Unavailable {
-            detail: format!("no answer within --timeout {}", humantime_of(timeout)),
-        }),
-    };
-    match result {
-        Ok(exit) => exit,
-        Err(e) => out.error(&e),
+    let client = Client::start(config).map_err(|e| (SessionState::Connecting, e))?;
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = &mut stop => break,
+        }
+        let bounded = client.until(std::time::Instant::now() + timeout);
+        let read = bounded.read(key.clone(), policy);
+        tokio::select! {
+            result = read => {
+                let state = client.session().state;
+                match result {
+                    Ok(read) => out.watched(state, &read),
+                    Err(e) => out.watch_error(state, &e),
+                }
+            }
+            () = &mut stop => break,
+        }
+    }
+    client.close().await;
+    Ok(Exit::Ok)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
-async fn execute(client: &Client, command: Command, out: &mut Output) -> Result<Exit, Error> {
+async fn execute(
+    client: &Client,
+    command: Command,
+    policy: ReadPolicy,
+    out: &mut Output,
+) -> Result<Exit, Error> {
     match command {
-        Command::Get { key } => match client.get(bytes_of(key)).await {
-            Ok(Some(value)) => Ok(out.value(&value)),
-            Ok(None) => Ok(out.not_found()),
-            Err(e) => Err(e),
-        },
+        Command::Get { key } => {
+            let read = client.read(bytes_of(key), policy).await?;
+            Ok(out.read(client.session().state, &read))
+        }
         Command::Put { key, value } => {
             let value = value_arg(value)?;
             Ok(out.committed(&client.put(bytes_of(key), value).await?))
@@ -136,6 +231,9 @@ async fn execute(client: &Client, command: Command, out: &mut Output) -> Result<
             Ok(Exit::Ok)
         }
         Command::Status => Ok(out.status(&client.status().await?)),
+        Command::Monitor | Command::Watch { .. } => Err(Error::Config {
+            detail: "monitor and watch run on their own".into(),
+        }),
     }
 }
 
@@ -160,8 +258,4 @@ fn value_arg(arg: OsString) -> Result<Bytes, Error> {
             detail: format!("reading the value from stdin: {e}"),
         })?;
     Ok(Bytes::from(buf))
-}
-
-fn humantime_of(d: std::time::Duration) -> String {
-    format!("{}ms", d.as_millis())
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
-use store_client::{CommitOutcome, Error, StatusInfo};
+use store_client::{CommitOutcome, Error, Read, SessionState, SessionStatus, Source, StatusInfo};
 
 /// Exit codes scripts rely on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,34 +54,85 @@ impl Output {
         self.line(value.to_string().as_bytes());
     }
 
-    pub fn value(&mut self, value: &[u8]) -> Exit {
+    /// A `get`: the value (exit 0), or nothing (exit 1) when absent.
+    pub fn read(&mut self, state: SessionState, read: &Read) -> Exit {
         if self.json {
-            let mut object = self.read_header();
-            put_bytes(&mut object, "value", value);
-            object.insert("source".into(), json!("server"));
-            self.json_line(&Value::Object(object));
-        } else {
+            let line = self.read_object(state, read);
+            self.json_line(&line);
+        } else if let Some(value) = &read.value {
             self.line(value);
         }
-        Exit::Ok
-    }
-
-    pub fn not_found(&mut self) -> Exit {
-        if self.json {
-            let mut object = self.read_header();
-            object.insert("value".into(), Value::Null);
-            object.insert("source".into(), json!("server"));
-            self.json_line(&Value::Object(object));
+        match read.value {
+            Some(_) => Exit::Ok,
+            None => Exit::NotFound,
         }
-        Exit::NotFound
     }
 
-    /// `t_ms` and `state` of a read that reached the server.
-    fn read_header(&self) -> Map<String, Value> {
+    /// One `watch` read: `T_MS STATE SOURCE[ stale] VALUE` (or `(absent)`).
+    pub fn watched(&mut self, state: SessionState, read: &Read) {
+        if self.json {
+            let line = self.read_object(state, read);
+            self.json_line(&line);
+            return;
+        }
+        let mut line = format!("{} {} {}", self.t_ms(), state, source_name(read));
+        if read.stale {
+            line.push_str(" stale");
+        }
+        let mut line = line.into_bytes();
+        line.push(b' ');
+        match &read.value {
+            Some(value) => line.extend_from_slice(value),
+            None => line.extend_from_slice(b"(absent)"),
+        }
+        self.line(&line);
+    }
+
+    /// One failed `watch` read: `T_MS STATE error: MESSAGE`.
+    pub fn watch_error(&mut self, state: SessionState, error: &Error) {
+        if self.json {
+            let line =
+                json!({"t_ms": self.t_ms(), "state": state.as_str(), "error": error.to_string()});
+            self.json_line(&line);
+        } else {
+            let line = format!("{} {} error: {error}", self.t_ms(), state);
+            self.line(line.as_bytes());
+        }
+    }
+
+    /// `{"t_ms", "state", "value", "source", "stale"?}`.
+    fn read_object(&self, state: SessionState, read: &Read) -> Value {
         let mut object = Map::new();
         object.insert("t_ms".into(), json!(self.t_ms()));
-        object.insert("state".into(), json!("live"));
-        object
+        object.insert("state".into(), json!(state.as_str()));
+        match &read.value {
+            Some(value) => put_bytes(&mut object, "value", value),
+            None => {
+                object.insert("value".into(), Value::Null);
+            }
+        }
+        object.insert("source".into(), json!(source_name(read)));
+        if read.stale {
+            object.insert("stale".into(), json!(true));
+        }
+        Value::Object(object)
+    }
+
+    /// One `monitor` line: `T_MS STATE SERVER`.
+    pub fn monitor(&mut self, status: &SessionStatus) {
+        let server = status.server.as_deref().unwrap_or("-");
+        if self.json {
+            let line = json!({
+                "t_ms": self.t_ms(),
+                "state": status.state.as_str(),
+                "server": status.server,
+                "epoch": status.epoch.0,
+            });
+            self.json_line(&line);
+        } else {
+            let line = format!("{} {} {server}", self.t_ms(), status.state);
+            self.line(line.as_bytes());
+        }
     }
 
     pub fn committed(&mut self, outcome: &CommitOutcome) -> Exit {
@@ -141,22 +192,21 @@ impl Output {
 
     /// Reports a failure on stderr (and, in JSON mode, as `{"t_ms", "state",
     /// "error"}` on stdout) and returns its exit code.
-    pub fn error(&mut self, error: &Error) -> Exit {
-        let exit = exit_for(error);
+    pub fn error(&mut self, state: SessionState, error: &Error) -> Exit {
         eprintln!("store-cli: {error}");
         if self.json {
-            let state = if exit == Exit::Unavailable {
-                "unavailable"
-            } else {
-                "live"
-            };
-            self.json_line(&json!({
-                "t_ms": self.t_ms(),
-                "state": state,
-                "error": error.to_string(),
-            }));
+            let line =
+                json!({"t_ms": self.t_ms(), "state": state.as_str(), "error": error.to_string()});
+            self.json_line(&line);
         }
-        exit
+        exit_for(error)
+    }
+}
+
+fn source_name(read: &Read) -> &'static str {
+    match read.source {
+        Source::Cache => "cache",
+        Source::Server => "server",
     }
 }
 
