@@ -42,6 +42,9 @@ pub struct Cache {
     generation: AtomicU64,
     /// The last TID whose invalidations have been applied.
     applied_tid: AtomicU64,
+    /// The last TID this client committed itself: a fill from an older
+    /// snapshot could hide its own write (read-your-writes).
+    own_tid: AtomicU64,
     /// Held for writing while invalidations are applied, for reading while
     /// a fill checks and installs: a fill never straddles an invalidation.
     applying: RwLock<()>,
@@ -63,6 +66,7 @@ impl Cache {
             entries,
             generation: AtomicU64::new(0),
             applied_tid: AtomicU64::new(0),
+            own_tid: AtomicU64::new(0),
             applying: RwLock::new(()),
         }
     }
@@ -103,7 +107,11 @@ impl Cache {
             .applying
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if generation != self.generation() || read_tid < self.applied_tid() {
+        let floor = self
+            .applied_tid()
+            .0
+            .max(self.own_tid.load(Ordering::Acquire));
+        if generation != self.generation() || read_tid.0 < floor {
             return false;
         }
         self.entries.insert(
@@ -124,6 +132,24 @@ impl Cache {
             .applying
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.drop_older(tid, keys);
+        self.applied_tid.fetch_max(tid.0, Ordering::AcqRel);
+    }
+
+    /// Records this client's own commit `tid` of `keys`, so its next read of
+    /// them never returns what it overwrote, even before the session stream
+    /// delivers the invalidation.
+    pub fn own_commit(&self, tid: Tid, keys: impl IntoIterator<Item = Bytes>) {
+        let _guard = self
+            .applying
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let keys: Vec<Bytes> = keys.into_iter().collect();
+        self.drop_older(tid, &keys);
+        self.own_tid.fetch_max(tid.0, Ordering::AcqRel);
+    }
+
+    fn drop_older(&self, tid: Tid, keys: &[Bytes]) {
         for key in keys {
             let keep = self
                 .entries
@@ -133,7 +159,6 @@ impl Cache {
                 self.entries.invalidate(key);
             }
         }
-        self.applied_tid.fetch_max(tid.0, Ordering::AcqRel);
     }
 
     /// Applies a new session's revalidation: `Some(keys)` changed since the
@@ -208,6 +233,23 @@ mod tests {
         // 3. The read tries to install what it fetched.
         assert!(!cache.fill(b("k"), Some(value), serial, read_tid, generation));
         assert_eq!(cache.lookup(b"k"), None);
+    }
+
+    #[test]
+    fn own_commits_are_never_hidden_by_the_cache() {
+        let cache = Cache::new(1 << 20);
+        let generation = cache.generation();
+        cache.fill(b("k"), Some(b("old")), Tid(1), Tid(1), generation);
+        cache.own_commit(Tid(5), [b("k")]);
+        assert_eq!(cache.lookup(b"k"), None);
+        // A read that fetched before the commit must not reinstall "old".
+        assert!(!cache.fill(b("k"), Some(b("old")), Tid(1), Tid(4), generation));
+        assert!(cache.fill(b("k"), Some(b("new")), Tid(5), Tid(5), generation));
+        assert_eq!(
+            cache.applied_tid(),
+            Tid::ZERO,
+            "own commits are not invalidations"
+        );
     }
 
     #[test]

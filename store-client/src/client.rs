@@ -177,24 +177,19 @@ impl Client {
     /// proven live, else from the server, filling the cache.
     pub async fn read(&self, key: impl Into<Bytes>, policy: ReadPolicy) -> Result<Read, Error> {
         let key = key.into();
-        let cache = &self.inner.shared.cache;
-        let fresh = self.inner.shared.is_fresh(std::time::Instant::now());
-        if let Some(hit) = cache.lookup(&key) {
-            if fresh && hit.current {
-                return Ok(Read {
-                    value: hit.value,
-                    source: Source::Cache,
-                    stale: false,
-                });
-            }
-            if !fresh && policy == ReadPolicy::AllowStale {
-                return Ok(Read {
-                    value: hit.value,
-                    source: Source::Cache,
-                    stale: true,
-                });
+        if let Some(hit) = self.cached(&key, policy) {
+            return Ok(hit);
+        }
+        if let ReadPolicy::Wait(_) = policy {
+            if !self.inner.shared.is_fresh(std::time::Instant::now()) {
+                // Wait for proof, then the cache may answer after all.
+                self.connection(policy, self.deadline(), None).await?;
+                if let Some(hit) = self.cached(&key, policy) {
+                    return Ok(hit);
+                }
             }
         }
+        let cache = &self.inner.shared.cache;
         let generation = cache.generation();
         let (response, proven) = self
             .request(&Request::Get { key: key.clone() }, policy)
@@ -215,6 +210,20 @@ impl Client {
             }
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// The cached answer for `key` that `policy` allows now, if any: a
+    /// current entry while the session is fresh, or any entry marked stale
+    /// under `AllowStale` while it is not.
+    fn cached(&self, key: &[u8], policy: ReadPolicy) -> Option<Read> {
+        let hit = self.inner.shared.cache.lookup(key)?;
+        let fresh = self.inner.shared.is_fresh(std::time::Instant::now());
+        let serve = (fresh && hit.current) || (!fresh && policy == ReadPolicy::AllowStale);
+        serve.then_some(Read {
+            value: hit.value,
+            source: Source::Cache,
+            stale: !fresh,
+        })
     }
 
     /// Reads `key` from the server with the TID that wrote it (bypassing
@@ -391,6 +400,7 @@ impl Client {
     async fn send_commit(&self, request: CommitRequest) -> Result<CommitOutcome, Error> {
         let txn_id = request.txn_id;
         let deadline = self.deadline();
+        let written: Vec<Bytes> = request.writes.iter().map(|w| w.key().clone()).collect();
         let request = Request::Commit(request);
         let mut failed: Option<Arc<Connection>> = None;
         loop {
@@ -400,6 +410,7 @@ impl Client {
             return match connection.round_trip(&request, deadline).await {
                 Ok(Response::Committed(c)) => {
                     self.inner.shared.saw(c.tid);
+                    self.inner.shared.cache.own_commit(c.tid, written);
                     Ok(CommitOutcome {
                         tid: c.tid,
                         txn_id,
@@ -477,6 +488,11 @@ impl Client {
         let usable = |c: &Arc<Connection>| avoid.is_none_or(|a| !Arc::ptr_eq(a, c));
         let mut pinged = false;
         loop {
+            // Mark the status seen *before* looking at freshness: the driver
+            // publishes freshness before it announces a state, so a change
+            // after this point wakes `changed()` below, and one before it is
+            // visible now. (The other order loses the wake-up.)
+            let last_error = status.borrow_and_update().last_error.clone();
             let fresh = shared.is_fresh(std::time::Instant::now());
             let current = shared.connection().filter(usable);
             match (fresh, current, policy) {
@@ -492,10 +508,8 @@ impl Client {
                 }
                 _ => {}
             }
-            if let Some(e @ (Error::Tls { .. } | Error::Config { .. })) =
-                &status.borrow_and_update().last_error
-            {
-                return Err(e.clone());
+            if let Some(e @ (Error::Tls { .. } | Error::Config { .. })) = last_error {
+                return Err(e);
             }
             if !fresh && !pinged {
                 let _ = self.inner.commands.send(Command::PingNow);

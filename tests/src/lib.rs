@@ -6,13 +6,16 @@
 //! 127.0.0.1.
 //!
 //! * [`ServerProcess`]: start, SIGKILL, SIGSTOP/SIGCONT, SIGTERM, restart.
+//! * [`FaultProxy`]: a UDP proxy that drops, delays or black-holes traffic.
 //! * [`cli`]: run `store-cli` against a server and capture what it printed.
 //! * [`binary`]: where the workspace's binaries were built.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod process;
+mod proxy;
 
-pub use process::{binary, cli, free_udp_port, CliOutput, ServerProcess};
+pub use process::{binary, cli, free_udp_port, signal, CliOutput, ServerProcess};
+pub use proxy::{Direction, FaultProxy, LinkFault};
 
 /// A generous deadline for events in tests: the machine may be slow and shared.
 pub const EVENT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);

@@ -151,6 +151,21 @@ impl ServerProcess {
             .expect("connect to test server")
     }
 
+    /// SIGSTOP: the process stays alive but silent (the case TCP keepalive
+    /// never notices).
+    pub fn freeze(&self) {
+        if let Some(child) = &self.child {
+            signal(child.id() as i32, libc::SIGSTOP);
+        }
+    }
+
+    /// SIGCONT after [`ServerProcess::freeze`].
+    pub fn thaw(&self) {
+        if let Some(child) = &self.child {
+            signal(child.id() as i32, libc::SIGCONT);
+        }
+    }
+
     /// SIGKILL, and wait for the process to be gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -195,7 +210,8 @@ impl Drop for ServerProcess {
     }
 }
 
-fn signal(pid: i32, sig: i32) {
+/// Sends `sig` to process `pid` (a child the test started).
+pub fn signal(pid: i32, sig: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions; the pid is our child.
     #[allow(unsafe_code)]
     unsafe {
