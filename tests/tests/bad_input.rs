@@ -11,7 +11,7 @@ use store_protocol::{
     pem, read_frame, write_frame, Hello, LimitKind, Request, Response, SessionEvent,
     SessionRequest, PROTOCOL_VERSION,
 };
-use store_tests::{cli, ServerProcess};
+use store_tests::{cli, raw, ServerProcess};
 
 #[tokio::test]
 async fn oversize_keys_and_values_are_refused_and_the_server_keeps_serving() {
@@ -73,52 +73,6 @@ async fn oversize_keys_and_values_are_refused_and_the_server_keeps_serving() {
     );
 }
 
-/// A raw QUIC client with the development certificates (or none).
-async fn raw_connection(
-    server: &ServerProcess,
-    with_client_cert: bool,
-) -> Result<quinn::Connection, quinn::ConnectionError> {
-    let tls_dir = server.tls_dir();
-    let builder = rustls::ClientConfig::builder_with_provider(pem::crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(pem::load_roots(&tls_dir.join("ca.pem")).unwrap());
-    let mut tls = if with_client_cert {
-        builder
-            .with_client_auth_cert(
-                pem::load_certs(&tls_dir.join("client.pem")).unwrap(),
-                pem::load_private_key(&tls_dir.join("client.key")).unwrap(),
-            )
-            .unwrap()
-    } else {
-        builder.with_no_client_auth()
-    };
-    tls.alpn_protocols = vec![store_protocol::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    endpoint.connect(server.addr(), "localhost").unwrap().await
-}
-
-async fn open_session(connection: &quinn::Connection) -> (quinn::SendStream, quinn::RecvStream) {
-    let (mut send, mut recv) = connection.open_bi().await.unwrap();
-    let hello = SessionRequest::Hello(Hello {
-        protocol_version: PROTOCOL_VERSION,
-        client_id: 7,
-        last_seen_tid: store_protocol::Tid::ZERO,
-        cached_tid: store_protocol::Tid::ZERO,
-    });
-    write_frame(&mut send, &hello, 1 << 16).await.unwrap();
-    let welcome = read_frame::<_, SessionEvent>(&mut recv, 1 << 16)
-        .await
-        .unwrap();
-    assert!(
-        matches!(welcome, Some(SessionEvent::Welcome(_))),
-        "{welcome:?}"
-    );
-    (send, recv)
-}
-
 /// Sends raw bytes on a new request stream and reads the response frame.
 async fn send_raw(connection: &quinn::Connection, bytes: &[u8]) -> Response {
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
@@ -138,8 +92,8 @@ async fn malformed_frames_get_typed_errors_and_hurt_no_one() {
     let bystander = server.client().await;
     bystander.put("safe", "yes").await.unwrap();
 
-    let connection = raw_connection(&server, true).await.unwrap();
-    let _session = open_session(&connection).await;
+    let connection = raw::connect(&server, true).await.unwrap();
+    let _session = raw::open_session(&connection).await;
 
     // A 4 GiB length prefix: refused by its length, nothing allocated.
     let response = send_raw(&connection, &[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await;
@@ -185,7 +139,7 @@ async fn malformed_frames_get_typed_errors_and_hurt_no_one() {
     );
 
     // Garbage instead of Hello: the session is refused and the connection closed.
-    let rude = raw_connection(&server, true).await.unwrap();
+    let rude = raw::connect(&server, true).await.unwrap();
     let (mut send, mut recv) = rude.open_bi().await.unwrap();
     send.write_all(&[0, 0, 0, 3, 9, 9, 9]).await.unwrap();
     let refused = read_frame::<_, SessionEvent>(&mut recv, 1 << 16)
@@ -202,7 +156,7 @@ async fn malformed_frames_get_typed_errors_and_hurt_no_one() {
     );
 
     // An unknown protocol version is refused with a typed error.
-    let old = raw_connection(&server, true).await.unwrap();
+    let old = raw::connect(&server, true).await.unwrap();
     let (mut send, mut recv) = old.open_bi().await.unwrap();
     let hello = SessionRequest::Hello(Hello {
         protocol_version: 99,
@@ -272,7 +226,7 @@ async fn wrong_ca_or_missing_client_certificate_fails_fast() {
 
     // No client certificate at all: the connection is closed with a TLS alert.
     let result = async {
-        let connection = raw_connection(&server, false).await?;
+        let connection = raw::connect(&server, false).await?;
         let (mut send, mut recv) = connection.open_bi().await?;
         let hello = SessionRequest::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
