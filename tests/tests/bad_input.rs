@@ -2,14 +2,13 @@
 //! else and loses nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use store_client::{Error, WireError};
 use store_protocol::{
-    pem, read_frame, write_frame, Hello, LimitKind, Request, Response, SessionEvent,
-    SessionRequest, PROTOCOL_VERSION,
+    read_frame, write_frame, Hello, LimitKind, Request, Response, SessionEvent, SessionRequest,
+    PROTOCOL_VERSION,
 };
 use store_tests::{cli, raw, ServerProcess};
 
