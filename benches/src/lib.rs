@@ -1,11 +1,14 @@
 //! # store-benches: measuring Zeolite
 //!
 //! The `store-bench` load generator (workloads in [`Workload`], latency
-//! summaries in [`Summary`]) and criterion micro-benchmarks in `benches/`.
+//! summaries in [`Summary`], idle sessions in [`run_idle`]), the
+//! `store-faults` detection-time tool, and criterion micro-benchmarks in `benches/`.
 //! Speed targets live here, never in tests.
 
+mod idle;
 mod stats;
 mod workload;
 
+pub use idle::{run_idle, IdleReport};
 pub use stats::Summary;
 pub use workload::{run, BenchConfig, Workload};

@@ -21,6 +21,9 @@ pub enum Workload {
     /// `clients` clients each committing `ops / clients` distinct keys at once
     /// (group commit at work; Redis `-c 50`).
     CommitConcurrent,
+    /// `clients` sessions that only ping for `--duration`; reports the
+    /// server's CPU and memory (see [`run_idle`](crate::run_idle)).
+    Idle,
 }
 
 /// One benchmark run's parameters.
@@ -43,6 +46,7 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Summary> {
     let clients = match config.workload {
         Workload::Commit => 1,
         Workload::ReadCold | Workload::CommitConcurrent => config.clients.max(1),
+        Workload::Idle => anyhow::bail!("the idle workload runs with run_idle"),
     };
     let mut connected = Vec::with_capacity(clients);
     for _ in 0..clients {
@@ -82,7 +86,7 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Summary> {
                     Workload::ReadCold => {
                         client.get(key).await?.context("a loaded key is missing")?;
                     }
-                    Workload::Commit | Workload::CommitConcurrent => {
+                    Workload::Commit | Workload::CommitConcurrent | Workload::Idle => {
                         client.put(key, value.clone()).await?;
                     }
                 }

@@ -16,12 +16,14 @@ pub fn binary(name: &str) -> PathBuf {
     let dir = match std::env::var_os("ZEOLITE_BIN_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => {
-            // target/<profile>/deps/<test binary> → target/<profile>
+            // target/<profile>/deps/<test binary> or target/<profile>/<binary>
+            // → target/<profile>
             let exe = std::env::current_exe().expect("current exe");
-            exe.parent()
-                .and_then(Path::parent)
-                .expect("test binary lives in target/<profile>/deps")
-                .to_path_buf()
+            let dir = exe.parent().expect("the executable has a folder");
+            match dir.file_name() {
+                Some(name) if name == "deps" => dir.parent().unwrap_or(dir).to_path_buf(),
+                _ => dir.to_path_buf(),
+            }
         }
     };
     let path = dir.join(name);

@@ -189,7 +189,13 @@ async fn relay_replies(
     faults: Arc<Faults>,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    while let Ok(len) = upstream.recv(&mut buf).await {
+    loop {
+        let len = match upstream.recv(&mut buf).await {
+            Ok(len) => len,
+            // The server is down (ICMP port unreachable): it may come back.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+            Err(_) => return,
+        };
         match faults.judge(Direction::ToClient) {
             None => {}
             Some(delay) if delay.is_zero() => {

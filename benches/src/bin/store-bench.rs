@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use serde_json::json;
-use store_benches::{run, BenchConfig, Workload};
+use store_benches::{run, run_idle, BenchConfig, IdleReport, Workload};
 use store_client::cli::{init_logging, ConnectionArgs};
 
 /// Measures a running Zeolite server: ops/s, p50 and p99.
@@ -31,6 +31,12 @@ struct Args {
     /// Bytes per value.
     #[arg(long, default_value_t = 1024)]
     value_size: usize,
+    /// How long the idle workload holds its sessions.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = store_client::cli::parse_duration)]
+    duration: std::time::Duration,
+    /// The server's pid, to report its CPU and memory (idle workload).
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -62,6 +68,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.workload == Workload::Idle {
+        return match runtime.block_on(run_idle(
+            &config.client,
+            args.clients,
+            args.duration,
+            args.server_pid,
+        )) {
+            Ok(report) => {
+                print_idle(&report, args.duration, args.json);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("store-bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let summary = match runtime.block_on(run(&config)) {
         Ok(summary) => summary,
         Err(e) => {
@@ -94,4 +117,29 @@ fn main() -> ExitCode {
     };
     let _ = writeln!(std::io::stdout(), "{line}");
     ExitCode::SUCCESS
+}
+
+fn print_idle(report: &IdleReport, duration: std::time::Duration, json: bool) {
+    let line = if json {
+        json!({
+            "workload": "Idle",
+            "sessions": report.sessions,
+            "live": report.live,
+            "duration_s": duration.as_secs_f64(),
+            "server_cpu_percent": report.server_cpu_percent,
+            "server_rss_mib": report.server_rss_mib,
+        })
+        .to_string()
+    } else {
+        let or_dash = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+        format!(
+            "workload=Idle sessions={} live={} duration_s={:.0} server_cpu_percent={} server_rss_mib={}",
+            report.sessions,
+            report.live,
+            duration.as_secs_f64(),
+            or_dash(report.server_cpu_percent),
+            or_dash(report.server_rss_mib)
+        )
+    };
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
