@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use store_client::{Client, ReadPolicy, Source};
+use store_client::{ReadPolicy, Source};
 use store_tests::ServerProcess;
 
 fn cached_reads(c: &mut Criterion) {
