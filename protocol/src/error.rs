@@ -115,6 +115,22 @@ pub enum WireError {
         /// What failed.
         detail: String,
     },
+    /// The transaction id was already used for a different transaction
+    /// (the digest differs). Nothing of this one was applied.
+    #[error("transaction id reused for different content")]
+    TxnIdReused,
+    /// The transaction was abandoned by `resolve`: it never committed and
+    /// never will.
+    #[error("transaction abandoned")]
+    Abandoned,
+    /// The transaction id is below the client's watermark: its outcome was
+    /// forgotten (acknowledged, or older than the retention period). It is
+    /// never executed again.
+    #[error("transaction id expired")]
+    Expired,
+    /// The same transaction is still being committed; retry the same bytes.
+    #[error("transaction still in progress")]
+    InProgress,
 }
 
 /// Why a frame could not be read or written.

@@ -108,6 +108,15 @@ pub enum Request {
     Commit(CommitRequest),
     /// Asks for the server's status. Answered with [`Response::Status`].
     Status,
+    /// Asks for the recorded outcome of a transaction; if none is recorded
+    /// (and it is not in flight), records `Abandoned` durably so that no
+    /// late copy can ever commit. Answered with [`Response::Committed`]
+    /// (`replayed: true`) or [`Response::Error`] with the recorded failure,
+    /// [`WireError::Abandoned`] or [`WireError::Expired`].
+    Resolve {
+        /// The transaction.
+        txn_id: TxnId,
+    },
 }
 
 /// A range read: keys `k` with `start <= k < end` (no `end`: to the last key).

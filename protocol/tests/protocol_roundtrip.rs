@@ -49,6 +49,10 @@ fn wire_error() -> impl Strategy<Value = WireError> {
         }),
         Just(WireError::Overloaded),
         Just(WireError::DigestMismatch),
+        Just(WireError::TxnIdReused),
+        Just(WireError::Abandoned),
+        Just(WireError::Expired),
+        Just(WireError::InProgress),
     ]
 }
 
@@ -79,6 +83,9 @@ fn request() -> impl Strategy<Value = Request> {
             .prop_map(|(start, end, limit)| Request::Scan(ScanRequest { start, end, limit })),
         commit,
         Just(Request::Status),
+        (any::<u128>(), any::<u64>()).prop_map(|(client_id, seq)| Request::Resolve {
+            txn_id: TxnId { client_id, seq }
+        }),
     ]
 }
 

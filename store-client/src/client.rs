@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use store_protocol::{
-    CommitRequest, Entry, Request, Response, ScanRequest, StatusInfo, Tid, Versioned, WireError,
+    content_digest, CommitRequest, Entry, ReadCheck, Request, Response, ScanRequest, StatusInfo,
+    Tid, TxnId, Versioned, WireError, Write,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -17,8 +18,9 @@ use crate::config::{ClientConfig, ReadPolicy};
 use crate::connection::{resolve_now, Connection, RoundTripError};
 use crate::driver::{self, Command, SessionShared, SessionStatus};
 use crate::error::Error;
+use crate::retry::Backoff;
 use crate::tls::quic_client_config;
-use crate::txn::{CommitOutcome, Transaction, TxnIds};
+use crate::txn::{CommitError, CommitOutcome, PreparedTxn, Transaction, TxnIds};
 
 /// A connection to a Zeolite store with a local read-through cache. Cheap
 /// to clone; clones share one session, one cache and one transaction-id
@@ -46,7 +48,7 @@ struct Inner {
     endpoint: quinn::Endpoint,
     shared: Arc<SessionShared>,
     commands: mpsc::UnboundedSender<Command>,
-    txn_ids: TxnIds,
+    txn_ids: Arc<TxnIds>,
 }
 
 /// One page of a scan.
@@ -324,21 +326,21 @@ impl Client {
         &self,
         key: impl Into<Bytes>,
         value: impl Into<Bytes>,
-    ) -> Result<CommitOutcome, Error> {
+    ) -> Result<CommitOutcome, CommitError> {
         let mut txn = self.txn();
         txn.put(key, value);
         txn.commit().await
     }
 
     /// Commits a single `delete`.
-    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<CommitOutcome, Error> {
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<CommitOutcome, CommitError> {
         let mut txn = self.txn();
         txn.delete(key);
         txn.commit().await
     }
 
     /// Commits a single `incr`; [`CommitOutcome::counter`] is the new value.
-    pub async fn incr(&self, key: impl Into<Bytes>, by: i64) -> Result<CommitOutcome, Error> {
+    pub async fn incr(&self, key: impl Into<Bytes>, by: i64) -> Result<CommitOutcome, CommitError> {
         let mut txn = self.txn();
         txn.incr(key, by);
         txn.commit().await
@@ -349,7 +351,7 @@ impl Client {
         &self,
         key: impl Into<Bytes>,
         value: impl Into<Bytes>,
-    ) -> Result<CommitOutcome, Error> {
+    ) -> Result<CommitOutcome, CommitError> {
         let mut txn = self.txn();
         txn.append(key, value);
         txn.commit().await
@@ -367,10 +369,6 @@ impl Client {
         .await;
     }
 
-    pub(crate) fn txn_ids(&self) -> &TxnIds {
-        &self.inner.txn_ids
-    }
-
     /// Writes never go out on a session that is not proven live.
     fn write_policy(&self) -> ReadPolicy {
         match self.inner.config.read_policy {
@@ -379,60 +377,174 @@ impl Client {
         }
     }
 
-    /// Sends a commit. A commit that may have reached the server and got
-    /// no answer is reported as [`Error::OutcomeUnknown`].
-    pub(crate) async fn commit_request(
+    /// Fixes a transaction's id and bytes.
+    pub(crate) async fn prepare(
         &self,
-        request: CommitRequest,
-    ) -> Result<CommitOutcome, Error> {
-        let span = tracing::debug_span!("commit", txn = %request.txn_id);
-        let txn_id = request.txn_id;
-        let outcome = self.send_commit(request).instrument(span).await;
-        if outcome
-            .as_ref()
-            .map_or_else(Error::is_not_applied, |_| true)
-        {
-            self.inner.txn_ids.resolved(txn_id);
-        }
-        outcome
+        read_set: Vec<ReadCheck>,
+        writes: Vec<Write>,
+    ) -> Result<PreparedTxn, Error> {
+        let (ticket, acked_below) = self.inner.txn_ids.allocate(self.deadline()).await?;
+        let request = CommitRequest {
+            txn_id: ticket.id,
+            acked_below,
+            digest: content_digest(&read_set, &writes),
+            read_set,
+            writes,
+        };
+        Ok(PreparedTxn::new(request, ticket))
     }
 
-    async fn send_commit(&self, request: CommitRequest) -> Result<CommitOutcome, Error> {
+    /// Sends a prepared transaction (again): the same id and bytes, so it
+    /// is applied at most once however many copies reach the server.
+    pub async fn recommit(&self, prepared: PreparedTxn) -> Result<CommitOutcome, CommitError> {
+        let span = tracing::debug_span!("commit", txn = %prepared.txn_id());
+        match self.send_commit(&prepared.request).instrument(span).await {
+            Ok(outcome) => {
+                // Read-your-writes: the cache never answers with what this
+                // commit overwrote, even before its invalidation arrives.
+                let written = prepared.request.writes.iter().map(|w| w.key().clone());
+                self.inner.shared.cache.own_commit(outcome.tid, written);
+                Ok(outcome)
+            }
+            Err(error) => Err(CommitError::new(error, prepared)),
+        }
+    }
+
+    /// Asks the server for the outcome of `txn_id`. If it has none, the
+    /// server records the transaction as abandoned, so that no late copy
+    /// can ever commit: `Ok` means it committed (replayed), an error says
+    /// how it failed ([`Error::Abandoned`], a conflict, [`Error::Expired`]).
+    pub async fn resolve(&self, txn_id: TxnId) -> Result<CommitOutcome, Error> {
+        self.resolve_until(txn_id, self.deadline()).await
+    }
+
+    async fn resolve_until(
+        &self,
+        txn_id: TxnId,
+        deadline: Instant,
+    ) -> Result<CommitOutcome, Error> {
+        let request = Request::Resolve { txn_id };
+        let mut backoff = Backoff::default();
+        loop {
+            let connection = self.connection(self.write_policy(), deadline, None).await?;
+            let attempt = Instant::now() + self.attempt_timeout();
+            let failure = match connection.round_trip(&request, attempt.min(deadline)).await {
+                Ok(Response::Committed(c)) => return Ok(self.committed(txn_id, c)),
+                Ok(Response::Error(e)) if !is_retry_signal(&e) => {
+                    return Err(commit_error(txn_id, e))
+                }
+                Ok(Response::Error(e)) => e.to_string(),
+                Ok(other) => unexpected(&other).to_string(),
+                Err(RoundTripError::Unsendable(e)) => return Err(Error::Rejected(e)),
+                Err(RoundTripError::NotSent(d) | RoundTripError::MaybeSent(d)) => d,
+            };
+            self.pause(&mut backoff, deadline, &failure).await?;
+        }
+    }
+
+    /// Sends a commit until the server decides it, resending the same
+    /// bytes after transport failures, `NotPrimary` and `InProgress`. If a
+    /// copy may have arrived and no answer came in time, asks the server
+    /// with `resolve` before reporting [`Error::OutcomeUnknown`].
+    async fn send_commit(&self, request: &CommitRequest) -> Result<CommitOutcome, Error> {
         let txn_id = request.txn_id;
         let deadline = self.deadline();
-        let written: Vec<Bytes> = request.writes.iter().map(|w| w.key().clone()).collect();
-        let request = Request::Commit(request);
+        // Keep part of the budget for resolve.
+        let reserve = (self.inner.config.timeout / 5).min(self.attempt_timeout());
+        let send_until = deadline.checked_sub(reserve).unwrap_or(deadline);
+        let request = Request::Commit(request.clone());
+        let mut sent = false;
+        let mut backoff = Backoff::default();
         let mut failed: Option<Arc<Connection>> = None;
-        loop {
-            let connection = self
-                .connection(self.write_policy(), deadline, failed.as_ref())
-                .await?;
-            return match connection.round_trip(&request, deadline).await {
-                Ok(Response::Committed(c)) => {
-                    self.inner.shared.saw(c.tid);
-                    self.inner.shared.cache.own_commit(c.tid, written);
-                    Ok(CommitOutcome {
-                        tid: c.tid,
-                        txn_id,
-                        results: c.results,
-                        replayed: c.replayed,
-                    })
+        let detail = loop {
+            let connection = match self
+                .connection(self.write_policy(), send_until, failed.as_ref())
+                .await
+            {
+                Ok(connection) => connection,
+                // Provably never sent: nothing was applied.
+                Err(e) if !sent => return Err(e),
+                Err(e) => break e.to_string(),
+            };
+            let attempt = (Instant::now() + self.attempt_timeout()).min(send_until);
+            let failure = match connection.round_trip(&request, attempt).await {
+                Ok(Response::Committed(c)) => return Ok(self.committed(txn_id, c)),
+                Ok(Response::Error(e)) if !is_retry_signal(&e) => {
+                    return Err(commit_error(txn_id, e))
                 }
-                Ok(Response::Error(e)) => Err(Error::from_wire(e)),
-                Ok(other) => Err(Error::OutcomeUnknown {
-                    txn_id,
-                    detail: unexpected(&other).to_string(),
-                }),
-                Err(RoundTripError::Unsendable(e)) => Err(Error::Rejected(e)),
-                // Provably never left: send it again on the next session.
-                Err(RoundTripError::NotSent(_)) => {
-                    failed = Some(connection);
-                    continue;
+                Ok(Response::Error(e)) => {
+                    // Refused before deciding: safe to send again.
+                    if matches!(e, WireError::NotPrimary { .. } | WireError::ShuttingDown) {
+                        failed = Some(connection);
+                    }
+                    e.to_string()
                 }
-                Err(RoundTripError::MaybeSent(detail)) => {
-                    Err(Error::OutcomeUnknown { txn_id, detail })
+                // It arrived; what it came to, resolve will say.
+                Ok(other) => break unexpected(&other).to_string(),
+                Err(RoundTripError::Unsendable(e)) => return Err(Error::Rejected(e)),
+                Err(RoundTripError::NotSent(d)) => {
+                    failed = (!connection.is_open()).then_some(connection);
+                    d
+                }
+                Err(RoundTripError::MaybeSent(d)) => {
+                    sent = true;
+                    failed = (!connection.is_open()).then_some(connection);
+                    d
                 }
             };
+            tracing::debug!(%failure, sent, "commit attempt failed; sending the same bytes again");
+            if let Err(e) = self.pause(&mut backoff, send_until, &failure).await {
+                if !sent {
+                    return Err(e);
+                }
+                break failure;
+            }
+        };
+        match self.resolve_until(txn_id, deadline).await {
+            Ok(outcome) => Ok(outcome),
+            Err(e)
+                if e.is_not_applied()
+                    && !matches!(e, Error::Unavailable { .. } | Error::SessionStale { .. }) =>
+            {
+                Err(e)
+            }
+            Err(e) => Err(Error::OutcomeUnknown {
+                txn_id,
+                detail: format!("{detail}; resolve: {e}"),
+            }),
+        }
+    }
+
+    /// Waits the next backoff delay, or fails if it would pass `deadline`.
+    async fn pause(
+        &self,
+        backoff: &mut Backoff,
+        deadline: Instant,
+        failure: &str,
+    ) -> Result<(), Error> {
+        let delay = backoff.next_delay(&mut rand::thread_rng());
+        if Instant::now() + delay >= deadline {
+            return Err(Error::Unavailable {
+                detail: failure.to_string(),
+            });
+        }
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+
+    /// One attempt's bound: an answer slower than a session's proof window
+    /// is given up on, and the same bytes are sent again.
+    fn attempt_timeout(&self) -> std::time::Duration {
+        self.inner.config.session.stale_after
+    }
+
+    fn committed(&self, txn_id: TxnId, c: store_protocol::Committed) -> CommitOutcome {
+        self.inner.shared.saw(c.tid);
+        CommitOutcome {
+            tid: c.tid,
+            txn_id,
+            results: c.results,
+            replayed: c.replayed,
         }
     }
 
@@ -535,6 +647,26 @@ fn unavailable(status: &SessionStatus, what: &str) -> Error {
         None => format!("{what} (session {})", status.state),
     };
     Error::Unavailable { detail }
+}
+
+/// Errors that mean "not decided yet, send the same bytes again".
+fn is_retry_signal(error: &WireError) -> bool {
+    matches!(
+        error,
+        WireError::NotPrimary { .. }
+            | WireError::ShuttingDown
+            | WireError::Overloaded
+            | WireError::InProgress
+    )
+}
+
+/// The client error for a server's decided refusal of `txn_id`.
+fn commit_error(txn_id: TxnId, error: WireError) -> Error {
+    match error {
+        WireError::Abandoned => Error::Abandoned { txn_id },
+        WireError::Expired => Error::Expired { txn_id },
+        other => Error::from_wire(other),
+    }
 }
 
 /// For reads, a server that cannot serve now is simply unavailable.

@@ -7,8 +7,8 @@ use store_protocol::{TxnId, WireError};
 ///
 /// * [`Error::Unavailable`]: no server could be reached or the server refused
 ///   before deciding; a write was **not applied**.
-/// * [`Error::Conflict`], [`Error::Rejected`]: a definite failure; a write
-///   was **not applied**.
+/// * [`Error::Conflict`], [`Error::Rejected`], [`Error::Abandoned`],
+///   [`Error::Expired`]: a definite failure; this write was **not applied**.
 /// * [`Error::OutcomeUnknown`]: a write may or may not have been applied.
 /// * [`Error::Config`], [`Error::Tls`]: fix the configuration; nothing was sent.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -52,8 +52,23 @@ pub enum Error {
     /// ...). Nothing was applied.
     #[error("rejected: {0}")]
     Rejected(WireError),
-    /// The commit was sent, but no answer came back: it may or may not have
-    /// been applied.
+    /// `resolve` found no outcome and recorded the transaction as
+    /// abandoned: it was not applied and never will be.
+    #[error("transaction txn={txn_id} abandoned: not applied")]
+    Abandoned {
+        /// The transaction.
+        txn_id: TxnId,
+    },
+    /// The server has forgotten this transaction id (its outcome was
+    /// acknowledged, or is older than the retention period): this copy was
+    /// not applied, and no copy ever will be.
+    #[error("transaction txn={txn_id} expired: its outcome is no longer kept")]
+    Expired {
+        /// The transaction.
+        txn_id: TxnId,
+    },
+    /// The commit was sent, but no answer came back, and `resolve` could not
+    /// reach a server: it may or may not have been applied.
     #[error("outcome unknown for txn={txn_id}: {detail}")]
     OutcomeUnknown {
         /// The transaction whose outcome is unknown.

@@ -52,7 +52,7 @@ pub use session::{
 pub use store_protocol::{
     Entry, Role, ScanRequest, StatusInfo, Tid, TxnId, Versioned, WireError, WriteResult,
 };
-pub use txn::{CommitOutcome, Transaction};
+pub use txn::{CommitError, CommitOutcome, PreparedTxn, Transaction, MAX_UNRESOLVED};
 
 /// The README's Rust example, compiled as a doctest so it stays true.
 #[cfg(doctest)]

@@ -1,14 +1,20 @@
-//! Transactions: the builder an application fills, and the ids that name them.
+//! Transactions: the builder an application fills, the ids that name them,
+//! and a prepared transaction's fixed bytes, which every retry resends.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use store_protocol::{content_digest, CommitRequest, ReadCheck, Tid, TxnId, Write, WriteResult};
+use store_protocol::{CommitRequest, ReadCheck, Tid, TxnId, Write, WriteResult};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::client::Client;
 use crate::error::Error;
+
+/// Most transactions of one client whose outcome it does not know yet
+/// (DESIGN §6); the next commit waits for one to resolve.
+pub const MAX_UNRESOLVED: usize = 64;
 
 /// Hands out this client's transaction ids and tracks which outcomes are
 /// still unknown, so every commit can tell the server `acked_below`.
@@ -16,39 +22,72 @@ pub(crate) struct TxnIds {
     client_id: u128,
     next_seq: AtomicU64,
     unresolved: Mutex<BTreeSet<u64>>,
+    slots: Arc<Semaphore>,
+}
+
+/// An allocated transaction id; unresolved until dropped.
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    ids: Arc<TxnIds>,
+    pub(crate) id: TxnId,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.ids.lock().remove(&self.id.seq);
+    }
+}
+
+impl std::fmt::Debug for TxnIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TxnIds({:032x})", self.client_id)
+    }
 }
 
 impl TxnIds {
-    pub(crate) fn new(client_id: u128) -> TxnIds {
-        TxnIds {
+    pub(crate) fn new(client_id: u128) -> Arc<TxnIds> {
+        Arc::new(TxnIds {
             client_id,
             next_seq: AtomicU64::new(1),
             unresolved: Mutex::new(BTreeSet::new()),
-        }
+            slots: Arc::new(Semaphore::new(MAX_UNRESOLVED)),
+        })
     }
 
     pub(crate) fn client_id(&self) -> u128 {
         self.client_id
     }
 
-    /// A fresh id, recorded as unresolved, and the current `acked_below`.
-    pub(crate) fn allocate(&self) -> (TxnId, u64) {
+    /// A fresh id, unresolved until its ticket drops, and the current
+    /// `acked_below`. Waits while [`MAX_UNRESOLVED`] are unresolved.
+    pub(crate) async fn allocate(
+        self: &Arc<Self>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Ticket, u64), Error> {
+        let slot = tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| Error::Unavailable {
+                detail: format!("{MAX_UNRESOLVED} transactions of this client are unresolved"),
+            })?
+            .map_err(|_| Error::Unavailable {
+                detail: "client closed".into(),
+            })?;
         let mut unresolved = self.lock();
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         unresolved.insert(seq);
         let acked_below = unresolved.first().copied().unwrap_or(seq);
-        (
-            TxnId {
-                client_id: self.client_id,
-                seq,
-            },
-            acked_below,
-        )
-    }
-
-    /// Records that the outcome of `id` is known (committed or refused).
-    pub(crate) fn resolved(&self, id: TxnId) {
-        self.lock().remove(&id.seq);
+        drop(unresolved);
+        let id = TxnId {
+            client_id: self.client_id,
+            seq,
+        };
+        let ticket = Ticket {
+            ids: self.clone(),
+            id,
+            _slot: slot,
+        };
+        Ok((ticket, acked_below))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
@@ -56,6 +95,85 @@ impl TxnIds {
         self.unresolved
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A transaction with its id and bytes fixed: every retry, reconnect and
+/// failover resends exactly these, so the server applies it at most once.
+/// A [`CommitError`] hands it back when retrying may still succeed; pass it
+/// to [`Client::recommit`]. Dropping it tells the server (through later
+/// commits' `acked_below`) that its outcome no longer matters.
+#[derive(Debug)]
+pub struct PreparedTxn {
+    pub(crate) request: CommitRequest,
+    _ticket: Ticket,
+}
+
+impl PreparedTxn {
+    pub(crate) fn new(request: CommitRequest, ticket: Ticket) -> PreparedTxn {
+        PreparedTxn {
+            request,
+            _ticket: ticket,
+        }
+    }
+
+    /// The transaction's id.
+    pub fn txn_id(&self) -> TxnId {
+        self.request.txn_id
+    }
+}
+
+/// A failed commit, with the transaction handed back when retrying it under
+/// the same id may still succeed (unavailable, stale session, outcome
+/// unknown), as tokio's `SendError` hands back the value not sent.
+///
+/// ```no_run
+/// # async fn demo(client: store_client::Client) -> Result<(), store_client::Error> {
+/// let mut txn = client.txn();
+/// txn.append("log", "entry;");
+/// match txn.commit().await {
+///     Ok(outcome) => println!("committed at {}", outcome.tid),
+///     Err(failed) => match failed.into_prepared() {
+///         // Same id, same bytes: applied at most once however often sent.
+///         Some(prepared) => { client.recommit(prepared).await?; }
+///         None => eprintln!("not applied"),
+///     },
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct CommitError {
+    error: Error,
+    prepared: Option<PreparedTxn>,
+}
+
+impl CommitError {
+    pub(crate) fn new(error: Error, prepared: PreparedTxn) -> CommitError {
+        let retryable = matches!(
+            error,
+            Error::Unavailable { .. } | Error::SessionStale { .. } | Error::OutcomeUnknown { .. }
+        );
+        CommitError {
+            error,
+            prepared: retryable.then_some(prepared),
+        }
+    }
+
+    /// Why it failed.
+    pub fn error(&self) -> &Error {
+        &self.error
+    }
+
+    /// The transaction, if retrying it under the same id may succeed.
+    pub fn into_prepared(self) -> Option<PreparedTxn> {
+        self.prepared
+    }
+}
+
+impl From<CommitError> for Error {
+    fn from(e: CommitError) -> Error {
+        e.error
     }
 }
 
@@ -159,16 +277,19 @@ impl<'c> Transaction<'c> {
         self
     }
 
-    /// Commits: durable on success, not applied on a definite failure.
-    pub async fn commit(self) -> Result<CommitOutcome, Error> {
-        let (txn_id, acked_below) = self.client.txn_ids().allocate();
-        let request = CommitRequest {
-            txn_id,
-            acked_below,
-            digest: content_digest(&self.read_set, &self.writes),
-            read_set: self.read_set,
-            writes: self.writes,
-        };
-        self.client.commit_request(request).await
+    /// Commits exactly once: durable on success; not applied on a definite
+    /// failure; retried with the same id through lost connections and
+    /// server restarts, and resolved with the server before it ever
+    /// reports [`Error::OutcomeUnknown`].
+    pub async fn commit(self) -> Result<CommitOutcome, CommitError> {
+        let prepared = self
+            .client
+            .prepare(self.read_set, self.writes)
+            .await
+            .map_err(|error| CommitError {
+                error,
+                prepared: None,
+            })?;
+        self.client.recommit(prepared).await
     }
 }

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use store_protocol::Limits;
@@ -62,6 +63,14 @@ pub struct RunArgs {
     /// Most reads plus writes in one transaction.
     #[arg(long, default_value_t = Limits::default().max_ops_per_txn)]
     pub max_txn_ops: u32,
+    /// How long an unacknowledged transaction outcome is kept for retries
+    /// (e.g. 24h, 30m); a later retry is refused as expired.
+    #[arg(long, value_name = "DUR", default_value = "24h", value_parser = parse_duration)]
+    pub outcome_retention: Duration,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (expected e.g. 500ms, 30m, 24h)"))
 }
 
 impl RunArgs {
@@ -85,6 +94,7 @@ impl RunArgs {
         let mut config = ServerConfig::new(self.data_dir);
         config.listen = self.listen;
         config.limits = limits;
+        config.outcome_retention = self.outcome_retention;
         config.tls = match (self.ca, self.cert, self.key) {
             (Some(ca), Some(cert), Some(key)) => TlsSource::Files(TlsFiles { ca, cert, key }),
             _ => match self.tls_dir {

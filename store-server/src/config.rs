@@ -21,6 +21,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long SIGTERM waits for in-flight requests before closing connections.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a transaction's outcome is kept when its client never
+/// acknowledges it (DESIGN §6): a retry later than this gets `Expired`.
+pub const DEFAULT_OUTCOME_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Where the server's certificates come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsSource {
@@ -56,6 +60,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// See [`DEFAULT_DRAIN_TIMEOUT`].
     pub drain_timeout: Duration,
+    /// See [`DEFAULT_OUTCOME_RETENTION`].
+    pub outcome_retention: Duration,
 }
 
 impl ServerConfig {
@@ -70,6 +76,7 @@ impl ServerConfig {
             limits: Limits::default(),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            outcome_retention: DEFAULT_OUTCOME_RETENTION,
         }
     }
 }

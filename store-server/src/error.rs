@@ -27,6 +27,13 @@ pub enum ServerError {
 #[error(transparent)]
 pub struct StorageError(Box<redb::Error>);
 
+impl StorageError {
+    /// Data on disk that cannot be what Zeolite wrote.
+    pub(crate) fn corrupt(detail: String) -> StorageError {
+        StorageError(Box::new(redb::Error::Corrupted(detail)))
+    }
+}
+
 macro_rules! storage_error_from {
     ($($source:ty),* $(,)?) => {
         $(impl From<$source> for StorageError {

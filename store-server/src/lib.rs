@@ -12,7 +12,9 @@
 //! * `session`: `Hello`/`Welcome` with cache revalidation, then pings,
 //!   pongs and invalidations in TID order;
 //! * `request`: one request stream, limits checked before any work;
-//! * `commit`: the group-commit pipeline;
+//! * `commit`: the group-commit pipeline, and copies of in-flight
+//!   transactions waiting for the first;
+//! * `outcomes`: exactly-once, *was this transaction already applied?*;
 //! * `invalidation`: fan-out of changed keys and the change log;
 //! * `storage`: redb tables and the rules of a commit (conflicts, `Incr`,
 //!   `Append`);
@@ -30,6 +32,7 @@ mod commit;
 mod config;
 mod error;
 mod invalidation;
+mod outcomes;
 mod request;
 mod server;
 mod session;
@@ -39,7 +42,7 @@ mod tls;
 pub use cli::{Cli, Command, RunArgs};
 pub use config::{
     ServerConfig, TlsSource, DEFAULT_DATA_DIR, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_LISTEN,
+    DEFAULT_LISTEN, DEFAULT_OUTCOME_RETENTION,
 };
 pub use error::{ServerError, StorageError};
 pub use server::Server;

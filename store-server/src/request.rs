@@ -93,7 +93,23 @@ async fn decide(request: Request, shared: &Shared) -> Result<Response, WireError
             if content_digest(&commit.read_set, &commit.writes) != commit.digest {
                 return Err(WireError::DigestMismatch);
             }
+            if commit.acked_below > commit.txn_id.seq {
+                return Err(WireError::Malformed {
+                    detail: "acked_below is past the transaction's own seq".into(),
+                });
+            }
             Ok(Response::Committed(shared.committer.commit(commit).await?))
+        }
+        Request::Resolve { txn_id } => {
+            if shared.draining.load(Ordering::Acquire) {
+                return Err(WireError::ShuttingDown);
+            }
+            if !shared.role.is_writable() {
+                return Err(WireError::NotPrimary {
+                    epoch: shared.epoch,
+                });
+            }
+            Ok(Response::Committed(shared.committer.resolve(txn_id).await?))
         }
         Request::Status => Ok(Response::Status(StatusInfo {
             role: shared.role,

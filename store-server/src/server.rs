@@ -63,6 +63,7 @@ pub struct Server {
     shared: Arc<Shared>,
     pipeline: CommitPipeline,
     drain_timeout: Duration,
+    outcome_retention: Duration,
 }
 
 impl Server {
@@ -126,6 +127,7 @@ impl Server {
             shared,
             pipeline,
             drain_timeout: config.drain_timeout,
+            outcome_retention: config.outcome_retention,
         })
     }
 
@@ -142,10 +144,15 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let addr = self.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(%addr, "listening");
+        let expiry = tokio::spawn(expire_outcomes(
+            self.shared.committer.clone(),
+            self.outcome_retention,
+        ));
         tokio::select! {
             () = accept_loop(&self.endpoint, &self.shared) => {}
             () = shutdown => {}
         }
+        expiry.abort();
         tracing::info!("draining");
         self.shared.draining.store(true, Ordering::Release);
         self.endpoint.set_server_config(None);
@@ -162,6 +169,20 @@ impl Server {
         drop(shared);
         pipeline.shutdown().await;
         tracing::info!("stopped");
+    }
+}
+
+/// Forgets unacknowledged outcomes past `retention`, checking a few times
+/// per retention period (at most every minute, at least every 100 ms).
+async fn expire_outcomes(committer: Committer, retention: Duration) {
+    let every = (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(e) = committer.expire(retention).await {
+            tracing::warn!(error = %e, "outcome expiry failed");
+        }
     }
 }
 

@@ -12,10 +12,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use redb::{Database, ReadableTable, Table, TableDefinition};
 use store_protocol::{
-    CommitRequest, Entry, Limits, ScanRequest, Tid, Versioned, WireError, Write, WriteResult,
+    CommitRequest, Committed, Entry, Limits, ScanRequest, Tid, TxnId, Versioned, WireError, Write,
+    WriteResult,
 };
 
 use crate::error::StorageError;
+use crate::outcomes::{self, Expiry, Prior, Recorded, RecordedResult, OUTCOMES, WATERMARKS};
 
 /// key → (serial, value).
 const DATA: TableDefinition<'_, &[u8], (u64, &[u8])> = TableDefinition::new("data");
@@ -33,9 +35,6 @@ pub struct Storage {
     last_tid: AtomicU64,
 }
 
-/// What one commit of a batch came to.
-pub type CommitResult = Result<(Tid, Vec<WriteResult>), WireError>;
-
 impl Storage {
     /// Opens (or creates) the database file at `path`.
     pub fn open(path: &Path) -> Result<Storage, StorageError> {
@@ -43,6 +42,8 @@ impl Storage {
         let txn = db.begin_write()?;
         let (server_id, last_tid) = {
             txn.open_table(DATA)?;
+            txn.open_table(OUTCOMES)?;
+            txn.open_table(WATERMARKS)?;
             let mut meta = txn.open_table(META)?;
             let existing = meta.get(SERVER_ID)?.map(|v| v.value());
             let server_id = match existing {
@@ -144,42 +145,147 @@ impl Storage {
         Ok((entries, false))
     }
 
-    /// Applies a batch of commits in one write transaction and one fsync.
+    /// Decides a batch of operations in one write transaction and one
+    /// fsync, in order, each seeing the ones before it.
     ///
-    /// Commits are decided in order, each seeing the ones before it; each
-    /// successful one gets the next TID. A commit that fails (conflict, bad
-    /// increment) leaves no trace. `Err` means the transaction did not
-    /// become durable, so none of the batch was applied.
-    pub fn commit_batch<'a>(
+    /// A commit is checked against its client's outcomes first (expired,
+    /// replay, reused id; see `outcomes`), then applied under the next TID
+    /// or refused; either way its outcome is recorded with the data. `Err`
+    /// means the transaction did not become durable: nothing of the batch
+    /// was applied or recorded.
+    pub fn apply_batch(
         &self,
-        batch: impl IntoIterator<Item = &'a CommitRequest>,
+        batch: &[Op<'_>],
         limits: &Limits,
-    ) -> Result<Vec<CommitResult>, StorageError> {
+    ) -> Result<Vec<OpResult>, StorageError> {
+        let now_ms = now_ms();
         let txn = self.db.begin_write()?;
-        let mut results = Vec::new();
+        let mut results = Vec::with_capacity(batch.len());
         let mut last = self.last_tid();
+        let mut dirty = false;
         {
             let mut data = txn.open_table(DATA)?;
-            for request in batch {
-                let result = apply_commit(&mut data, request, last.next(), limits)?;
-                if result.is_ok() {
-                    last = last.next();
-                }
-                results.push(result.map(|writes| (last, writes)));
+            let mut outcomes = txn.open_table(OUTCOMES)?;
+            let mut watermarks = txn.open_table(WATERMARKS)?;
+            for op in batch {
+                let result = match op {
+                    Op::Commit(request) => {
+                        let id = request.txn_id;
+                        let acked = Expiry {
+                            client_id: id.client_id,
+                            below: request.acked_below,
+                        };
+                        dirty |= outcomes::expire(&mut watermarks, &mut outcomes, acked)?;
+                        match outcomes::prior(&watermarks, &outcomes, id)? {
+                            Prior::Expired => Err(WireError::Expired),
+                            Prior::Recorded(recorded) => {
+                                outcomes::replay(&recorded, Some(request.digest))
+                            }
+                            Prior::Unknown => {
+                                let tid = last.next();
+                                let decided = apply_commit(&mut data, request, tid, limits)?;
+                                let result = match &decided {
+                                    Ok(results) => {
+                                        last = tid;
+                                        RecordedResult::Committed {
+                                            tid,
+                                            results: results.clone(),
+                                        }
+                                    }
+                                    Err(e) => RecordedResult::Failed(e.clone()),
+                                };
+                                let recorded = Recorded {
+                                    digest: request.digest,
+                                    at_ms: now_ms,
+                                    result,
+                                };
+                                outcomes::record(&mut outcomes, id, &recorded)?;
+                                dirty = true;
+                                decided.map(|results| Committed {
+                                    tid,
+                                    results,
+                                    replayed: false,
+                                })
+                            }
+                        }
+                    }
+                    Op::Resolve(id) => match outcomes::prior(&watermarks, &outcomes, *id)? {
+                        Prior::Expired => Err(WireError::Expired),
+                        Prior::Recorded(recorded) => outcomes::replay(&recorded, None),
+                        Prior::Unknown => {
+                            let abandoned = Recorded {
+                                digest: 0,
+                                at_ms: now_ms,
+                                result: RecordedResult::Abandoned,
+                            };
+                            outcomes::record(&mut outcomes, *id, &abandoned)?;
+                            dirty = true;
+                            Err(WireError::Abandoned)
+                        }
+                    },
+                };
+                results.push(result);
             }
             if last != self.last_tid() {
                 txn.open_table(META)?.insert(LAST_TID, last.0)?;
             }
         }
-        if last == self.last_tid() {
-            // Nothing succeeded: nothing to make durable.
-            txn.abort()?;
-        } else {
+        if dirty {
             txn.commit()?;
             self.last_tid.store(last.0, Ordering::Release);
+        } else {
+            // Only replays and refusals: nothing to make durable.
+            txn.abort()?;
         }
         Ok(results)
     }
+
+    /// Forgets every outcome decided more than `retention` ago, raising
+    /// each client's watermark past them, in one durable transaction.
+    /// Returns the expiries applied (what a backup must apply too).
+    pub fn expire_outcomes(
+        &self,
+        retention: std::time::Duration,
+    ) -> Result<Vec<Expiry>, StorageError> {
+        let before_ms =
+            now_ms().saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
+        let txn = self.db.begin_write()?;
+        let expiries = {
+            let mut outcomes = txn.open_table(OUTCOMES)?;
+            let mut watermarks = txn.open_table(WATERMARKS)?;
+            let expiries = outcomes::expiries_before(&outcomes, before_ms)?;
+            for expiry in &expiries {
+                outcomes::expire(&mut watermarks, &mut outcomes, *expiry)?;
+            }
+            expiries
+        };
+        if expiries.is_empty() {
+            txn.abort()?;
+        } else {
+            txn.commit()?;
+        }
+        Ok(expiries)
+    }
+}
+
+/// One operation of a write batch.
+#[derive(Debug, Clone, Copy)]
+pub enum Op<'a> {
+    /// Commit a transaction (exactly once).
+    Commit(&'a CommitRequest),
+    /// Resolve a transaction id: its outcome, or `Abandoned` recorded now.
+    Resolve(TxnId),
+}
+
+/// What one operation came to: a commit (new or replayed) or why not.
+pub type OpResult = Result<Committed, WireError>;
+
+/// Wall-clock milliseconds since the Unix epoch (outcome retention is a
+/// wall-clock rule: "forgotten after 24 h").
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 type DataTable<'txn> = Table<'txn, &'static [u8], (u64, &'static [u8])>;
@@ -266,17 +372,37 @@ mod tests {
     use super::*;
     use store_protocol::{content_digest, LimitKind, ReadCheck, TxnId};
 
+    /// A transaction of client 1 with the next seq.
     fn commit(read_set: Vec<ReadCheck>, writes: Vec<Write>) -> CommitRequest {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         CommitRequest {
-            txn_id: TxnId {
-                client_id: 1,
-                seq: 1,
-            },
+            txn_id: TxnId { client_id: 1, seq },
             acked_below: 1,
             digest: content_digest(&read_set, &writes),
             read_set,
             writes,
         }
+    }
+
+    /// Commits `requests` in one batch; new commits as (tid, results).
+    fn commit_batch(
+        storage: &Storage,
+        requests: &[&CommitRequest],
+        limits: &Limits,
+    ) -> Vec<Result<(Tid, Vec<WriteResult>), WireError>> {
+        let ops: Vec<Op<'_>> = requests.iter().map(|r| Op::Commit(r)).collect();
+        storage
+            .apply_batch(&ops, limits)
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                r.map(|c| {
+                    assert!(!c.replayed);
+                    (c.tid, c.results)
+                })
+            })
+            .collect()
     }
 
     fn b(s: &str) -> Bytes {
@@ -327,9 +453,11 @@ mod tests {
                 },
             ],
         );
-        let results = storage
-            .commit_batch([&first, &conflicting, &bad_incr, &second], &limits)
-            .unwrap();
+        let results = commit_batch(
+            &storage,
+            &[&first, &conflicting, &bad_incr, &second],
+            &limits,
+        );
         assert_eq!(results[0], Ok((Tid(1), vec![WriteResult::Counter(5)])));
         assert_eq!(results[1], Err(WireError::Conflict { key: b("n") }));
         assert_eq!(results[2], Err(WireError::NotAnInteger { key: b("s") }));
@@ -372,9 +500,7 @@ mod tests {
                 value: b("vv"),
             })
             .collect();
-        storage
-            .commit_batch([&commit(vec![], writes)], &Limits::default())
-            .unwrap();
+        commit_batch(&storage, &[&commit(vec![], writes)], &Limits::default());
         let keys = |(entries, more): (Vec<Entry>, bool)| {
             (
                 entries
@@ -427,9 +553,7 @@ mod tests {
                 }],
             )
         };
-        let results = storage
-            .commit_batch([&append(), &append()], &limits)
-            .unwrap();
+        let results = commit_batch(&storage, &[&append(), &append()], &limits);
         assert!(results[0].is_ok());
         assert!(matches!(
             results[1],
@@ -439,5 +563,142 @@ mod tests {
                 limit: 4
             })
         ));
+    }
+
+    fn put(key: &str, value: &str) -> Write {
+        Write::Put {
+            key: b(key),
+            value: b(value),
+        }
+    }
+
+    fn one(storage: &Storage, op: Op<'_>) -> OpResult {
+        storage
+            .apply_batch(&[op], &Limits::default())
+            .unwrap()
+            .remove(0)
+    }
+
+    #[test]
+    fn a_copy_of_a_decided_transaction_replays_its_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&dir.path().join("db")).unwrap();
+        let incr = commit(vec![], vec![Write::Incr { key: b("n"), by: 1 }]);
+        let first = one(&storage, Op::Commit(&incr)).unwrap();
+        let again = one(&storage, Op::Commit(&incr)).unwrap();
+        assert_eq!(
+            (again.tid, &again.results, again.replayed),
+            (first.tid, &first.results, true)
+        );
+        assert_eq!(
+            storage.get(b"n").unwrap().0.unwrap().value,
+            b("1"),
+            "applied once"
+        );
+        assert_eq!(storage.last_tid(), first.tid, "a replay takes no TID");
+
+        // Same id, other content: refused, nothing applied.
+        let mut reused = commit(vec![], vec![put("x", "y")]);
+        reused.txn_id = incr.txn_id;
+        assert_eq!(
+            one(&storage, Op::Commit(&reused)),
+            Err(WireError::TxnIdReused)
+        );
+        assert!(storage.get(b"x").unwrap().0.is_none());
+
+        // A decided failure replays as the same failure, even if it would
+        // succeed now.
+        let bad = commit(
+            vec![ReadCheck {
+                key: b("n"),
+                serial: Tid::ZERO,
+            }],
+            vec![put("n", "9")],
+        );
+        assert!(matches!(
+            one(&storage, Op::Commit(&bad)),
+            Err(WireError::Conflict { .. })
+        ));
+        assert!(matches!(
+            one(&storage, Op::Commit(&bad)),
+            Err(WireError::Conflict { .. })
+        ));
+
+        // Outcomes survive a restart.
+        drop(storage);
+        let storage = Storage::open(&dir.path().join("db")).unwrap();
+        assert!(one(&storage, Op::Commit(&incr)).unwrap().replayed);
+    }
+
+    #[test]
+    fn resolve_records_abandoned_and_no_late_copy_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&dir.path().join("db")).unwrap();
+        let late = commit(vec![], vec![put("k", "late")]);
+        assert_eq!(
+            one(&storage, Op::Resolve(late.txn_id)),
+            Err(WireError::Abandoned)
+        );
+        assert_eq!(one(&storage, Op::Commit(&late)), Err(WireError::Abandoned));
+        assert!(storage.get(b"k").unwrap().0.is_none());
+        let done = commit(vec![], vec![put("k", "v")]);
+        let committed = one(&storage, Op::Commit(&done)).unwrap();
+        let resolved = one(&storage, Op::Resolve(done.txn_id)).unwrap();
+        assert_eq!((resolved.tid, resolved.replayed), (committed.tid, true));
+    }
+
+    #[test]
+    fn acknowledged_and_old_outcomes_expire_and_are_never_reexecuted() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&dir.path().join("db")).unwrap();
+        let mut first = commit(
+            vec![],
+            vec![Write::Append {
+                key: b("log"),
+                value: b("a"),
+            }],
+        );
+        first.txn_id = TxnId {
+            client_id: 9,
+            seq: 1,
+        };
+        one(&storage, Op::Commit(&first)).unwrap();
+        // The client's next transaction acknowledges the first.
+        let mut second = commit(
+            vec![],
+            vec![Write::Append {
+                key: b("log"),
+                value: b("b"),
+            }],
+        );
+        second.txn_id = TxnId {
+            client_id: 9,
+            seq: 2,
+        };
+        second.acked_below = 2;
+        one(&storage, Op::Commit(&second)).unwrap();
+        assert_eq!(one(&storage, Op::Commit(&first)), Err(WireError::Expired));
+        assert_eq!(
+            one(&storage, Op::Resolve(first.txn_id)),
+            Err(WireError::Expired)
+        );
+        assert_eq!(storage.get(b"log").unwrap().0.unwrap().value, b("ab"));
+
+        // Retention: everything decided before now is forgotten.
+        assert!(one(&storage, Op::Commit(&second)).unwrap().replayed);
+        let expiries = storage.expire_outcomes(std::time::Duration::ZERO).unwrap();
+        assert_eq!(
+            expiries,
+            vec![Expiry {
+                client_id: 9,
+                below: 3
+            }]
+        );
+        assert_eq!(one(&storage, Op::Commit(&second)), Err(WireError::Expired));
+        assert_eq!(storage.get(b"log").unwrap().0.unwrap().value, b("ab"));
+        assert!(storage
+            .expire_outcomes(std::time::Duration::ZERO)
+            .unwrap()
+            .is_empty());
     }
 }

@@ -20,7 +20,7 @@ async fn oversize_keys_and_values_are_refused_and_the_server_keeps_serving() {
     client.put("before", "1").await.unwrap();
 
     let big_key = vec![b'k'; 4 * 1024 + 1];
-    let refused = client.put(big_key.clone(), "v").await.unwrap_err();
+    let refused: Error = client.put(big_key.clone(), "v").await.unwrap_err().into();
     assert!(
         matches!(
             refused,
@@ -45,7 +45,7 @@ async fn oversize_keys_and_values_are_refused_and_the_server_keeps_serving() {
     );
 
     let big_value = vec![b'v'; 4 * 1024 * 1024 + 1];
-    let refused = client.put("big", big_value).await.unwrap_err();
+    let refused: Error = client.put("big", big_value).await.unwrap_err().into();
     assert!(
         matches!(
             refused,

@@ -61,7 +61,7 @@ async fn put_get_delete_incr_append_scan() {
         [Some(Bytes::from("-2")), None, Some(Bytes::from("abc"))]
     );
 
-    let not_a_number = client.incr("log", 1).await.unwrap_err();
+    let not_a_number: Error = client.incr("log", 1).await.unwrap_err().into();
     assert!(
         matches!(
             not_a_number,
@@ -117,7 +117,7 @@ async fn concurrent_read_modify_write_conflicts_exactly_once() {
     second.put("balance", "80").put("audit/second", "x");
 
     let won = first.commit().await.unwrap();
-    let lost = second.commit().await.unwrap_err();
+    let lost: Error = second.commit().await.unwrap_err().into();
     match &lost {
         Error::Conflict { key } => assert_eq!(&key[..], b"balance"),
         other => panic!("expected a conflict, got {other}"),
@@ -140,7 +140,10 @@ async fn concurrent_read_modify_write_conflicts_exactly_once() {
     assert_eq!(absent.get("fresh").await.unwrap(), None);
     b.put("fresh", "b was first").await.unwrap();
     absent.put("fresh", "a");
-    assert!(matches!(absent.commit().await, Err(Error::Conflict { .. })));
+    assert!(matches!(
+        absent.commit().await.map_err(Error::from),
+        Err(Error::Conflict { .. })
+    ));
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use store_client::cli::{init_logging, ConnectionArgs};
-use store_client::{Client, ClientConfig, Error, ReadPolicy, ScanRequest, SessionState};
+use store_client::{Client, ClientConfig, Error, ReadPolicy, ScanRequest, SessionState, TxnId};
 
 use output::{Exit, Output};
 
@@ -53,6 +53,12 @@ enum Command {
     },
     /// Print the server's role, epoch, last TID, id and session count.
     Status,
+    /// Print the outcome of a transaction (`committed tid=N` or `abandoned`);
+    /// one with no recorded outcome is abandoned now, so it can never commit.
+    Resolve {
+        /// `<32 hex digits>:<seq>`, as printed by writes.
+        txn_id: TxnId,
+    },
     /// Print a line per session state change (`T_MS STATE SERVER`) until
     /// interrupted.
     Monitor,
@@ -231,6 +237,11 @@ async fn execute(
             Ok(Exit::Ok)
         }
         Command::Status => Ok(out.status(&client.status().await?)),
+        Command::Resolve { txn_id } => match client.resolve(txn_id).await {
+            Ok(outcome) => Ok(out.committed(&outcome)),
+            Err(Error::Abandoned { txn_id }) => Ok(out.abandoned(txn_id)),
+            Err(e) => Err(e),
+        },
         Command::Monitor | Command::Watch { .. } => Err(Error::Config {
             detail: "monitor and watch run on their own".into(),
         }),

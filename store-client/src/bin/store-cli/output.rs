@@ -5,7 +5,9 @@ use std::time::Instant;
 
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
-use store_client::{CommitOutcome, Error, Read, SessionState, SessionStatus, Source, StatusInfo};
+use store_client::{
+    CommitOutcome, Error, Read, SessionState, SessionStatus, Source, StatusInfo, TxnId,
+};
 
 /// Exit codes scripts rely on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +157,17 @@ impl Output {
         Exit::Ok
     }
 
+    /// `resolve` found the transaction abandoned: never applied.
+    pub fn abandoned(&mut self, txn_id: TxnId) -> Exit {
+        if self.json {
+            let line = json!({"txn": txn_id.to_string(), "abandoned": true});
+            self.json_line(&line);
+        } else {
+            self.line(b"abandoned");
+        }
+        Exit::Ok
+    }
+
     pub fn entry(&mut self, key: &[u8], value: &[u8]) {
         if self.json {
             let mut object = Map::new();
@@ -212,7 +225,10 @@ fn source_name(read: &Read) -> &'static str {
 
 fn exit_for(error: &Error) -> Exit {
     match error {
-        Error::Conflict { .. } | Error::Rejected(_) => Exit::Definite,
+        Error::Conflict { .. }
+        | Error::Rejected(_)
+        | Error::Abandoned { .. }
+        | Error::Expired { .. } => Exit::Definite,
         Error::OutcomeUnknown { .. } => Exit::Unknown,
         Error::Config { .. } | Error::Tls { .. } => Exit::Usage,
         _ => Exit::Unavailable,
