@@ -558,19 +558,20 @@ impl Client {
     ) -> Result<(Response, bool), Error> {
         let deadline = self.deadline();
         let mut failed: Option<Arc<Connection>> = None;
+        let mut backoff = Backoff::default();
         loop {
             let connection = self.connection(policy, deadline, failed.as_ref()).await?;
             let proven = self.inner.shared.is_fresh(std::time::Instant::now());
-            match connection.round_trip(request, deadline).await {
+            let attempt = (Instant::now() + self.attempt_timeout()).min(deadline);
+            match connection.round_trip(request, attempt).await {
                 Ok(Response::Error(e)) => return Err(read_error(e)),
                 Ok(response) => return Ok((response, proven)),
                 Err(RoundTripError::Unsendable(e)) => return Err(Error::Rejected(e)),
                 Err(RoundTripError::NotSent(detail) | RoundTripError::MaybeSent(detail)) => {
-                    if Instant::now() >= deadline {
-                        return Err(Error::Unavailable { detail });
-                    }
-                    tracing::debug!(%detail, "request failed; waiting for the next session");
-                    failed = Some(connection);
+                    tracing::debug!(%detail, "request failed; sending it again");
+                    // Reads retry freely: on the next session if this one broke.
+                    failed = (!connection.is_open()).then_some(connection);
+                    self.pause(&mut backoff, deadline, &detail).await?;
                 }
             }
         }
