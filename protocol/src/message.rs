@@ -32,6 +32,10 @@ pub struct Hello {
     /// The TID up to which the client's cache has applied invalidations:
     /// `Welcome` lists the keys changed after it.
     pub cached_tid: Tid,
+    /// Whether the client's cache holds entries from an earlier session.
+    /// The server then sends this session every invalidation; otherwise
+    /// only those of keys the session reads.
+    pub holds_cache: bool,
 }
 
 /// Server → client on the session stream, in order.

@@ -173,13 +173,14 @@ fn session_event() -> impl Strategy<Value = SessionEvent> {
 
 fn session_request() -> impl Strategy<Value = SessionRequest> {
     prop_oneof![
-        (any::<u32>(), any::<u128>(), tid(), tid()).prop_map(
-            |(v, client_id, last_seen_tid, cached_tid)| {
+        (any::<u32>(), any::<u128>(), tid(), tid(), any::<bool>()).prop_map(
+            |(v, client_id, last_seen_tid, cached_tid, holds_cache)| {
                 SessionRequest::Hello(Hello {
                     protocol_version: v,
                     client_id,
                     last_seen_tid,
                     cached_tid,
+                    holds_cache,
                 })
             }
         ),

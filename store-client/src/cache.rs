@@ -45,6 +45,8 @@ pub struct Cache {
     /// The last TID this client committed itself: a fill from an older
     /// snapshot could hide its own write (read-your-writes).
     own_tid: AtomicU64,
+    /// The generation of the last fill (`u64::MAX`: never filled).
+    filled_generation: AtomicU64,
     /// Held for writing while invalidations are applied, for reading while
     /// a fill checks and installs: a fill never straddles an invalidation.
     applying: RwLock<()>,
@@ -67,6 +69,7 @@ impl Cache {
             generation: AtomicU64::new(0),
             applied_tid: AtomicU64::new(0),
             own_tid: AtomicU64::new(0),
+            filled_generation: AtomicU64::new(u64::MAX),
             applying: RwLock::new(()),
         }
     }
@@ -122,7 +125,20 @@ impl Cache {
                 generation,
             },
         );
+        self.filled_generation.store(generation, Ordering::Release);
         true
+    }
+
+    /// Whether the cache may hold current entries: a new session must then
+    /// hear of every commit, not only of keys it reads itself.
+    pub fn holds_current(&self) -> bool {
+        self.filled_generation.load(Ordering::Acquire) == self.generation()
+    }
+
+    /// A pong certified that every invalidation up to `tid` for this
+    /// client's keys came before it, and so was applied.
+    pub fn advance_applied(&self, tid: Tid) {
+        self.applied_tid.fetch_max(tid.0, Ordering::AcqRel);
     }
 
     /// Applies `Invalidate{tid, keys}`: drops each key's entry unless it
@@ -192,6 +208,16 @@ mod tests {
 
     fn b(s: &'static str) -> Bytes {
         Bytes::from_static(s.as_bytes())
+    }
+
+    #[test]
+    fn whether_it_holds_current_entries_is_known() {
+        let cache = Cache::new(1 << 20);
+        assert!(!cache.holds_current());
+        cache.fill(b("k"), None, Tid::ZERO, Tid::ZERO, cache.generation());
+        assert!(cache.holds_current());
+        cache.revalidate(Tid(1), None);
+        assert!(!cache.holds_current(), "dropped: only stale entries remain");
     }
 
     #[test]

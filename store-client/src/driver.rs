@@ -262,6 +262,7 @@ impl Driver {
             client_id: self.client_id,
             last_seen_tid: self.shared.last_seen_tid(),
             cached_tid: self.shared.cache.applied_tid(),
+            holds_cache: self.shared.cache.holds_current(),
         };
         let round = dial_round(
             self.config.servers.clone(),
@@ -317,6 +318,9 @@ impl Driver {
                         status.epoch = pong.epoch;
                         changed
                     });
+                    // The stream is ordered: every invalidation for this
+                    // client up to last_tid came (and was applied) before.
+                    self.shared.cache.advance_applied(pong.last_tid);
                     self.liveness.pong(
                         now,
                         pong.seq,

@@ -1,13 +1,19 @@
-//! Invalidations: which keys each durable commit changed, fanned out to every
-//! session in TID order, and a bounded change log so that a reconnecting
-//! client can revalidate its cache instead of dropping it.
+//! Invalidations: which keys each durable commit changed, routed in TID
+//! order to the sessions that may cache them, and a bounded change log so
+//! that a reconnecting client can revalidate its cache instead of dropping
+//! it.
+//!
+//! A session "may cache" a key once it has read it (the server registers
+//! the key before reading, so no commit can slip between the snapshot and
+//! the registration). A session that opens with a cache already filled
+//! elsewhere, or reads too many keys to track, gets every invalidation.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use store_protocol::Tid;
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 
 /// The keys one commit changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,10 +33,30 @@ pub const DEFAULT_CHANGE_LOG_KEYS: usize = 100_000;
 /// disconnected (its client then revalidates from the change log).
 const SESSION_BACKLOG: usize = 16_384;
 
-/// Publishes invalidations to sessions and remembers recent ones.
+/// Keys tracked per session; past this the session gets every
+/// invalidation instead (tracking would cost more than it saves).
+const MAX_INTEREST_KEYS: usize = 100_000;
+
+/// Identifies a session to the router.
+pub type SessionId = u64;
+
+/// Routes invalidations to sessions and remembers recent ones.
 pub struct Invalidations {
-    log: Mutex<ChangeLog>,
-    fanout: broadcast::Sender<Arc<Invalidation>>,
+    state: Mutex<State>,
+}
+
+struct State {
+    log: ChangeLog,
+    routes: HashMap<SessionId, Route>,
+    /// Key → sessions that read it (ids of closed sessions are pruned lazily).
+    interest: HashMap<Bytes, Vec<SessionId>>,
+    next_id: SessionId,
+}
+
+struct Route {
+    queue: mpsc::Sender<Arc<Invalidation>>,
+    /// `None`: every invalidation; `Some(keys)`: those of these keys.
+    keys: Option<HashSet<Bytes>>,
 }
 
 struct ChangeLog {
@@ -43,80 +69,192 @@ struct ChangeLog {
     last: Tid,
 }
 
-/// A session's view: the keys changed since its client's `cached_tid`
-/// (or `None` if the log does not reach back), and every later invalidation.
+/// A new session's view: the keys changed since its client's `cached_tid`
+/// (or `None` if the log does not reach back), and its later invalidations.
 pub struct Subscription {
-    /// The last TID whose invalidation is covered by `changed` or was
-    /// published before the subscription; `receiver` delivers the rest
-    /// (it may repeat TIDs up to this one, which the session skips).
+    /// The session's id, for [`Invalidations::register`].
+    pub id: SessionId,
+    /// The last TID published before the subscription: `changed` covers
+    /// up to it, `receiver` delivers what comes after.
     pub covered_tid: Tid,
     /// See [`store_protocol::Welcome::changed_since_cached`].
     pub changed: Option<Vec<Bytes>>,
-    /// Invalidations published after the subscription.
-    pub receiver: broadcast::Receiver<Arc<Invalidation>>,
+    /// Invalidations routed to this session; it ends (`None`) if the
+    /// session fell too far behind.
+    pub receiver: mpsc::Receiver<Arc<Invalidation>>,
 }
 
 impl Invalidations {
     /// An empty log whose history starts after `last_tid` (nothing before
     /// a restart is remembered).
     pub fn new(last_tid: Tid, capacity_keys: usize) -> Invalidations {
-        let (fanout, _) = broadcast::channel(SESSION_BACKLOG);
         Invalidations {
-            log: Mutex::new(ChangeLog {
-                entries: VecDeque::new(),
-                keys: 0,
-                capacity_keys,
-                horizon: last_tid,
-                last: last_tid,
+            state: Mutex::new(State {
+                log: ChangeLog {
+                    entries: VecDeque::new(),
+                    keys: 0,
+                    capacity_keys,
+                    horizon: last_tid,
+                    last: last_tid,
+                },
+                routes: HashMap::new(),
+                interest: HashMap::new(),
+                next_id: 1,
             }),
-            fanout,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ChangeLog> {
-        self.log
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Records a durable commit and sends it to every session. Must be
-    /// called in TID order, before the commit is acknowledged.
+    /// Records a durable commit and routes it to every session that may
+    /// cache one of its keys. Must be called in TID order, before the
+    /// commit is acknowledged.
     pub fn publish(&self, invalidation: Invalidation) {
         let invalidation = Arc::new(invalidation);
-        let mut log = self.lock();
-        log.last = invalidation.tid;
-        log.keys += invalidation.keys.len();
-        log.entries.push_back(invalidation.clone());
-        while log.keys > log.capacity_keys {
-            let Some(oldest) = log.entries.pop_front() else {
-                break;
-            };
-            log.keys -= oldest.keys.len();
-            log.horizon = oldest.tid;
+        let mut state = self.lock();
+        let State {
+            log,
+            routes,
+            interest,
+            ..
+        } = &mut *state;
+        log.push(invalidation.clone());
+        let mut targets: HashSet<SessionId> = routes
+            .iter()
+            .filter(|(_, route)| route.keys.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for key in &invalidation.keys {
+            if let Some(sessions) = interest.get_mut(key) {
+                sessions.retain(|id| routes.contains_key(id));
+                targets.extend(sessions.iter().copied());
+                if sessions.is_empty() {
+                    interest.remove(key);
+                }
+            }
         }
-        // No receivers is fine: no session is open.
-        let _ = self.fanout.send(invalidation);
+        for id in targets {
+            let lagged = routes
+                .get(&id)
+                .is_some_and(|route| route.queue.try_send(invalidation.clone()).is_err());
+            if lagged {
+                // Dropping the sender ends the session's stream of
+                // invalidations: it closes, and its client revalidates.
+                routes.remove(&id);
+            }
+        }
     }
 
     /// Subscribes a new session whose client's cache is current as of
-    /// `cached`.
-    pub fn subscribe(&self, cached: Tid) -> Subscription {
-        let log = self.lock();
-        let receiver = self.fanout.subscribe();
-        let changed = (cached >= log.horizon).then(|| {
-            let keys: BTreeSet<&Bytes> = log
+    /// `cached`. A client that `holds_cache` (filled by an earlier session)
+    /// gets every invalidation: this server never saw what it read.
+    pub fn subscribe(&self, cached: Tid, holds_cache: bool) -> Subscription {
+        let mut state = self.lock();
+        let id = state.next_id;
+        state.next_id += 1;
+        let (queue, receiver) = mpsc::channel(SESSION_BACKLOG);
+        let keys = (!holds_cache).then(HashSet::new);
+        state.routes.insert(id, Route { queue, keys });
+        Subscription {
+            id,
+            covered_tid: state.log.last,
+            changed: state.log.changed_since(cached),
+            receiver,
+        }
+    }
+
+    /// Notes that session `id` is about to read `keys` (and may cache
+    /// them): called *before* the read, so no commit falls between.
+    pub fn register(&self, id: SessionId, keys: &[Bytes]) {
+        let mut state = self.lock();
+        let State {
+            routes, interest, ..
+        } = &mut *state;
+        let Some(Route {
+            keys: Some(tracked),
+            ..
+        }) = routes.get_mut(&id)
+        else {
+            return; // gets everything already, or closed
+        };
+        for key in keys {
+            if tracked.insert(key.clone()) {
+                interest.entry(key.clone()).or_default().push(id);
+            }
+        }
+        if tracked.len() > MAX_INTEREST_KEYS {
+            if let Some(route) = routes.get_mut(&id) {
+                route.keys = None;
+            }
+        }
+    }
+
+    /// Forgets a closed session.
+    pub fn unsubscribe(&self, id: SessionId) {
+        let mut state = self.lock();
+        let State {
+            routes, interest, ..
+        } = &mut *state;
+        if let Some(Route {
+            keys: Some(tracked),
+            ..
+        }) = routes.remove(&id)
+        {
+            for key in tracked {
+                if let Some(sessions) = interest.get_mut(&key) {
+                    sessions.retain(|s| *s != id);
+                    if sessions.is_empty() {
+                        interest.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Everything routed to a session so far, and the last TID published:
+    /// taken together, so a pong that follows them can promise that every
+    /// invalidation for this session up to that TID came before it.
+    pub fn drain(
+        &self,
+        receiver: &mut mpsc::Receiver<Arc<Invalidation>>,
+    ) -> (Vec<Arc<Invalidation>>, Tid) {
+        let state = self.lock();
+        let mut pending = Vec::new();
+        while let Ok(invalidation) = receiver.try_recv() {
+            pending.push(invalidation);
+        }
+        (pending, state.log.last)
+    }
+}
+
+impl ChangeLog {
+    fn push(&mut self, invalidation: Arc<Invalidation>) {
+        self.last = invalidation.tid;
+        self.keys += invalidation.keys.len();
+        self.entries.push_back(invalidation);
+        while self.keys > self.capacity_keys {
+            let Some(oldest) = self.entries.pop_front() else {
+                break;
+            };
+            self.keys -= oldest.keys.len();
+            self.horizon = oldest.tid;
+        }
+    }
+
+    fn changed_since(&self, cached: Tid) -> Option<Vec<Bytes>> {
+        (cached >= self.horizon).then(|| {
+            let keys: BTreeSet<&Bytes> = self
                 .entries
                 .iter()
                 .filter(|entry| entry.tid > cached)
                 .flat_map(|entry| entry.keys.iter())
                 .collect();
             keys.into_iter().cloned().collect()
-        });
-        Subscription {
-            covered_tid: log.last,
-            changed,
-            receiver,
-        }
+        })
     }
 }
 
@@ -135,18 +273,22 @@ mod tests {
         }
     }
 
+    fn tids(pending: &[Arc<Invalidation>]) -> Vec<u64> {
+        pending.iter().map(|i| i.tid.0).collect()
+    }
+
     #[test]
-    fn revalidation_lists_keys_changed_since_cached() {
+    fn revalidation_lists_keys_changed_since_the_cached_tid() {
         let hub = Invalidations::new(Tid(10), 100);
         hub.publish(inv(11, &["a", "b"]));
         hub.publish(inv(12, &["b", "c"]));
-        let sub = hub.subscribe(Tid(11));
+        let sub = hub.subscribe(Tid(11), true);
         assert_eq!(sub.covered_tid, Tid(12));
         assert_eq!(sub.changed, Some(vec![Bytes::from("b"), Bytes::from("c")]));
-        assert_eq!(hub.subscribe(Tid(12)).changed, Some(vec![]));
+        assert_eq!(hub.subscribe(Tid(12), true).changed, Some(vec![]));
         // Before the log's start (a restart): drop the cache.
-        assert_eq!(hub.subscribe(Tid(9)).changed, None);
-        assert_eq!(hub.subscribe(Tid(10)).changed.unwrap().len(), 3);
+        assert_eq!(hub.subscribe(Tid(9), true).changed, None);
+        assert_eq!(hub.subscribe(Tid(10), true).changed.unwrap().len(), 3);
     }
 
     #[test]
@@ -156,24 +298,58 @@ mod tests {
         hub.publish(inv(2, &["c"]));
         hub.publish(inv(3, &["d"]));
         assert_eq!(
-            hub.subscribe(Tid(0)).changed,
+            hub.subscribe(Tid(0), false).changed,
             None,
             "commit 1 was forgotten"
         );
         assert_eq!(
-            hub.subscribe(Tid(1)).changed,
+            hub.subscribe(Tid(1), false).changed,
             Some(vec![Bytes::from("c"), Bytes::from("d")])
         );
     }
 
-    #[tokio::test]
-    async fn subscribers_receive_later_invalidations_in_order() {
+    #[test]
+    fn sessions_get_invalidations_of_keys_they_read_in_order() {
         let hub = Invalidations::new(Tid(0), 100);
+        let mut reader = hub.subscribe(Tid(0), false);
+        let mut bystander = hub.subscribe(Tid(0), false);
+        let mut warm = hub.subscribe(Tid(0), true);
+        hub.register(reader.id, &[Bytes::from("a"), Bytes::from("c")]);
         hub.publish(inv(1, &["a"]));
-        let mut sub = hub.subscribe(Tid(1));
         hub.publish(inv(2, &["b"]));
-        hub.publish(inv(3, &["c"]));
-        assert_eq!(sub.receiver.recv().await.unwrap().tid, Tid(2));
-        assert_eq!(sub.receiver.recv().await.unwrap().tid, Tid(3));
+        hub.publish(inv(3, &["c", "a"]));
+        let (pending, last) = hub.drain(&mut reader.receiver);
+        assert_eq!((tids(&pending), last), (vec![1, 3], Tid(3)));
+        let (pending, last) = hub.drain(&mut bystander.receiver);
+        assert_eq!(
+            (tids(&pending), last),
+            (vec![], Tid(3)),
+            "read nothing, told nothing"
+        );
+        let (pending, _) = hub.drain(&mut warm.receiver);
+        assert_eq!(
+            tids(&pending),
+            vec![1, 2, 3],
+            "a warm cache hears everything"
+        );
+        hub.unsubscribe(reader.id);
+        hub.publish(inv(4, &["a"]));
+        assert!(hub.lock().interest.is_empty());
+    }
+
+    #[test]
+    fn a_session_that_falls_behind_is_cut_off() {
+        let hub = Invalidations::new(Tid(0), 1_000_000);
+        let mut slow = hub.subscribe(Tid(0), true);
+        for tid in 1..=(SESSION_BACKLOG as u64 + 1) {
+            hub.publish(inv(tid, &["k"]));
+        }
+        let (pending, _) = hub.drain(&mut slow.receiver);
+        assert_eq!(pending.len(), SESSION_BACKLOG);
+        assert!(slow.receiver.try_recv().is_err());
+        assert!(
+            slow.receiver.is_closed(),
+            "its stream of invalidations ended"
+        );
     }
 }

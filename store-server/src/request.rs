@@ -6,17 +6,23 @@ use store_protocol::{
     content_digest, encode_frame, read_frame, LimitKind, Request, Response, StatusInfo, WireError,
 };
 
+use crate::invalidation::SessionId;
 use crate::server::Shared;
 
 /// QUIC application error code sent with `STOP_SENDING` when a request frame
 /// is refused before it was read whole (oversize or malformed).
 const STOP_BAD_FRAME: u32 = 1;
 
-/// Reads the request, answers it, and finishes the stream.
-pub async fn serve(mut send: quinn::SendStream, mut recv: quinn::RecvStream, shared: &Shared) {
+/// Reads the request of session `session`, answers it, and finishes the stream.
+pub async fn serve(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    shared: &Shared,
+    session: SessionId,
+) {
     let limit = shared.limits.max_frame_bytes;
     let response = match read_frame::<_, Request>(&mut recv, limit).await {
-        Ok(Some(request)) => answer(request, shared).await,
+        Ok(Some(request)) => answer(request, shared, session).await,
         Ok(None) => Response::Error(WireError::Malformed {
             detail: "request stream closed before a request".into(),
         }),
@@ -38,18 +44,27 @@ pub async fn serve(mut send: quinn::SendStream, mut recv: quinn::RecvStream, sha
     }
 }
 
-async fn answer(request: Request, shared: &Shared) -> Response {
-    match decide(request, shared).await {
+async fn answer(request: Request, shared: &Shared, session: SessionId) -> Response {
+    match decide(request, shared, session).await {
         Ok(response) => response,
         Err(error) => Response::Error(error),
     }
 }
 
-async fn decide(request: Request, shared: &Shared) -> Result<Response, WireError> {
+async fn decide(
+    request: Request,
+    shared: &Shared,
+    session: SessionId,
+) -> Result<Response, WireError> {
     let limits = &shared.limits;
     match request {
         Request::Get { key } => {
             limits.check_key(&key)?;
+            // The client may cache what it reads: route the key's future
+            // invalidations to it, registered before the snapshot is taken.
+            shared
+                .invalidations
+                .register(session, std::slice::from_ref(&key));
             let (found, read_tid) = shared.storage.get(&key).map_err(internal)?;
             Ok(Response::Value { found, read_tid })
         }
@@ -64,6 +79,7 @@ async fn decide(request: Request, shared: &Shared) -> Result<Response, WireError
             for key in &keys {
                 limits.check_key(key)?;
             }
+            shared.invalidations.register(session, &keys);
             let (values, read_tid) = shared.storage.get_many(&keys).map_err(internal)?;
             Ok(Response::Values { values, read_tid })
         }

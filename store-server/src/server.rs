@@ -226,13 +226,14 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             }
         };
         tracing::Span::current().record("client", format!("{:032x}", session.client_id));
+        let session_id = session.id;
         tracing::debug!("session open");
         let pings = tokio::spawn(session.serve().in_current_span());
         while let Ok((send, recv)) = connection.accept_bi().await {
             let in_flight = InFlight::start(shared.clone());
             tokio::spawn(
                 async move {
-                    crate::request::serve(send, recv, &in_flight.0).await;
+                    crate::request::serve(send, recv, &in_flight.0, session_id).await;
                 }
                 .in_current_span(),
             );

@@ -15,10 +15,10 @@ use store_protocol::{
     read_frame, write_frame, Hello, Pong, SessionEvent, SessionRequest, Tid, Welcome, WireError,
     MIN_PING_SPACING, PROTOCOL_VERSION,
 };
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::invalidation::Invalidation;
+use crate::invalidation::{Invalidation, SessionId};
 use crate::server::Shared;
 
 /// Largest frame a client may send on its session stream (pings and Hello).
@@ -33,32 +33,39 @@ pub struct Session {
     recv: quinn::RecvStream,
     /// The client's random id.
     pub client_id: u128,
+    /// The session's id for invalidation routing.
+    pub id: SessionId,
 }
 
 /// The server → client half of a session.
 struct EventWriter {
     send: quinn::SendStream,
     shared: Arc<Shared>,
-    invalidations: broadcast::Receiver<Arc<Invalidation>>,
+    invalidations: mpsc::Receiver<Arc<Invalidation>>,
     /// The last TID whose invalidation this session has written (or covered
     /// in `Welcome`).
     written_tid: Tid,
-    _counted: Counted,
+    _registered: Registered,
 }
 
-/// Counts an open session in `status` until dropped.
-struct Counted(Arc<Shared>);
+/// Counts an open session in `status` and keeps its invalidation route
+/// until dropped.
+struct Registered {
+    shared: Arc<Shared>,
+    id: SessionId,
+}
 
-impl Counted {
-    fn new(shared: Arc<Shared>) -> Counted {
+impl Registered {
+    fn new(shared: Arc<Shared>, id: SessionId) -> Registered {
         shared.sessions.fetch_add(1, Ordering::Relaxed);
-        Counted(shared)
+        Registered { shared, id }
     }
 }
 
-impl Drop for Counted {
+impl Drop for Registered {
     fn drop(&mut self) {
-        self.0.sessions.fetch_sub(1, Ordering::Relaxed);
+        self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
+        self.shared.invalidations.unsubscribe(self.id);
     }
 }
 
@@ -93,7 +100,10 @@ pub async fn open(
             return Err(error);
         }
     };
-    let subscription = shared.invalidations.subscribe(hello.cached_tid);
+    let subscription = shared
+        .invalidations
+        .subscribe(hello.cached_tid, hello.holds_cache);
+    let registered = Registered::new(shared.clone(), subscription.id);
     let changed = subscription
         .changed
         .filter(|keys| keys.iter().map(Bytes::len).sum::<usize>() <= MAX_REVALIDATION_BYTES);
@@ -119,11 +129,12 @@ pub async fn open(
             send,
             invalidations: subscription.receiver,
             written_tid: subscription.covered_tid,
-            _counted: Counted::new(shared.clone()),
+            _registered: registered,
             shared,
         },
         recv,
         client_id: hello.client_id,
+        id: subscription.id,
     })
 }
 
@@ -166,10 +177,9 @@ impl EventWriter {
         loop {
             tokio::select! {
                 biased;
-                received = self.invalidations.recv() => match received {
-                    Ok(invalidation) => self.write_invalidation(&invalidation).await?,
-                    Err(broadcast::error::RecvError::Lagged(_)) => return Err("too far behind on invalidations"),
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                routed = self.invalidations.recv() => match routed {
+                    Some(invalidation) => self.write_invalidation(&invalidation).await?,
+                    None => return Err("too far behind on invalidations"),
                 },
                 ping = pings.recv() => match ping {
                     Some(seq) => self.write_pong(seq).await?,
@@ -197,21 +207,16 @@ impl EventWriter {
         Ok(())
     }
 
-    /// Writes every invalidation already published, then the pong.
+    /// Writes every invalidation routed here so far, then the pong: it
+    /// covers every commit published up to its `last_tid`.
     async fn write_pong(&mut self, seq: u64) -> Result<(), &'static str> {
-        loop {
-            match self.invalidations.try_recv() {
-                Ok(invalidation) => self.write_invalidation(&invalidation).await?,
-                Err(broadcast::error::TryRecvError::Empty) => break,
-                Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                    return Err("too far behind on invalidations")
-                }
-                Err(broadcast::error::TryRecvError::Closed) => return Ok(()),
-            }
+        let (pending, last_tid) = self.shared.invalidations.drain(&mut self.invalidations);
+        for invalidation in &pending {
+            self.write_invalidation(invalidation).await?;
         }
         let pong = SessionEvent::Pong(Pong {
             seq,
-            last_tid: self.written_tid,
+            last_tid: last_tid.max(self.written_tid),
             epoch: self.shared.epoch,
             role: self.shared.role,
         });

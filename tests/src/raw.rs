@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use store_protocol::{
-    pem, read_frame, write_frame, Hello, SessionEvent, SessionRequest, Tid, Welcome,
-    PROTOCOL_VERSION,
+    encode_frame, pem, read_frame, write_frame, Hello, Request, Response, SessionEvent,
+    SessionRequest, Tid, Welcome, PROTOCOL_VERSION,
 };
 
 use crate::ServerProcess;
@@ -53,6 +53,7 @@ pub async fn open_session(
         client_id: 7,
         last_seen_tid: Tid::ZERO,
         cached_tid: Tid::ZERO,
+        holds_cache: false,
     });
     write_frame(&mut send, &hello, 1 << 16)
         .await
@@ -61,4 +62,16 @@ pub async fn open_session(
         Ok(Some(SessionEvent::Welcome(welcome))) => (send, recv, welcome),
         other => panic!("expected Welcome, got {other:?}"),
     }
+}
+
+/// Sends one request on a new stream and reads its response.
+pub async fn request(connection: &quinn::Connection, request: &Request) -> Response {
+    let frame = encode_frame(request, 1 << 24).expect("encode the request");
+    let (mut send, mut recv) = connection.open_bi().await.expect("open a request stream");
+    send.write_all(&frame).await.expect("send the request");
+    send.finish().expect("finish the request");
+    read_frame(&mut recv, 1 << 24)
+        .await
+        .expect("read the response")
+        .expect("a response frame")
 }

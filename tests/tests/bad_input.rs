@@ -162,6 +162,7 @@ async fn malformed_frames_get_typed_errors_and_hurt_no_one() {
         client_id: 1,
         last_seen_tid: store_protocol::Tid::ZERO,
         cached_tid: store_protocol::Tid::ZERO,
+        holds_cache: false,
     });
     write_frame(&mut send, &hello, 1 << 16).await.unwrap();
     let refused = read_frame::<_, SessionEvent>(&mut recv, 1 << 16)
@@ -232,6 +233,7 @@ async fn wrong_ca_or_missing_client_certificate_fails_fast() {
             client_id: 1,
             last_seen_tid: store_protocol::Tid::ZERO,
             cached_tid: store_protocol::Tid::ZERO,
+            holds_cache: false,
         });
         let _ = write_frame(&mut send, &hello, 1 << 16).await;
         let _ = read_frame::<_, SessionEvent>(&mut recv, 1 << 16).await;

@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use store_client::{Client, ClientConfig, Error, SessionState, Tid, TxnId};
-use store_protocol::{
-    content_digest, encode_frame, read_frame, CommitRequest, Request, Response, WireError, Write,
-};
+use store_protocol::{content_digest, CommitRequest, Request, Response, WireError, Write};
 use store_tests::{raw, Direction, FaultProxy, ServerProcess, EVENT_DEADLINE};
 
 fn fast(mut config: ClientConfig) -> ClientConfig {
@@ -124,14 +122,6 @@ fn append_request(client_id: u128, seq: u64, key: &str, value: Vec<u8>) -> Commi
     }
 }
 
-async fn send(connection: &quinn::Connection, request: &Request) -> Response {
-    let frame = encode_frame(request, 1 << 24).unwrap();
-    let (mut send, mut recv) = connection.open_bi().await.unwrap();
-    send.write_all(&frame).await.unwrap();
-    send.finish().unwrap();
-    read_frame(&mut recv, 1 << 24).await.unwrap().unwrap()
-}
-
 #[tokio::test]
 async fn copies_in_flight_wait_for_the_first_and_get_its_outcome() {
     let dir = tempfile::tempdir().unwrap();
@@ -144,7 +134,7 @@ async fn copies_in_flight_wait_for_the_first_and_get_its_outcome() {
     let copies: Vec<_> = (0..5)
         .map(|_| {
             let (connection, request) = (connection.clone(), request.clone());
-            tokio::spawn(async move { send(&connection, &request).await })
+            tokio::spawn(async move { raw::request(&connection, &request).await })
         })
         .collect();
     let mut outcomes = Vec::new();
@@ -178,12 +168,12 @@ async fn a_reused_id_abandoned_id_and_expired_id_are_refused() {
     // Same id, different content: refused, nothing of it applied.
     let original = Request::Commit(append_request(7, 1, "k", b"A".to_vec()));
     assert!(matches!(
-        send(&connection, &original).await,
+        raw::request(&connection, &original).await,
         Response::Committed(_)
     ));
     let reused = Request::Commit(append_request(7, 1, "k", b"B".to_vec()));
     assert_eq!(
-        send(&connection, &reused).await,
+        raw::request(&connection, &reused).await,
         Response::Error(WireError::TxnIdReused)
     );
     assert_eq!(reader.get("k").await.unwrap().as_deref(), Some(&b"A"[..]));
@@ -200,7 +190,7 @@ async fn a_reused_id_abandoned_id_and_expired_id_are_refused() {
     );
     let late = Request::Commit(append_request(7, 2, "k", b"late".to_vec()));
     assert_eq!(
-        send(&connection, &late).await,
+        raw::request(&connection, &late).await,
         Response::Error(WireError::Abandoned)
     );
 
@@ -208,7 +198,7 @@ async fn a_reused_id_abandoned_id_and_expired_id_are_refused() {
     // refused as expired, never executed again.
     let deadline = Instant::now() + EVENT_DEADLINE;
     loop {
-        match send(&connection, &original).await {
+        match raw::request(&connection, &original).await {
             Response::Error(WireError::Expired) => break,
             Response::Committed(c) => assert!(c.replayed, "a retry is only ever replayed"),
             other => panic!("unexpected {other:?}"),

@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use store_protocol::{read_frame, write_frame, SessionEvent, SessionRequest, Tid};
+use bytes::Bytes;
+use store_protocol::{
+    read_frame, write_frame, Request, Response, SessionEvent, SessionRequest, Tid,
+};
 use store_tests::{raw, ServerProcess};
 
 async fn next_event(recv: &mut quinn::RecvStream) -> SessionEvent {
@@ -22,6 +25,10 @@ async fn pongs_follow_the_invalidations_they_cover() {
     let connection = raw::connect(&server, true).await.unwrap();
     let (mut send, mut recv, welcome) = raw::open_session(&connection).await;
     assert_eq!(welcome.last_tid, Tid::ZERO);
+    // Invalidations go to sessions that read the keys: read them first.
+    let keys: Vec<Bytes> = (0..5).map(|i| Bytes::from(format!("k{i}"))).collect();
+    let read = raw::request(&connection, &Request::GetMany { keys }).await;
+    assert!(matches!(read, Response::Values { .. }), "{read:?}");
 
     let writer = server.client().await;
     let mut tids = Vec::new();
@@ -49,6 +56,18 @@ async fn pongs_follow_the_invalidations_they_cover() {
         }
     }
     assert_eq!(seen, tids, "in TID order, none missing");
+
+    // A key this session never read: no invalidation, but the next pong
+    // still covers its commit.
+    let other = writer.put("unread", "v").await.unwrap().tid;
+    tokio::time::sleep(store_protocol::MIN_PING_SPACING).await;
+    write_frame(&mut send, &SessionRequest::Ping { seq: 2 }, 1 << 16)
+        .await
+        .unwrap();
+    match next_event(&mut recv).await {
+        SessionEvent::Pong(pong) => assert_eq!((pong.seq, pong.last_tid), (2, other)),
+        other => panic!("expected only the pong, got {other:?}"),
+    }
 }
 
 #[tokio::test]
