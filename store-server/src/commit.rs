@@ -109,33 +109,29 @@ impl Committer {
     pub async fn commit(&self, request: CommitRequest) -> OpResult {
         let span =
             tracing::info_span!("commit", txn = %request.txn_id, tid = tracing::field::Empty);
-        let id = request.txn_id;
-        async {
-            if let Some(first) = self.join_in_flight(id, Some(request.digest))? {
-                return first.await;
-            }
-            let result = self.submit(Work::Commit(request)).await;
-            self.finish_in_flight(id, &result);
-            result
-        }
-        .instrument(span)
-        .await
+        let (id, digest) = (request.txn_id, request.digest);
+        self.decide(id, Some(digest), Work::Commit(request))
+            .instrument(span)
+            .await
     }
 
     /// The outcome of `txn_id`, or `Abandoned` recorded now if it has none
     /// (DESIGN §6). A copy in flight is waited for, never abandoned.
     pub async fn resolve(&self, txn_id: TxnId) -> OpResult {
         let span = tracing::info_span!("resolve", txn = %txn_id);
-        async {
-            if let Some(first) = self.join_in_flight(txn_id, None)? {
-                return first.await;
-            }
-            let result = self.submit(Work::Resolve(txn_id)).await;
-            self.finish_in_flight(txn_id, &result);
-            result
+        self.decide(txn_id, None, Work::Resolve(txn_id))
+            .instrument(span)
+            .await
+    }
+
+    /// Waits for a copy of `id` already in flight, or decides `work` itself.
+    async fn decide(&self, id: TxnId, digest: Option<u128>, work: Work) -> OpResult {
+        if let Some(first) = self.join_in_flight(id, digest)? {
+            return first.await;
         }
-        .instrument(span)
-        .await
+        let result = self.submit(work).await;
+        self.finish_in_flight(id, &result);
+        result
     }
 
     /// Forgets outcomes decided more than `retention` ago; returns how many

@@ -8,6 +8,7 @@
 //! * [`ServerProcess`]: start, SIGKILL, SIGSTOP/SIGCONT, SIGTERM, restart.
 //! * [`FaultProxy`]: a UDP proxy that drops, delays or black-holes traffic.
 //! * [`raw`]: a hand-driven QUIC peer for protocol tests.
+//! * [`session`]: short session timers and waiting for session states.
 //! * [`cli`]: run `store-cli` against a server and capture what it printed.
 //! * [`binary`]: where the workspace's binaries were built.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -15,6 +16,7 @@
 mod process;
 mod proxy;
 pub mod raw;
+pub mod session;
 
 pub use process::{binary, cli, free_udp_port, signal, CliOutput, ServerProcess};
 pub use proxy::{Direction, FaultProxy, LinkFault};

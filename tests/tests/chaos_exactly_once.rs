@@ -24,13 +24,8 @@ const FAULT_CYCLES: usize = 20;
 const MAX_OPS_PER_CLIENT: usize = 5_000;
 
 fn config(proxy: &FaultProxy, server: &ServerProcess) -> ClientConfig {
-    let mut config = server.client_config();
+    let mut config = store_tests::session::fast(server.client_config());
     config.servers = vec![proxy.addr().to_string()];
-    config.session.ping_interval = Duration::from_millis(300);
-    config.session.stale_after = Duration::from_secs(1);
-    config.idle_timeout = Duration::from_secs(3);
-    config.keep_alive = Duration::from_secs(1);
-    config.connect_timeout = Duration::from_secs(1);
     // Long enough to ride out most black holes, short enough that some
     // operations end with an unknown outcome.
     config.timeout = Duration::from_secs(4);

@@ -6,36 +6,10 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use store_client::{Client, ClientConfig, Error, SessionState, Tid, TxnId};
+use store_client::{Client, Error, SessionState, Tid, TxnId};
 use store_protocol::{content_digest, CommitRequest, Request, Response, WireError, Write};
+use store_tests::session::{client_via, wait_for_state};
 use store_tests::{raw, Direction, FaultProxy, ServerProcess, EVENT_DEADLINE};
-
-fn fast(mut config: ClientConfig) -> ClientConfig {
-    config.session.ping_interval = Duration::from_millis(300);
-    config.session.stale_after = Duration::from_secs(1);
-    config.idle_timeout = Duration::from_secs(3);
-    config.keep_alive = Duration::from_secs(1);
-    config.connect_timeout = Duration::from_secs(1);
-    config.timeout = EVENT_DEADLINE;
-    config
-}
-
-async fn via(proxy: &FaultProxy, server: &ServerProcess) -> Client {
-    let mut config = fast(server.client_config());
-    config.servers = vec![proxy.addr().to_string()];
-    Client::connect(config).await.unwrap()
-}
-
-async fn wait_for(client: &Client, state: SessionState) {
-    let mut states = client.watch_session();
-    tokio::time::timeout(EVENT_DEADLINE, async {
-        while states.borrow_and_update().state != state {
-            states.changed().await.unwrap();
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("session never became {state}"));
-}
 
 /// Waits until the server's last TID passes `after` (a commit landed).
 async fn wait_for_commit(observer: &Client, after: Tid) -> Tid {
@@ -55,7 +29,7 @@ async fn a_lost_response_is_answered_by_a_replay_of_the_original() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path()).await;
     let proxy = FaultProxy::start(server.addr()).await;
-    let a = via(&proxy, &server).await;
+    let a = client_via(&proxy, &server).await;
     let observer = server.client().await;
     let before = observer.status().await.unwrap().last_tid;
 
@@ -67,7 +41,7 @@ async fn a_lost_response_is_answered_by_a_replay_of_the_original() {
     let applied = wait_for_commit(&observer, before).await;
     // Until the connection that carried the first copy is gone, so the
     // answer can only come from a new copy.
-    wait_for(&a, SessionState::Reconnecting).await;
+    wait_for_state(&a, SessionState::Reconnecting).await;
     proxy.heal();
     let outcome = commit.await.unwrap().unwrap();
     assert_eq!(outcome.tid, applied, "the original TID");
@@ -83,7 +57,7 @@ async fn a_server_killed_after_the_outcome_is_durable_replays_it_after_restart()
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::start(dir.path()).await;
     let proxy = FaultProxy::start(server.addr()).await;
-    let a = via(&proxy, &server).await;
+    let a = client_via(&proxy, &server).await;
     let observer = server.client().await;
     let before = observer.status().await.unwrap().last_tid;
 

@@ -8,49 +8,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use store_client::{Client, ClientConfig, Error, ReadPolicy, SessionState, Source};
+use store_client::{Client, Error, ReadPolicy, SessionState, Source};
+use store_tests::session::{client_via, fast, wait_for_state, FAST_PING, FAST_STALE_AFTER};
 use store_tests::{Direction, FaultProxy, ServerProcess, EVENT_DEADLINE};
 
-const PING: Duration = Duration::from_millis(300);
-const STALE_AFTER: Duration = Duration::from_secs(1);
-
-/// Short timers, so that each fault plays out in seconds.
-fn fast(mut config: ClientConfig) -> ClientConfig {
-    config.session.ping_interval = PING;
-    config.session.stale_after = STALE_AFTER;
-    config.session.expire_after = Duration::from_secs(30);
-    config.idle_timeout = Duration::from_secs(3);
-    config.keep_alive = Duration::from_secs(1);
-    config.connect_timeout = Duration::from_secs(1);
-    config.timeout = EVENT_DEADLINE;
-    config
-}
+const PING: Duration = FAST_PING;
+const STALE_AFTER: Duration = FAST_STALE_AFTER;
 
 /// The longest a cached value may be served after the server falls silent:
 /// a proof dates from a ping sent before the outage, and lasts stale_after.
 fn detection_bound() -> Duration {
     STALE_AFTER + PING.mul_f64(1.1)
-}
-
-async fn via(proxy: &FaultProxy, server: &ServerProcess) -> Client {
-    let mut config = fast(server.client_config());
-    config.servers = vec![proxy.addr().to_string()];
-    Client::connect(config).await.unwrap()
-}
-
-/// Waits for the session to reach `state`; returns when it did.
-async fn wait_for(client: &Client, state: SessionState) -> Instant {
-    let mut states = client.watch_session();
-    tokio::time::timeout(EVENT_DEADLINE, async {
-        loop {
-            if states.borrow_and_update().state == state {
-                return Instant::now();
-            }
-            states.changed().await.unwrap();
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("session never became {state}"))
 }
 
 /// Reads `key` with FailFast until the session is no longer fresh, and
@@ -101,7 +69,7 @@ async fn black_hole_both_ways_then_heal_applies_missed_invalidations() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path()).await;
     let proxy = FaultProxy::start(server.addr()).await;
-    let a = via(&proxy, &server).await;
+    let a = client_via(&proxy, &server).await;
     let b = server.client().await;
     b.put("k", "v1").await.unwrap();
     cache_key(&a, "k", "v1").await;
@@ -110,7 +78,7 @@ async fn black_hole_both_ways_then_heal_applies_missed_invalidations() {
     proxy.cut();
     let served = cached_reads_until_stale(&a, "k").await;
     assert_within_bound(&served, outage);
-    let stale_at = wait_for(&a, SessionState::Stale).await;
+    let stale_at = wait_for_state(&a, SessionState::Stale).await;
     eprintln!("black hole detected after {:?}", stale_at - outage);
     let stale = a.read("k", ReadPolicy::AllowStale).await.unwrap();
     assert!(stale.stale, "AllowStale marks the value stale");
@@ -118,7 +86,7 @@ async fn black_hole_both_ways_then_heal_applies_missed_invalidations() {
     // A write A cannot hear about while cut off.
     b.put("k", "v2").await.unwrap();
     proxy.heal();
-    wait_for(&a, SessionState::Live).await;
+    wait_for_state(&a, SessionState::Live).await;
     let read = a.read("k", PATIENT).await.unwrap();
     assert_eq!(
         read.value.as_deref(),
@@ -140,14 +108,14 @@ async fn a_frozen_server_is_noticed_and_a_thawed_one_resumes() {
     server.freeze();
     let served = cached_reads_until_stale(&a, "k").await;
     assert_within_bound(&served, outage);
-    wait_for(&a, SessionState::Stale).await;
+    wait_for_state(&a, SessionState::Stale).await;
     assert!(matches!(
         a.read("k", ReadPolicy::FailFast).await,
         Err(Error::SessionStale { .. })
     ));
 
     server.thaw();
-    wait_for(&a, SessionState::Live).await;
+    wait_for_state(&a, SessionState::Live).await;
     assert_eq!(a.get("k").await.unwrap().as_deref(), Some(&b"v1"[..]));
     a.put("k", "v2").await.unwrap();
     assert_eq!(a.get("k").await.unwrap().as_deref(), Some(&b"v2"[..]));
@@ -169,7 +137,7 @@ async fn a_killed_server_is_noticed_and_its_restart_rejoined() {
     server.restart().await;
     // Another client writes before A is back: A must not serve v1.
     server.client().await.put("k", "v3").await.unwrap();
-    wait_for(&a, SessionState::Live).await;
+    wait_for_state(&a, SessionState::Live).await;
     assert_eq!(
         a.read("k", PATIENT).await.unwrap().value.as_deref(),
         Some(&b"v3"[..])
@@ -182,7 +150,7 @@ async fn a_new_session_revalidates_the_cache_instead_of_dropping_it() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path()).await;
     let proxy = FaultProxy::start(server.addr()).await;
-    let a = via(&proxy, &server).await;
+    let a = client_via(&proxy, &server).await;
     let b = server.client().await;
     b.put("changed", "old").await.unwrap();
     b.put("unchanged", "same").await.unwrap();
@@ -194,10 +162,10 @@ async fn a_new_session_revalidates_the_cache_instead_of_dropping_it() {
 
     // Cut long enough for the QUIC connection itself to die.
     proxy.cut();
-    wait_for(&a, SessionState::Reconnecting).await;
+    wait_for_state(&a, SessionState::Reconnecting).await;
     b.put("changed", "new").await.unwrap();
     proxy.heal();
-    wait_for(&a, SessionState::Live).await;
+    wait_for_state(&a, SessionState::Live).await;
 
     let unchanged = a.read("unchanged", PATIENT).await.unwrap();
     assert_eq!(
@@ -257,7 +225,7 @@ async fn one_way_loss_either_way_makes_the_session_stale() {
         let dir = tempfile::tempdir().unwrap();
         let server = ServerProcess::start(dir.path()).await;
         let proxy = FaultProxy::start(server.addr()).await;
-        let a = via(&proxy, &server).await;
+        let a = client_via(&proxy, &server).await;
         server.client().await.put("k", "v1").await.unwrap();
         cache_key(&a, "k", "v1").await;
 
@@ -266,7 +234,7 @@ async fn one_way_loss_either_way_makes_the_session_stale() {
         proxy.black_hole(direction);
         let served = cached_reads_until_stale(&a, "k").await;
         assert_within_bound(&served, outage);
-        wait_for(&a, SessionState::Stale).await;
+        wait_for_state(&a, SessionState::Stale).await;
         assert!(proxy.dropped(direction) > 0, "{direction:?} was cut");
         if direction == Direction::ToClient {
             assert!(
@@ -275,7 +243,7 @@ async fn one_way_loss_either_way_makes_the_session_stale() {
             );
         }
         proxy.heal();
-        wait_for(&a, SessionState::Live).await;
+        wait_for_state(&a, SessionState::Live).await;
         assert_eq!(a.get("k").await.unwrap().as_deref(), Some(&b"v1"[..]));
     }
 }
