@@ -473,9 +473,14 @@ impl Client {
                     return Err(commit_error(txn_id, e))
                 }
                 Ok(Response::Error(e)) => {
-                    // Refused before deciding: safe to send again.
-                    if matches!(e, WireError::NotPrimary { .. } | WireError::ShuttingDown) {
-                        failed = Some(connection);
+                    match e {
+                        // Refused before deciding: try the next session.
+                        WireError::NotPrimary { .. } | WireError::ShuttingDown => {
+                            failed = Some(connection);
+                        }
+                        // A copy is deciding, or may have been decided.
+                        WireError::InProgress | WireError::Internal { .. } => sent = true,
+                        _ => {}
                     }
                     e.to_string()
                 }
@@ -650,7 +655,9 @@ fn unavailable(status: &SessionStatus, what: &str) -> Error {
     Error::Unavailable { detail }
 }
 
-/// Errors that mean "not decided yet, send the same bytes again".
+/// Errors that mean "not decided, or not known to be: send the same bytes
+/// again". A server-side failure (a failed fsync) may have left the commit
+/// durable or not; the outcome table answers the resend either way.
 fn is_retry_signal(error: &WireError) -> bool {
     matches!(
         error,
@@ -658,6 +665,7 @@ fn is_retry_signal(error: &WireError) -> bool {
             | WireError::ShuttingDown
             | WireError::Overloaded
             | WireError::InProgress
+            | WireError::Internal { .. }
     )
 }
 
