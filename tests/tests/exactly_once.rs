@@ -24,6 +24,25 @@ async fn wait_for_commit(observer: &Client, after: Tid) -> Tid {
     }
 }
 
+/// Cuts the server's answers to `a`, starts `commit` on it, and waits
+/// until the commit has landed on the server; returns its TID and the
+/// still-running commit.
+async fn commit_with_answers_cut<F, Fut>(
+    proxy: &FaultProxy,
+    observer: &Client,
+    commit: F,
+) -> (Tid, tokio::task::JoinHandle<Fut::Output>)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    let before = observer.status().await.unwrap().last_tid;
+    proxy.black_hole(Direction::ToClient);
+    let running = tokio::spawn(commit());
+    (wait_for_commit(observer, before).await, running)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_response_is_answered_by_a_replay_of_the_original() {
     let dir = tempfile::tempdir().unwrap();
@@ -31,14 +50,11 @@ async fn a_lost_response_is_answered_by_a_replay_of_the_original() {
     let proxy = FaultProxy::start(server.addr()).await;
     let a = client_via(&proxy, &server).await;
     let observer = server.client().await;
-    let before = observer.status().await.unwrap().last_tid;
-
-    proxy.black_hole(Direction::ToClient);
-    let commit = tokio::spawn({
-        let a = a.clone();
-        async move { a.append("list", "token-1;").await }
-    });
-    let applied = wait_for_commit(&observer, before).await;
+    let writer = a.clone();
+    let (applied, commit) = commit_with_answers_cut(&proxy, &observer, || async move {
+        writer.append("list", "token-1;").await
+    })
+    .await;
     // Until the connection that carried the first copy is gone, so the
     // answer can only come from a new copy.
     wait_for_state(&a, SessionState::Reconnecting).await;
@@ -59,14 +75,13 @@ async fn a_server_killed_after_the_outcome_is_durable_replays_it_after_restart()
     let proxy = FaultProxy::start(server.addr()).await;
     let a = client_via(&proxy, &server).await;
     let observer = server.client().await;
-    let before = observer.status().await.unwrap().last_tid;
-
-    proxy.black_hole(Direction::ToClient);
-    let commit = tokio::spawn({
-        let a = a.clone();
-        async move { a.incr("counter", 1).await }
-    });
-    let applied = wait_for_commit(&observer, before).await;
+    let (applied, commit) =
+        commit_with_answers_cut(
+            &proxy,
+            &observer,
+            || async move { a.incr("counter", 1).await },
+        )
+        .await;
     server.kill();
     server.restart().await;
     proxy.heal();
