@@ -277,3 +277,23 @@ async fn bulk_uploads_never_make_a_healthy_session_stale() {
     assert_eq!(*left_live.lock().unwrap(), Vec::<SessionState>::new());
     assert_eq!(a.session().state, SessionState::Live);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_server_reachable_the_session_expires_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(dir.path()).await;
+    let mut config = fast(server.client_config());
+    config.session.expire_after = Duration::from_secs(2);
+    let a = Client::connect(config).await.unwrap();
+    server.kill();
+    wait_for_state(&a, SessionState::Expired).await;
+    assert!(matches!(
+        a.read("k", ReadPolicy::FailFast).await,
+        Err(Error::SessionStale {
+            state: SessionState::Expired
+        })
+    ));
+    // It keeps dialing: a server that comes back brings it back.
+    server.restart().await;
+    wait_for_state(&a, SessionState::Live).await;
+}
