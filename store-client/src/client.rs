@@ -199,19 +199,32 @@ impl Client {
         match response {
             Response::Value { found, read_tid } => {
                 self.inner.shared.saw(read_tid);
-                let (value, serial) = match found {
-                    Some(v) => (Some(v.value), v.serial),
-                    None => (None, Tid::ZERO),
-                };
-                cache.fill(key, value.clone(), serial, read_tid, generation);
                 Ok(Read {
-                    value,
+                    value: self.fill(key, found, read_tid, generation),
                     source: Source::Server,
                     stale: !proven,
                 })
             }
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// Offers a value read from the server (at snapshot `read_tid`, by a
+    /// read that began in cache `generation`) to the cache, and returns it.
+    fn fill(
+        &self,
+        key: Bytes,
+        found: Option<Versioned>,
+        read_tid: Tid,
+        generation: u64,
+    ) -> Option<Bytes> {
+        let (value, serial) = match found {
+            Some(v) => (Some(v.value), v.serial),
+            None => (None, Tid::ZERO),
+        };
+        let cache = &self.inner.shared.cache;
+        cache.fill(key, value.clone(), serial, read_tid, generation);
+        value
     }
 
     /// The cached answer for `key` that `policy` allows now, if any: a
@@ -283,12 +296,7 @@ impl Client {
                         detail: "GetMany answered fewer values than keys".into(),
                     });
                 };
-                let (value, serial) = match found {
-                    Some(v) => (Some(v.value), v.serial),
-                    None => (None, Tid::ZERO),
-                };
-                cache.fill(key, value.clone(), serial, read_tid, generation);
-                *answer = Some(value);
+                *answer = Some(self.fill(key, found, read_tid, generation));
             }
         }
         Ok(answers.into_iter().map(Option::flatten).collect())
