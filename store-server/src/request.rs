@@ -97,14 +97,7 @@ async fn decide(
             Ok(Response::Entries { entries, more })
         }
         Request::Commit(commit) => {
-            if shared.draining.load(Ordering::Acquire) {
-                return Err(WireError::ShuttingDown);
-            }
-            if !shared.role.is_writable() {
-                return Err(WireError::NotPrimary {
-                    epoch: shared.epoch,
-                });
-            }
+            accepting_writes(shared)?;
             limits.check_commit(&commit)?;
             if content_digest(&commit.read_set, &commit.writes) != commit.digest {
                 return Err(WireError::DigestMismatch);
@@ -117,14 +110,7 @@ async fn decide(
             Ok(Response::Committed(shared.committer.commit(commit).await?))
         }
         Request::Resolve { txn_id } => {
-            if shared.draining.load(Ordering::Acquire) {
-                return Err(WireError::ShuttingDown);
-            }
-            if !shared.role.is_writable() {
-                return Err(WireError::NotPrimary {
-                    epoch: shared.epoch,
-                });
-            }
+            accepting_writes(shared)?;
             Ok(Response::Committed(shared.committer.resolve(txn_id).await?))
         }
         Request::Status => Ok(Response::Status(StatusInfo {
@@ -135,6 +121,20 @@ async fn decide(
             sessions: shared.sessions.load(Ordering::Relaxed),
         })),
     }
+}
+
+/// Commits and resolves are refused before any decision while draining or
+/// when this server is not the writable one.
+fn accepting_writes(shared: &Shared) -> Result<(), WireError> {
+    if shared.draining.load(Ordering::Acquire) {
+        return Err(WireError::ShuttingDown);
+    }
+    if !shared.role.is_writable() {
+        return Err(WireError::NotPrimary {
+            epoch: shared.epoch,
+        });
+    }
+    Ok(())
 }
 
 fn internal(e: crate::error::StorageError) -> WireError {
