@@ -131,6 +131,12 @@ pub enum WireError {
     /// The same transaction is still being committed; retry the same bytes.
     #[error("transaction still in progress")]
     InProgress,
+    /// A manual failover (`promote`) was refused; nothing changed.
+    #[error("promote refused: {reason}")]
+    PromoteRefused {
+        /// Why, and what would make it possible.
+        reason: String,
+    },
 }
 
 /// Why a frame could not be read or written.

@@ -99,6 +99,8 @@ pub enum Role {
     Primary,
     /// The standby member of an HA pair: refuses writes with `NotPrimary`.
     Backup,
+    /// The third vote of an HA pair: holds no data, only its votes.
+    Witness,
 }
 
 impl Role {
@@ -114,6 +116,7 @@ impl fmt::Display for Role {
             Role::Standalone => "standalone",
             Role::Primary => "primary",
             Role::Backup => "backup",
+            Role::Witness => "witness",
         })
     }
 }

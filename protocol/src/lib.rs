@@ -71,6 +71,7 @@ mod frame;
 mod ids;
 mod limits;
 mod message;
+pub mod peer;
 #[cfg(feature = "tls")]
 pub mod pem;
 
@@ -82,8 +83,9 @@ pub use limits::{
     DEFAULT_MAX_VALUE_BYTES,
 };
 pub use message::{
-    content_digest, CommitRequest, Committed, Entry, Hello, Pong, ReadCheck, Request, Response,
-    ScanRequest, SessionEvent, SessionRequest, StatusInfo, Versioned, Welcome, Write, WriteResult,
+    content_digest, CommitRequest, Committed, Entry, Hello, PairStatus, Pong, ReadCheck, Request,
+    Response, ScanRequest, SessionEvent, SessionRequest, StatusInfo, Versioned, Welcome, Write,
+    WriteResult,
 };
 
 /// The protocol version this build speaks, sent in [`Hello`].

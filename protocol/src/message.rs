@@ -121,6 +121,15 @@ pub enum Request {
         /// The transaction.
         txn_id: TxnId,
     },
+    /// Makes this node (a backup) the primary: the current primary steps
+    /// down once this node holds everything it acknowledged, and the
+    /// witness grants the next epoch. Refused when it would lose
+    /// acknowledged writes, unless `force`. Answered with
+    /// [`Response::Status`].
+    Promote {
+        /// Promote even if this node may lack acknowledged writes.
+        force: bool,
+    },
 }
 
 /// A range read: keys `k` with `start <= k < end` (no `end`: to the last key).
@@ -351,4 +360,26 @@ pub struct StatusInfo {
     pub server_id: u64,
     /// Open client sessions.
     pub sessions: u64,
+    /// The pair, when the server is a member of one.
+    pub pair: Option<PairStatus>,
+}
+
+/// What a member of an HA pair knows of the pair, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairStatus {
+    /// The other data node's address, as configured.
+    pub peer: String,
+    /// Whether the other data node answered recently.
+    pub peer_reachable: bool,
+    /// The other data node's last TID, when known.
+    pub peer_last_tid: Option<Tid>,
+    /// The backup (the other node on a primary, this node on a backup) is
+    /// recorded as holding every acknowledged commit.
+    pub backup_in_sync: bool,
+    /// Whether the witness answered recently.
+    pub witness_reachable: bool,
+    /// Replication lag in TIDs between primary and backup, when known.
+    pub lag_tids: Option<u64>,
+    /// What the node is waiting for, if anything (e.g. "no majority").
+    pub note: String,
 }

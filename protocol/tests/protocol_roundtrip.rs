@@ -17,7 +17,8 @@ fn role() -> impl Strategy<Value = Role> {
     prop_oneof![
         Just(Role::Standalone),
         Just(Role::Primary),
-        Just(Role::Backup)
+        Just(Role::Backup),
+        Just(Role::Witness)
     ]
 }
 
@@ -131,7 +132,16 @@ fn response() -> impl Strategy<Value = Response> {
                 epoch: Epoch(epoch),
                 last_tid,
                 server_id,
-                sessions
+                sessions,
+                pair: (sessions % 2 == 0).then(|| PairStatus {
+                    peer: "127.0.0.1:7448".into(),
+                    peer_reachable: epoch % 2 == 0,
+                    peer_last_tid: Some(last_tid),
+                    backup_in_sync: server_id % 2 == 0,
+                    witness_reachable: true,
+                    lag_tids: Some(sessions),
+                    note: "no majority".into(),
+                })
             })
         ),
         wire_error().prop_map(Response::Error),

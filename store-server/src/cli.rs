@@ -8,6 +8,8 @@ use clap::{Args, Parser, Subcommand};
 use store_protocol::Limits;
 
 use crate::config::{ServerConfig, TlsSource, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+use crate::pair::witness::WitnessConfig;
+use crate::pair::{LeaseConfig, PairConfig};
 use crate::tls::TlsFiles;
 
 /// Zeolite store server: durable versioned keys over QUIC.
@@ -27,6 +29,100 @@ pub struct Cli {
 pub enum Command {
     /// Run a data node (the default).
     Run(RunArgs),
+    /// Run the witness of an HA pair: the third vote, holding no data.
+    Witness(WitnessArgs),
+}
+
+/// Flags of `store-server witness`.
+#[derive(Debug, Clone, Args)]
+pub struct WitnessArgs {
+    /// Data directory for the witness's votes, created on first start.
+    #[arg(long, value_name = "DIR", default_value = "./zeolite-witness")]
+    pub data_dir: PathBuf,
+    /// UDP address to listen on.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// The two data nodes, first the one that starts as primary.
+    #[arg(long, value_name = "A1,A2", value_parser = parse_cluster)]
+    pub cluster: Cluster,
+    /// Lease duration; must match the data nodes'.
+    #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
+    pub lease: Duration,
+    /// Certificates.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// Certificate flags shared by data nodes and the witness.
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// Development TLS directory (default DATA/tls): a CA and certificates
+    /// are generated there on first start. Ignored with --ca/--cert/--key.
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// CA certificate (PEM) that peer certificates must be signed by.
+    #[arg(long, value_name = "PEM", requires_all = ["cert", "key"])]
+    pub ca: Option<PathBuf>,
+    /// This node's certificate chain (PEM); in a pair it must allow both
+    /// server and client authentication.
+    #[arg(long, value_name = "PEM", requires_all = ["ca", "key"])]
+    pub cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, value_name = "PEM", requires_all = ["ca", "cert"])]
+    pub key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn source(self, default: TlsSource) -> TlsSource {
+        match (self.ca, self.cert, self.key) {
+            (Some(ca), Some(cert), Some(key)) => TlsSource::Files(TlsFiles { ca, cert, key }),
+            _ => self.tls_dir.map_or(default, TlsSource::DevDir),
+        }
+    }
+}
+
+/// The two data nodes of a pair, as `A1,A2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cluster(pub [SocketAddr; 2]);
+
+fn parse_cluster(text: &str) -> Result<Cluster, String> {
+    let addrs: Vec<SocketAddr> = text
+        .split(',')
+        .map(|a| {
+            a.trim()
+                .parse()
+                .map_err(|e| format!("{a:?} is not an address (ip:port): {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    match addrs[..] {
+        [a, b] if a != b => Ok(Cluster([a, b])),
+        _ => Err("expected two different addresses, A1,A2".into()),
+    }
+}
+
+impl WitnessArgs {
+    /// The witness configuration these flags describe.
+    pub fn into_config(self) -> WitnessConfig {
+        let default = TlsSource::DevDir(self.data_dir.join("tls"));
+        WitnessConfig {
+            listen: self.listen,
+            cluster: self.cluster.0,
+            tls: self.tls.source(default),
+            lease: lease_config(self.lease),
+            data_dir: self.data_dir,
+        }
+    }
+}
+
+fn lease_config(duration: Duration) -> LeaseConfig {
+    let defaults = LeaseConfig::default();
+    let scale = duration.as_secs_f64() / defaults.duration.as_secs_f64();
+    LeaseConfig {
+        duration,
+        renew_every: defaults.renew_every.mul_f64(scale),
+        replication_timeout: defaults.replication_timeout.mul_f64(scale),
+        ..defaults
+    }
 }
 
 /// Flags of `store-server run`.
@@ -38,19 +134,24 @@ pub struct RunArgs {
     /// UDP address to listen on.
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
-    /// Development TLS directory (default DATA/tls): a CA and certificates
-    /// are generated there on first start. Ignored with --ca/--cert/--key.
-    #[arg(long, value_name = "DIR")]
-    pub tls_dir: Option<PathBuf>,
-    /// CA certificate (PEM) that client certificates must be signed by.
-    #[arg(long, value_name = "PEM", requires_all = ["cert", "key"])]
-    pub ca: Option<PathBuf>,
-    /// Server certificate chain (PEM).
-    #[arg(long, value_name = "PEM", requires_all = ["ca", "key"])]
-    pub cert: Option<PathBuf>,
-    /// Server private key (PEM).
-    #[arg(long, value_name = "PEM", requires_all = ["ca", "cert"])]
-    pub key: Option<PathBuf>,
+    /// Certificates.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// The two data nodes of an HA pair, `A1,A2` (this node's --listen is
+    /// one of them; A1 starts as primary on a fresh cluster).
+    #[arg(long, value_name = "A1,A2", value_parser = parse_cluster, requires = "witness")]
+    pub cluster: Option<Cluster>,
+    /// The pair's witness (`store-server witness`).
+    #[arg(long, value_name = "ADDR", requires = "cluster")]
+    pub witness: Option<SocketAddr>,
+    /// Where to reach the other data node, if not at its --cluster address
+    /// (a proxy or NAT in between).
+    #[arg(long, value_name = "ADDR", requires = "cluster")]
+    pub peer_address: Option<SocketAddr>,
+    /// Lease duration in a pair: a dead primary is replaced about this long
+    /// after its last renewal (renewals every lease/8).
+    #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
+    pub lease: Duration,
     /// Largest key in bytes.
     #[arg(long, default_value_t = Limits::default().max_key_bytes)]
     pub max_key_bytes: u32,
@@ -95,13 +196,15 @@ impl RunArgs {
         config.listen = self.listen;
         config.limits = limits;
         config.outcome_retention = self.outcome_retention;
-        config.tls = match (self.ca, self.cert, self.key) {
-            (Some(ca), Some(cert), Some(key)) => TlsSource::Files(TlsFiles { ca, cert, key }),
-            _ => match self.tls_dir {
-                Some(dir) => TlsSource::DevDir(dir),
-                None => config.tls,
-            },
-        };
+        config.tls = self.tls.source(config.tls);
+        if let (Some(cluster), Some(witness)) = (self.cluster, self.witness) {
+            let mut pair = PairConfig::for_node(cluster.0, self.listen, witness)?;
+            if let Some(via) = self.peer_address {
+                pair.peer_via = via;
+            }
+            pair.lease = lease_config(self.lease);
+            config.pair = Some(pair);
+        }
         Ok(config)
     }
 }

@@ -12,12 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use store_protocol::{CommitRequest, Committed, Limits, TxnId, WireError};
+use store_protocol::peer::Batch;
+use store_protocol::{CommitRequest, Committed, Limits, Tid, TxnId, WireError};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::Instrument as _;
 
 use crate::invalidation::{Invalidation, Invalidations};
-use crate::storage::{Op, OpResult, Storage};
+use crate::storage::{Op, OpResult, Stamp, Storage};
 
 /// Most operations in one batch: bounds the latency one batch adds to the next.
 const MAX_BATCH: usize = 512;
@@ -71,15 +72,26 @@ struct InFlight {
 
 impl CommitPipeline {
     /// Starts the committer thread over `storage`.
+    ///
+    /// Durable batches go to `release`: answered at once by a standalone
+    /// server, or handed to the replicator of a pair, which answers them
+    /// once the backup has them too.
     pub fn start(
         storage: Arc<Storage>,
         invalidations: Arc<Invalidations>,
         limits: Limits,
+        release: Release,
     ) -> std::io::Result<CommitPipeline> {
         let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
+        let committer = Pipeline {
+            storage,
+            invalidations,
+            limits,
+            release,
+        };
         let thread = std::thread::Builder::new()
             .name("zeolite-committer".into())
-            .spawn(move || run_committer(&storage, &invalidations, &limits, jobs))?;
+            .spawn(move || committer.run(jobs))?;
         Ok(CommitPipeline {
             committer: Committer {
                 queue,
@@ -220,86 +232,163 @@ impl Committer {
     }
 }
 
-fn run_committer(
-    storage: &Storage,
-    invalidations: &Invalidations,
-    limits: &Limits,
-    mut jobs: mpsc::Receiver<Job>,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = jobs.blocking_recv() {
-        let mut next = Some(first);
-        while let Some(job) = next.take() {
-            match job {
-                Job::Decide(decision) => batch.push(decision),
-                // Expiry runs in its own transaction, between batches.
-                Job::Expire { retention, reply } => {
-                    let _ = reply.send(expire(storage, retention));
-                }
-            }
-            if batch.len() < MAX_BATCH {
-                next = jobs.try_recv().ok();
-            }
+/// Where durable batches go.
+pub enum Release {
+    /// Answer at once (a standalone server).
+    Now,
+    /// To the replicator, which answers once the backup has them.
+    Replicated(mpsc::UnboundedSender<Durable>),
+}
+
+/// A batch durable here whose callers are not answered yet.
+pub struct Durable {
+    /// The replicated form, if the batch changed anything.
+    pub batch: Option<Arc<Batch>>,
+    replies: Vec<(Decision, OpResult)>,
+    invalidations: Vec<Invalidation>,
+}
+
+impl Durable {
+    /// Publishes the batch's invalidations (every session hears of a commit
+    /// before anyone is told it committed, so a pong never runs ahead of an
+    /// acknowledgement) and answers its callers; with `refuse`, every
+    /// caller gets that error instead (a deposed primary: the copy that
+    /// the client resends to the new primary is answered there).
+    pub fn release(self, invalidations: &Invalidations, refuse: Option<&WireError>) {
+        for invalidation in self.invalidations {
+            invalidations.publish(invalidation);
         }
-        if !batch.is_empty() {
-            decide_batch(storage, invalidations, limits, &mut batch);
+        for (decision, result) in self.replies {
+            let result = match refuse {
+                Some(error) => Err(error.clone()),
+                None => result,
+            };
+            decision.span.in_scope(|| match &result {
+                Ok(c) => {
+                    decision.span.record("tid", c.tid.0);
+                    tracing::debug!(tid = c.tid.0, replayed = c.replayed, "decided");
+                }
+                Err(e) => tracing::debug!(error = %e, "refused"),
+            });
+            let _ = decision.reply.send(result);
         }
     }
 }
 
-fn expire(storage: &Storage, retention: Duration) -> Result<usize, WireError> {
-    let expiries = storage.expire_outcomes(retention).map_err(internal)?;
-    if !expiries.is_empty() {
+/// The committer thread's state.
+struct Pipeline {
+    storage: Arc<Storage>,
+    invalidations: Arc<Invalidations>,
+    limits: Limits,
+    release: Release,
+}
+
+impl Pipeline {
+    fn run(&self, mut jobs: mpsc::Receiver<Job>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = jobs.blocking_recv() {
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Decide(decision) => batch.push(decision),
+                    // Expiry runs in its own batch, between batches.
+                    Job::Expire { retention, reply } => {
+                        let _ = reply.send(self.expire(retention));
+                    }
+                }
+                if batch.len() < MAX_BATCH {
+                    next = jobs.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                self.decide(std::mem::take(&mut batch));
+            }
+        }
+    }
+
+    /// Applies `ops` in one durable batch, stamped with this node's epoch.
+    fn apply(&self, ops: &[Op<'_>]) -> Result<(Vec<OpResult>, Option<Arc<Batch>>), WireError> {
+        let stamp = Stamp::now(self.storage.epoch());
+        let applied = self
+            .storage
+            .apply_batch(ops, &self.limits, stamp)
+            .map_err(internal)?;
+        let replicate = matches!(self.release, Release::Replicated(_));
+        let batch = applied.lsn.filter(|_| replicate).map(|lsn| {
+            Arc::new(Batch {
+                epoch: stamp.epoch,
+                lsn,
+                now_ms: stamp.now_ms,
+                last_tid: self.storage.last_tid(),
+                ops: ops.iter().map(|op| op.to_batch_op()).collect(),
+            })
+        });
+        Ok((applied.results, batch))
+    }
+
+    fn send(&self, durable: Durable) {
+        match &self.release {
+            Release::Now => durable.release(&self.invalidations, None),
+            Release::Replicated(replicator) => {
+                if let Err(unsent) = replicator.send(durable) {
+                    unsent
+                        .0
+                        .release(&self.invalidations, Some(&WireError::ShuttingDown));
+                }
+            }
+        }
+    }
+
+    fn expire(&self, retention: Duration) -> Result<usize, WireError> {
+        let expiries = self.storage.expiries_due(retention).map_err(internal)?;
+        if expiries.is_empty() {
+            return Ok(0);
+        }
+        let ops: Vec<Op<'_>> = expiries.iter().map(|e| Op::Expire(*e)).collect();
+        let (_, batch) = self.apply(&ops)?;
         tracing::info!(clients = expiries.len(), "forgot outcomes past retention");
+        self.send(Durable {
+            batch,
+            replies: Vec::new(),
+            invalidations: Vec::new(),
+        });
+        Ok(expiries.len())
     }
-    Ok(expiries.len())
-}
 
-fn decide_batch(
-    storage: &Storage,
-    invalidations: &Invalidations,
-    limits: &Limits,
-    batch: &mut Vec<Decision>,
-) {
-    let ops: Vec<Op<'_>> = batch
-        .iter()
-        .map(|decision| match &decision.work {
-            Work::Commit(request) => Op::Commit(request),
-            Work::Resolve(id) => Op::Resolve(*id),
-        })
-        .collect();
-    let outcome = storage.apply_batch(&ops, limits);
-    drop(ops);
-    match outcome {
-        Ok(results) => {
-            tracing::debug!(size = batch.len(), "batch durable");
-            // Every session hears of a commit before anyone is told it
-            // committed, so a pong never runs ahead of an acknowledgement.
-            for (decision, result) in batch.iter().zip(&results) {
-                if let (Work::Commit(request), Ok(c)) = (&decision.work, result) {
-                    if !c.replayed {
-                        invalidations.publish(Invalidation {
-                            tid: c.tid,
-                            keys: written_keys(request),
-                        });
-                    }
-                }
-            }
-            for (decision, result) in batch.drain(..).zip(results) {
-                decision.span.in_scope(|| match &result {
-                    Ok(c) => {
-                        decision.span.record("tid", c.tid.0);
-                        tracing::debug!(tid = c.tid.0, replayed = c.replayed, "decided");
-                    }
-                    Err(e) => tracing::debug!(error = %e, "refused"),
+    fn decide(&self, batch: Vec<Decision>) {
+        let ops: Vec<Op<'_>> = batch
+            .iter()
+            .map(|decision| match &decision.work {
+                Work::Commit(request) => Op::Commit(request),
+                Work::Resolve(id) => Op::Resolve(*id),
+            })
+            .collect();
+        let applied = self.apply(&ops);
+        drop(ops);
+        match applied {
+            Ok((results, replicated)) => {
+                tracing::debug!(size = batch.len(), "batch durable");
+                let invalidations = batch
+                    .iter()
+                    .zip(&results)
+                    .filter_map(|(decision, result)| match (&decision.work, result) {
+                        (Work::Commit(request), Ok(c)) if !c.replayed => {
+                            Some(invalidation(c.tid, request))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                self.send(Durable {
+                    batch: replicated,
+                    replies: batch.into_iter().zip(results).collect(),
+                    invalidations,
                 });
-                let _ = decision.reply.send(result);
             }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, size = batch.len(), "commit batch failed; nothing applied");
-            for decision in batch.drain(..) {
-                let _ = decision.reply.send(Err(internal(&e)));
+            Err(e) => {
+                tracing::error!(error = %e, size = batch.len(), "commit batch failed; nothing applied");
+                for decision in batch {
+                    let _ = decision.reply.send(Err(e.clone()));
+                }
             }
         }
     }
@@ -308,6 +397,14 @@ fn decide_batch(
 fn internal(e: impl std::fmt::Display) -> WireError {
     WireError::Internal {
         detail: format!("storage: {e}"),
+    }
+}
+
+/// The invalidation of a commit applied under `tid`.
+pub fn invalidation(tid: Tid, request: &CommitRequest) -> Invalidation {
+    Invalidation {
+        tid,
+        keys: written_keys(request),
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use store_protocol::Limits;
 
+use crate::pair::PairConfig;
 use crate::tls::TlsFiles;
 
 /// Default data directory, relative to the working directory.
@@ -62,6 +63,8 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// See [`DEFAULT_OUTCOME_RETENTION`].
     pub outcome_retention: Duration,
+    /// Membership of an HA pair; `None` for a standalone server.
+    pub pair: Option<PairConfig>,
 }
 
 impl ServerConfig {
@@ -77,6 +80,7 @@ impl ServerConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             outcome_retention: DEFAULT_OUTCOME_RETENTION,
+            pair: None,
         }
     }
 }

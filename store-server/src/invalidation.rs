@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use store_protocol::Tid;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// The keys one commit changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +43,8 @@ pub type SessionId = u64;
 /// Routes invalidations to sessions and remembers recent ones.
 pub struct Invalidations {
     state: Mutex<State>,
+    /// The last TID published, for readers waiting on it.
+    published: watch::Sender<Tid>,
 }
 
 struct State {
@@ -101,7 +103,30 @@ impl Invalidations {
                 interest: HashMap::new(),
                 next_id: 1,
             }),
+            published: watch::Sender::new(last_tid),
         }
+    }
+
+    /// Waits until every commit up to `tid` is published (acknowledged),
+    /// at most `timeout`; returns whether it is.
+    pub async fn wait_published(&self, tid: Tid, timeout: std::time::Duration) -> bool {
+        let mut published = self.published.subscribe();
+        tokio::time::timeout(timeout, published.wait_for(|last| *last >= tid))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Forgets the change log: the history was replaced (a snapshot was
+    /// installed) and now ends at `last_tid`. Sessions are untouched.
+    pub fn reset(&self, last_tid: Tid) {
+        let mut state = self.lock();
+        let log = &mut state.log;
+        log.entries.clear();
+        log.keys = 0;
+        log.horizon = last_tid;
+        log.last = last_tid;
+        drop(state);
+        self.published.send_replace(last_tid);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -123,6 +148,7 @@ impl Invalidations {
             ..
         } = &mut *state;
         log.push(invalidation.clone());
+        self.published.send_replace(invalidation.tid);
         let mut targets: HashSet<SessionId> = routes
             .iter()
             .filter(|(_, route)| route.keys.is_none())

@@ -18,7 +18,8 @@
 //! * `invalidation`: fan-out of changed keys and the change log;
 //! * `storage`: redb tables and the rules of a commit (conflicts, `Incr`,
 //!   `Append`);
-//! * `tls`: development certificates and the rustls configuration.
+//! * `tls`: development certificates and the rustls configuration;
+//! * [`pair`]: the HA pair: leases, elections, replication, the witness.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), store_server::ServerError> {
@@ -33,13 +34,14 @@ mod config;
 mod error;
 mod invalidation;
 mod outcomes;
+pub mod pair;
 mod request;
 mod server;
 mod session;
 mod storage;
 mod tls;
 
-pub use cli::{Cli, Command, RunArgs};
+pub use cli::{Cli, Cluster, Command, RunArgs, TlsArgs, WitnessArgs};
 pub use config::{
     ServerConfig, TlsSource, DEFAULT_DATA_DIR, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_LISTEN, DEFAULT_OUTCOME_RETENTION,

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use store_server::pair::witness::WitnessServer;
 use store_server::{Cli, Command, Server};
 
 fn main() -> ExitCode {
@@ -16,6 +17,7 @@ fn main() -> ExitCode {
         .init();
     let args = match cli.command {
         Some(Command::Run(args)) => args,
+        Some(Command::Witness(args)) => return run_witness(args),
         None => cli.run,
     };
     let config = match args.into_config() {
@@ -36,6 +38,29 @@ fn main() -> ExitCode {
         match Server::bind(config).await {
             Ok(server) => {
                 server.run(shutdown_signal()).await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                eprintln!("store-server: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn run_witness(args: store_server::WitnessArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("store-server: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match WitnessServer::bind(args.into_config()).await {
+            Ok(witness) => {
+                witness.run(shutdown_signal()).await;
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -62,8 +62,10 @@ pub(crate) enum Prior {
 
 /// A replicable expiry: forget every outcome of `client_id` below `below`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Expiry {
+pub struct Expiry {
+    /// The client.
     pub client_id: u128,
+    /// Its new watermark.
     pub below: u64,
 }
 
@@ -146,7 +148,7 @@ pub(crate) fn replay(recorded: &Recorded, digest: Option<u128>) -> Result<Commit
 /// The expiries that forget every outcome decided at or before `before_ms`: per
 /// client, everything up to its newest such outcome.
 pub(crate) fn expiries_before(
-    outcomes: &Outcomes<'_>,
+    outcomes: &impl ReadableTable<(u128, u64), &'static [u8]>,
     before_ms: u64,
 ) -> Result<Vec<Expiry>, StorageError> {
     let mut expiries: Vec<Expiry> = Vec::new();

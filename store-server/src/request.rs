@@ -59,6 +59,7 @@ async fn decide(
     let limits = &shared.limits;
     match request {
         Request::Get { key } => {
+            serving(shared)?;
             limits.check_key(&key)?;
             // The client may cache what it reads: route the key's future
             // invalidations to it, registered before the snapshot is taken.
@@ -66,6 +67,7 @@ async fn decide(
                 .invalidations
                 .register(session, std::slice::from_ref(&key));
             let (found, read_tid) = shared.storage.get(&key).map_err(internal)?;
+            settled(shared, read_tid).await?;
             Ok(Response::Value { found, read_tid })
         }
         Request::GetMany { keys } => {
@@ -79,11 +81,14 @@ async fn decide(
             for key in &keys {
                 limits.check_key(key)?;
             }
+            serving(shared)?;
             shared.invalidations.register(session, &keys);
             let (values, read_tid) = shared.storage.get_many(&keys).map_err(internal)?;
+            settled(shared, read_tid).await?;
             Ok(Response::Values { values, read_tid })
         }
         Request::Scan(scan) => {
+            serving(shared)?;
             limits.check_key(&scan.start)?;
             if let Some(end) = &scan.end {
                 limits.check_key(end)?;
@@ -113,14 +118,54 @@ async fn decide(
             accepting_writes(shared)?;
             Ok(Response::Committed(shared.committer.resolve(txn_id).await?))
         }
-        Request::Status => Ok(Response::Status(StatusInfo {
-            role: shared.role,
-            epoch: shared.epoch,
-            last_tid: shared.storage.last_tid(),
-            server_id: shared.storage.server_id(),
-            sessions: shared.sessions.load(Ordering::Relaxed),
-        })),
+        Request::Status => Ok(Response::Status(status(shared))),
+        Request::Promote { force } => {
+            let Some(pair) = &shared.pair else {
+                return Err(WireError::PromoteRefused {
+                    reason: "a standalone server is always writable".into(),
+                });
+            };
+            pair.promote(force).await?;
+            Ok(Response::Status(status(shared)))
+        }
     }
+}
+
+fn status(shared: &Shared) -> StatusInfo {
+    StatusInfo {
+        role: shared.role(),
+        epoch: shared.epoch(),
+        last_tid: shared.storage.last_tid(),
+        server_id: shared.storage.server_id(),
+        sessions: shared.sessions.load(Ordering::Relaxed),
+        pair: shared.pair.as_ref().map(|pair| pair.status()),
+    }
+}
+
+/// Reads are served only by a primary holding its lease (or a standalone
+/// server): a backup or a deposed primary may be behind.
+fn serving(shared: &Shared) -> Result<(), WireError> {
+    if shared.serving() {
+        Ok(())
+    } else {
+        Err(WireError::NotPrimary {
+            epoch: shared.epoch(),
+        })
+    }
+}
+
+/// A read may see a batch that is durable here but not yet on the backup
+/// (not acknowledged, so a failover could lose it): answer it only once
+/// that batch is acknowledged, and only if this node still serves.
+async fn settled(shared: &Shared, read_tid: store_protocol::Tid) -> Result<(), WireError> {
+    if !shared
+        .invalidations
+        .wait_published(read_tid, std::time::Duration::from_secs(5))
+        .await
+    {
+        return Err(WireError::InProgress);
+    }
+    serving(shared)
 }
 
 /// Commits and resolves are refused before any decision while draining or
@@ -129,12 +174,7 @@ fn accepting_writes(shared: &Shared) -> Result<(), WireError> {
     if shared.draining.load(Ordering::Acquire) {
         return Err(WireError::ShuttingDown);
     }
-    if !shared.role.is_writable() {
-        return Err(WireError::NotPrimary {
-            epoch: shared.epoch,
-        });
-    }
-    Ok(())
+    serving(shared)
 }
 
 fn internal(e: crate::error::StorageError) -> WireError {

@@ -7,14 +7,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use store_protocol::{Epoch, Limits, Role};
+use store_protocol::peer::PEER_ALPN;
+use store_protocol::{Epoch, Limits, Role, ALPN};
 use tokio::sync::Notify;
 use tracing::Instrument as _;
 
-use crate::commit::{CommitPipeline, Committer};
+use crate::commit::{CommitPipeline, Committer, Release};
 use crate::config::{ServerConfig, TlsSource};
 use crate::error::ServerError;
 use crate::invalidation::{Invalidations, DEFAULT_CHANGE_LOG_KEYS};
+use crate::pair::{Pair, PairTasks};
 use crate::storage::Storage;
 use crate::{session, tls};
 
@@ -31,12 +33,31 @@ pub struct Shared {
     pub(crate) invalidations: Arc<Invalidations>,
     pub(crate) committer: Committer,
     pub(crate) limits: Limits,
-    pub(crate) role: Role,
-    pub(crate) epoch: Epoch,
+    /// Membership of an HA pair, if any.
+    pub(crate) pair: Option<Arc<Pair>>,
     pub(crate) sessions: AtomicU64,
     pub(crate) draining: AtomicBool,
     in_flight: AtomicUsize,
     idle: Notify,
+}
+
+impl Shared {
+    /// The role to report now: `Primary` only while the lease holds.
+    pub(crate) fn role(&self) -> Role {
+        self.pair
+            .as_ref()
+            .map_or(Role::Standalone, |pair| pair.role())
+    }
+
+    /// The epoch this server knows (always 1 for a standalone server).
+    pub(crate) fn epoch(&self) -> Epoch {
+        self.pair.as_ref().map_or(Epoch(1), |pair| pair.epoch())
+    }
+
+    /// Whether this server may serve reads and writes now.
+    pub(crate) fn serving(&self) -> bool {
+        self.pair.as_ref().is_none_or(|pair| pair.serving())
+    }
 }
 
 /// Counts one request as in flight until dropped, so a drain can wait for it.
@@ -62,6 +83,7 @@ pub struct Server {
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
     pipeline: CommitPipeline,
+    pair_tasks: Option<PairTasks>,
     drain_timeout: Duration,
     outcome_retention: Duration,
 }
@@ -79,15 +101,32 @@ impl Server {
         if let TlsSource::DevDir(dir) = &config.tls {
             tls::ensure_dev_certs(dir)?;
         }
-        let crypto = tls::quic_server_crypto(&config.tls.files())?;
+        let alpn: &[&[u8]] = if config.pair.is_some() {
+            &[ALPN, PEER_ALPN]
+        } else {
+            &[ALPN]
+        };
+        let crypto = tls::quic_server_crypto(&config.tls.files(), alpn)?;
         let db_path = config.data_dir.join("store.redb");
         let storage = Arc::new(Storage::open(&db_path)?);
         let invalidations = Arc::new(Invalidations::new(
             storage.last_tid(),
             DEFAULT_CHANGE_LOG_KEYS,
         ));
-        let pipeline = CommitPipeline::start(storage.clone(), invalidations.clone(), config.limits)
-            .map_err(|e| ServerError::io("starting the committer thread", e))?;
+        let (release, durable) = match config.pair {
+            Some(_) => {
+                let (to_replicator, durable) = tokio::sync::mpsc::unbounded_channel();
+                (Release::Replicated(to_replicator), Some(durable))
+            }
+            None => (Release::Now, None),
+        };
+        let pipeline = CommitPipeline::start(
+            storage.clone(),
+            invalidations.clone(),
+            config.limits,
+            release,
+        )
+        .map_err(|e| ServerError::io("starting the committer thread", e))?;
 
         let mut transport = quinn::TransportConfig::default();
         transport
@@ -110,13 +149,35 @@ impl Server {
             server_id = %format!("{:016x}", storage.server_id()),
             "storage open"
         );
+        let (pair, pair_tasks) = match (config.pair, durable) {
+            (Some(pair_config), Some(durable)) => {
+                tracing::info!(
+                    node = pair_config.me,
+                    peer = %pair_config.peer_via,
+                    witness = %pair_config.witness,
+                    epoch = storage.epoch().0,
+                    "member of an HA pair"
+                );
+                let peer_crypto = crate::pair::peer_client_config(&config.tls.files())?;
+                let (pair, tasks) = Pair::new(
+                    pair_config,
+                    storage.clone(),
+                    invalidations.clone(),
+                    config.limits,
+                    &endpoint,
+                    peer_crypto,
+                    durable,
+                );
+                (Some(pair), Some(tasks))
+            }
+            _ => (None, None),
+        };
         let shared = Arc::new(Shared {
             committer: pipeline.committer(),
             storage,
             invalidations,
             limits: config.limits,
-            role: Role::Standalone,
-            epoch: Epoch(1),
+            pair,
             sessions: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -126,6 +187,7 @@ impl Server {
             endpoint,
             shared,
             pipeline,
+            pair_tasks,
             drain_timeout: config.drain_timeout,
             outcome_retention: config.outcome_retention,
         })
@@ -141,18 +203,22 @@ impl Server {
     /// Serves until `shutdown` completes, then drains: stops accepting,
     /// refuses new commits, waits for in-flight requests (up to the drain
     /// timeout), closes every connection and stops the committer.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let addr = self.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(%addr, "listening");
-        let expiry = tokio::spawn(expire_outcomes(
-            self.shared.committer.clone(),
-            self.outcome_retention,
-        ));
+        let expiry = tokio::spawn(expire_outcomes(self.shared.clone(), self.outcome_retention));
+        let pair_tasks = match (&self.shared.pair, self.pair_tasks.take()) {
+            (Some(pair), Some(tasks)) => pair.start(tasks),
+            _ => Vec::new(),
+        };
         tokio::select! {
             () = accept_loop(&self.endpoint, &self.shared) => {}
             () = shutdown => {}
         }
         expiry.abort();
+        for task in pair_tasks {
+            task.abort();
+        }
         tracing::info!("draining");
         self.shared.draining.store(true, Ordering::Release);
         self.endpoint.set_server_config(None);
@@ -174,13 +240,17 @@ impl Server {
 
 /// Forgets unacknowledged outcomes past `retention`, checking a few times
 /// per retention period (at most every minute, at least every 100 ms).
-async fn expire_outcomes(committer: Committer, retention: Duration) {
+/// Only a serving server decides expiries; a backup applies the primary's.
+async fn expire_outcomes(shared: Arc<Shared>, retention: Duration) {
     let every = (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        if let Err(e) = committer.expire(retention).await {
+        if !shared.serving() {
+            continue;
+        }
+        if let Err(e) = shared.committer.expire(retention).await {
             tracing::warn!(error = %e, "outcome expiry failed");
         }
     }
@@ -212,6 +282,17 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             return;
         }
     };
+    let alpn = connection
+        .handshake_data()
+        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.protocol);
+    if alpn.as_deref() == Some(PEER_ALPN) {
+        match &shared.pair {
+            Some(pair) => crate::pair::serve_peer(pair.clone(), connection).await,
+            None => connection.close(CLOSE_REFUSED.into(), b"not a member of a pair"),
+        }
+        return;
+    }
     let span = tracing::info_span!("session", %remote, client = tracing::field::Empty);
     async move {
         let Ok((send, recv)) = connection.accept_bi().await else {

@@ -109,8 +109,8 @@ pub async fn open(
         .filter(|keys| keys.iter().map(Bytes::len).sum::<usize>() <= MAX_REVALIDATION_BYTES);
     let welcome = Welcome {
         server_id: shared.storage.server_id(),
-        role: shared.role,
-        epoch: shared.epoch,
+        role: shared.role(),
+        epoch: shared.epoch(),
         last_tid: subscription.covered_tid,
         limits: shared.limits,
         changed_since_cached: changed,
@@ -217,8 +217,8 @@ impl EventWriter {
         let pong = SessionEvent::Pong(Pong {
             seq,
             last_tid: last_tid.max(self.written_tid),
-            epoch: self.shared.epoch,
-            role: self.shared.role,
+            epoch: self.shared.epoch(),
+            role: self.shared.role(),
         });
         write_frame(&mut self.send, &pong, event_frame_limit(&self.shared))
             .await

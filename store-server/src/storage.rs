@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use redb::{Database, ReadableTable, Table, TableDefinition};
+use store_protocol::peer::{BatchOp, SnapshotRow};
 use store_protocol::{
-    CommitRequest, Committed, Entry, Limits, ScanRequest, Tid, TxnId, Versioned, WireError, Write,
-    WriteResult,
+    CommitRequest, Committed, Entry, Epoch, Limits, ScanRequest, Tid, TxnId, Versioned, WireError,
+    Write, WriteResult,
 };
 
 use crate::error::StorageError;
@@ -26,6 +27,12 @@ const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
 const LAST_TID: &str = "last_tid";
 const SERVER_ID: &str = "server_id";
+/// The last durable batch's log sequence number (replication order).
+const LSN: &str = "lsn";
+/// The epoch of the last durable batch.
+const BATCH_EPOCH: &str = "batch_epoch";
+/// The highest epoch this node has accepted (fencing survives restarts).
+const EPOCH: &str = "epoch";
 
 /// The store's data on disk.
 pub struct Storage {
@@ -33,6 +40,51 @@ pub struct Storage {
     server_id: u64,
     /// The last durable TID, readable without a transaction (pongs, status).
     last_tid: AtomicU64,
+    /// The last durable batch and its epoch.
+    lsn: AtomicU64,
+    batch_epoch: AtomicU64,
+    /// The highest epoch accepted.
+    epoch: AtomicU64,
+}
+
+/// Where a storage's history ends: what a joining backup tells its primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryEnd {
+    /// The last durable batch.
+    pub lsn: u64,
+    /// Its epoch.
+    pub batch_epoch: Epoch,
+    /// The last TID.
+    pub last_tid: Tid,
+}
+
+/// What stamps a batch: the decider's clock (outcome timestamps) and epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    /// Wall-clock milliseconds since the Unix epoch.
+    pub now_ms: u64,
+    /// The epoch the batch is decided in.
+    pub epoch: Epoch,
+}
+
+impl Stamp {
+    /// Now, in `epoch`.
+    pub fn now(epoch: Epoch) -> Stamp {
+        Stamp {
+            now_ms: now_ms(),
+            epoch,
+        }
+    }
+}
+
+/// A batch's results, and its LSN if it changed anything (only those are
+/// replicated).
+#[derive(Debug)]
+pub struct Applied {
+    /// One result per operation.
+    pub results: Vec<OpResult>,
+    /// The batch's LSN, if it was durable.
+    pub lsn: Option<u64>,
 }
 
 impl Storage {
@@ -40,7 +92,7 @@ impl Storage {
     pub fn open(path: &Path) -> Result<Storage, StorageError> {
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
-        let (server_id, last_tid) = {
+        let (server_id, numbers) = {
             txn.open_table(DATA)?;
             txn.open_table(OUTCOMES)?;
             txn.open_table(WATERMARKS)?;
@@ -54,15 +106,56 @@ impl Storage {
                     id
                 }
             };
-            let last_tid = meta.get(LAST_TID)?.map(|v| v.value()).unwrap_or(0);
-            (server_id, last_tid)
+            let read = |name| -> Result<u64, StorageError> {
+                Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0))
+            };
+            (
+                server_id,
+                [
+                    read(LAST_TID)?,
+                    read(LSN)?,
+                    read(BATCH_EPOCH)?,
+                    read(EPOCH)?,
+                ],
+            )
         };
         txn.commit()?;
+        let [last_tid, lsn, batch_epoch, epoch] = numbers;
         Ok(Storage {
             db,
             server_id,
             last_tid: AtomicU64::new(last_tid),
+            lsn: AtomicU64::new(lsn),
+            batch_epoch: AtomicU64::new(batch_epoch),
+            epoch: AtomicU64::new(epoch),
         })
+    }
+
+    /// Where this storage's history ends.
+    pub fn history_end(&self) -> HistoryEnd {
+        HistoryEnd {
+            lsn: self.lsn.load(Ordering::Acquire),
+            batch_epoch: Epoch(self.batch_epoch.load(Ordering::Acquire)),
+            last_tid: self.last_tid(),
+        }
+    }
+
+    /// The highest epoch this node has accepted.
+    pub fn epoch(&self) -> Epoch {
+        Epoch(self.epoch.load(Ordering::Acquire))
+    }
+
+    /// Durably raises the accepted epoch to `epoch` (no-op if not higher):
+    /// done before acting on a new epoch, so fencing survives a restart.
+    pub fn raise_epoch(&self, epoch: Epoch) -> Result<(), StorageError> {
+        if epoch <= self.epoch() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?.insert(EPOCH, epoch.0)?;
+        txn.commit()?;
+        self.epoch.fetch_max(epoch.0, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Random per data directory, made on first open.
@@ -157,8 +250,9 @@ impl Storage {
         &self,
         batch: &[Op<'_>],
         limits: &Limits,
-    ) -> Result<Vec<OpResult>, StorageError> {
-        let now_ms = now_ms();
+        stamp: Stamp,
+    ) -> Result<Applied, StorageError> {
+        let now_ms = stamp.now_ms;
         let txn = self.db.begin_write()?;
         let mut results = Vec::with_capacity(batch.len());
         let mut last = self.last_tid();
@@ -209,6 +303,14 @@ impl Storage {
                             }
                         }
                     }
+                    Op::Expire(expiry) => {
+                        dirty |= outcomes::expire(&mut watermarks, &mut outcomes, *expiry)?;
+                        Ok(Committed {
+                            tid: Tid(0),
+                            results: Vec::new(),
+                            replayed: false,
+                        })
+                    }
                     Op::Resolve(id) => match outcomes::prior(&watermarks, &outcomes, *id)? {
                         Prior::Expired => Err(WireError::Expired),
                         Prior::Recorded(recorded) => outcomes::replay(&recorded, None),
@@ -226,46 +328,179 @@ impl Storage {
                 };
                 results.push(result);
             }
-            if last != self.last_tid() {
-                txn.open_table(META)?.insert(LAST_TID, last.0)?;
+            if dirty {
+                let mut meta = txn.open_table(META)?;
+                meta.insert(LAST_TID, last.0)?;
+                meta.insert(LSN, self.history_end().lsn + 1)?;
+                meta.insert(BATCH_EPOCH, stamp.epoch.0)?;
             }
         }
-        if dirty {
-            txn.commit()?;
-            self.last_tid.store(last.0, Ordering::Release);
-        } else {
+        if !dirty {
             // Only replays and refusals: nothing to make durable.
             txn.abort()?;
+            return Ok(Applied { results, lsn: None });
         }
-        Ok(results)
+        txn.commit()?;
+        let lsn = self.lsn.fetch_add(1, Ordering::AcqRel) + 1;
+        self.batch_epoch.store(stamp.epoch.0, Ordering::Release);
+        self.last_tid.store(last.0, Ordering::Release);
+        Ok(Applied {
+            results,
+            lsn: Some(lsn),
+        })
     }
 
-    /// Forgets every outcome decided more than `retention` ago, raising
-    /// each client's watermark past them, in one durable transaction.
-    /// Returns the expiries applied (what a backup must apply too).
-    pub fn expire_outcomes(
+    /// The expiries that forget every outcome decided more than
+    /// `retention` ago; applied as [`Op::Expire`] through
+    /// [`Storage::apply_batch`], so a backup applies them too.
+    pub fn expiries_due(
         &self,
         retention: std::time::Duration,
     ) -> Result<Vec<Expiry>, StorageError> {
         let before_ms =
             now_ms().saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
+        let txn = self.db.begin_read()?;
+        let outcomes = txn.open_table(OUTCOMES)?;
+        outcomes::expiries_before(&outcomes, before_ms)
+    }
+}
+
+impl Storage {
+    /// Streams a consistent snapshot of every table: returns where its
+    /// history ends, then hands `sink` chunks of about `chunk_bytes` until
+    /// done or `sink` returns `false`. Runs on a blocking thread.
+    pub fn snapshot(
+        &self,
+        chunk_bytes: usize,
+        begin: impl FnOnce(HistoryEnd) -> bool,
+        mut sink: impl FnMut(Vec<SnapshotRow>) -> bool,
+    ) -> Result<(), StorageError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let read = |name| -> Result<u64, StorageError> {
+            Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0))
+        };
+        let end = HistoryEnd {
+            lsn: read(LSN)?,
+            batch_epoch: Epoch(read(BATCH_EPOCH)?),
+            last_tid: Tid(read(LAST_TID)?),
+        };
+        if !begin(end) {
+            return Ok(());
+        }
+        let mut chunk = Vec::new();
+        let mut size = 0usize;
+        let mut push = |row: SnapshotRow, bytes: usize| -> bool {
+            chunk.push(row);
+            size += bytes + 32;
+            if size < chunk_bytes {
+                return true;
+            }
+            size = 0;
+            sink(std::mem::take(&mut chunk))
+        };
+        for item in txn.open_table(DATA)?.iter()? {
+            let (key, value) = item?;
+            let (serial, value) = value.value();
+            let row = SnapshotRow::Data {
+                key: Bytes::copy_from_slice(key.value()),
+                serial: Tid(serial),
+                value: Bytes::copy_from_slice(value),
+            };
+            if !push(row, key.value().len() + value.len()) {
+                return Ok(());
+            }
+        }
+        for item in txn.open_table(OUTCOMES)?.iter()? {
+            let (key, value) = item?;
+            let (client_id, seq) = key.value();
+            let row = SnapshotRow::Outcome {
+                txn_id: TxnId { client_id, seq },
+                record: Bytes::copy_from_slice(value.value()),
+            };
+            if !push(row, value.value().len()) {
+                return Ok(());
+            }
+        }
+        for item in txn.open_table(WATERMARKS)?.iter()? {
+            let (client_id, below) = item?;
+            let row = SnapshotRow::Watermark {
+                client_id: client_id.value(),
+                below: below.value(),
+            };
+            if !push(row, 0) {
+                return Ok(());
+            }
+        }
+        if !chunk.is_empty() {
+            sink(chunk);
+        }
+        Ok(())
+    }
+
+    /// Replaces every table with a snapshot's rows, atomically (one write
+    /// transaction, one fsync): either the old history or the new one
+    /// survives a crash. `rows` yields chunks until the snapshot ends
+    /// ([`SnapshotPiece::Cut`]: it was cut short, and nothing changes).
+    /// Returns whether it was installed.
+    pub fn install_snapshot(
+        &self,
+        end: HistoryEnd,
+        mut rows: impl FnMut() -> SnapshotPiece,
+    ) -> Result<bool, StorageError> {
         let txn = self.db.begin_write()?;
-        let expiries = {
+        {
+            txn.delete_table(DATA)?;
+            txn.delete_table(OUTCOMES)?;
+            txn.delete_table(WATERMARKS)?;
+            let mut data = txn.open_table(DATA)?;
             let mut outcomes = txn.open_table(OUTCOMES)?;
             let mut watermarks = txn.open_table(WATERMARKS)?;
-            let expiries = outcomes::expiries_before(&outcomes, before_ms)?;
-            for expiry in &expiries {
-                outcomes::expire(&mut watermarks, &mut outcomes, *expiry)?;
+            loop {
+                let chunk = match rows() {
+                    SnapshotPiece::Rows(chunk) => chunk,
+                    SnapshotPiece::End => break,
+                    SnapshotPiece::Cut => {
+                        drop((data, outcomes, watermarks));
+                        txn.abort()?;
+                        return Ok(false);
+                    }
+                };
+                for row in chunk {
+                    match row {
+                        SnapshotRow::Data { key, serial, value } => {
+                            data.insert(&key[..], (serial.0, &value[..]))?;
+                        }
+                        SnapshotRow::Outcome { txn_id, record } => {
+                            outcomes.insert((txn_id.client_id, txn_id.seq), &record[..])?;
+                        }
+                        SnapshotRow::Watermark { client_id, below } => {
+                            watermarks.insert(client_id, below)?;
+                        }
+                    }
+                }
             }
-            expiries
-        };
-        if expiries.is_empty() {
-            txn.abort()?;
-        } else {
-            txn.commit()?;
+            let mut meta = txn.open_table(META)?;
+            meta.insert(LAST_TID, end.last_tid.0)?;
+            meta.insert(LSN, end.lsn)?;
+            meta.insert(BATCH_EPOCH, end.batch_epoch.0)?;
         }
-        Ok(expiries)
+        txn.commit()?;
+        self.last_tid.store(end.last_tid.0, Ordering::Release);
+        self.lsn.store(end.lsn, Ordering::Release);
+        self.batch_epoch.store(end.batch_epoch.0, Ordering::Release);
+        Ok(true)
     }
+}
+
+/// The next piece of a snapshot being installed.
+pub enum SnapshotPiece {
+    /// More rows.
+    Rows(Vec<SnapshotRow>),
+    /// The snapshot is complete.
+    End,
+    /// The snapshot was cut short: keep the old history.
+    Cut,
 }
 
 /// One operation of a write batch.
@@ -275,6 +510,35 @@ pub enum Op<'a> {
     Commit(&'a CommitRequest),
     /// Resolve a transaction id: its outcome, or `Abandoned` recorded now.
     Resolve(TxnId),
+    /// Forget a client's outcomes below a watermark.
+    Expire(Expiry),
+}
+
+impl<'a> From<&'a BatchOp> for Op<'a> {
+    fn from(op: &'a BatchOp) -> Op<'a> {
+        match op {
+            BatchOp::Commit(request) => Op::Commit(request),
+            BatchOp::Resolve(id) => Op::Resolve(*id),
+            BatchOp::Expire { client_id, below } => Op::Expire(Expiry {
+                client_id: *client_id,
+                below: *below,
+            }),
+        }
+    }
+}
+
+impl Op<'_> {
+    /// The owned form, as replicated.
+    pub fn to_batch_op(self) -> BatchOp {
+        match self {
+            Op::Commit(request) => BatchOp::Commit(request.clone()),
+            Op::Resolve(id) => BatchOp::Resolve(id),
+            Op::Expire(expiry) => BatchOp::Expire {
+                client_id: expiry.client_id,
+                below: expiry.below,
+            },
+        }
+    }
 }
 
 /// What one operation came to: a commit (new or replayed) or why not.
@@ -393,8 +657,9 @@ mod tests {
     ) -> Vec<Result<(Tid, Vec<WriteResult>), WireError>> {
         let ops: Vec<Op<'_>> = requests.iter().map(|r| Op::Commit(r)).collect();
         storage
-            .apply_batch(&ops, limits)
+            .apply_batch(&ops, limits, Stamp::now(Epoch(1)))
             .unwrap()
+            .results
             .into_iter()
             .map(|r| {
                 r.map(|c| {
@@ -574,8 +839,9 @@ mod tests {
 
     fn one(storage: &Storage, op: Op<'_>) -> OpResult {
         storage
-            .apply_batch(&[op], &Limits::default())
+            .apply_batch(&[op], &Limits::default(), Stamp::now(Epoch(1)))
             .unwrap()
+            .results
             .remove(0)
     }
 
@@ -686,18 +952,17 @@ mod tests {
 
         // Retention: everything decided before now is forgotten.
         assert!(one(&storage, Op::Commit(&second)).unwrap().replayed);
-        let expiries = storage.expire_outcomes(std::time::Duration::ZERO).unwrap();
-        assert_eq!(
-            expiries,
-            vec![Expiry {
-                client_id: 9,
-                below: 3
-            }]
-        );
+        let expiries = storage.expiries_due(std::time::Duration::ZERO).unwrap();
+        let expiry = Expiry {
+            client_id: 9,
+            below: 3,
+        };
+        assert_eq!(expiries, vec![expiry]);
+        one(&storage, Op::Expire(expiry)).unwrap();
         assert_eq!(one(&storage, Op::Commit(&second)), Err(WireError::Expired));
         assert_eq!(storage.get(b"log").unwrap().0.unwrap().value, b("ab"));
         assert!(storage
-            .expire_outcomes(std::time::Duration::ZERO)
+            .expiries_due(std::time::Duration::ZERO)
             .unwrap()
             .is_empty());
     }

@@ -93,21 +93,28 @@ fn write_dev_certs(dir: &Path) -> Result<(), ServerError> {
     let ca_key = KeyPair::generate()?;
     let ca_cert = ca_params.self_signed(&ca_key)?;
 
-    let leaf = |names: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose| {
+    let leaf = |names: Vec<String>, cn: &str, usages: &[ExtendedKeyUsagePurpose]| {
         let mut params = CertificateParams::new(names)?;
         params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages.to_vec();
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
         Ok::<_, rcgen::Error>((cert.pem(), key.serialize_pem()))
     };
     let names = DEV_SERVER_NAMES.iter().map(|s| s.to_string()).collect();
-    let (server_pem, server_key) =
-        leaf(names, "zeolite-server", ExtendedKeyUsagePurpose::ServerAuth)?;
+    // Data nodes of a pair also present their certificate as clients.
+    let (server_pem, server_key) = leaf(
+        names,
+        "zeolite-server",
+        &[
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    )?;
     let (client_pem, client_key) = leaf(
         vec!["zeolite-client".to_string()],
         "zeolite-client",
-        ExtendedKeyUsagePurpose::ClientAuth,
+        &[ExtendedKeyUsagePurpose::ClientAuth],
     )?;
 
     write_file(&dir.join("ca.pem"), ca_cert.pem().as_bytes(), false)?;
@@ -134,10 +141,12 @@ fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), ServerEr
         .map_err(|e| ServerError::io(format!("writing {}", path.display()), e))
 }
 
-/// The QUIC server crypto: TLS 1.3 only, ALPN `zeolite/1`, and a client
-/// certificate signed by `files.ca` required on every connection.
+/// The QUIC server crypto: TLS 1.3 only, the application protocols
+/// `alpn`, and a client certificate signed by `files.ca` required on every
+/// connection.
 pub fn quic_server_crypto(
     files: &TlsFiles,
+    alpn: &[&[u8]],
 ) -> Result<Arc<quinn::crypto::rustls::QuicServerConfig>, ServerError> {
     let provider = pem::crypto_provider();
     let roots = pem::load_roots(&files.ca)?;
@@ -152,7 +161,7 @@ pub fn quic_server_crypto(
             pem::load_certs(&files.cert)?,
             pem::load_private_key(&files.key)?,
         )?;
-    tls.alpn_protocols = vec![store_protocol::ALPN.to_vec()];
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| ServerError::Tls(format!("QUIC needs TLS 1.3: {e}")))?;
     Ok(Arc::new(quic))

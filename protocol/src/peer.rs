@@ -1,0 +1,233 @@
+//! Node-to-node messages of an HA pair (DESIGN §7): leases, elections and
+//! the replication stream. They travel on connections with ALPN
+//! [`PEER_ALPN`], framed like every other message.
+//!
+//! * Request streams: one [`PeerRequest`], one [`PeerResponse`], except
+//!   [`PeerRequest::Join`], which turns its stream into a replication
+//!   stream: the primary sends [`ReplFrame`]s, the backup answers each
+//!   durable batch with a [`ReplAck`].
+//! * Every message carries the sender's epoch; a receiver that knows a
+//!   higher one refuses it with [`PeerResponse::Denied`], naming it.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Epoch, Role, Tid, TxnId};
+use crate::message::CommitRequest;
+
+/// The TLS application protocol name of node-to-node connections.
+pub const PEER_ALPN: &[u8] = b"zeolite-peer/1";
+
+/// A data node's index in `--cluster` (0 or 1).
+pub type NodeId = u8;
+
+/// A request from one node to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Primary → backup or witness: renew my lease for `epoch`.
+    Lease {
+        /// The primary's epoch.
+        epoch: Epoch,
+        /// The primary.
+        node: NodeId,
+    },
+    /// Data node → witness: make me primary of the next epoch. Granted only
+    /// once every lease of the current primary has run out, and only to a
+    /// node recorded as holding every acknowledged commit (unless `force`).
+    Elect {
+        /// The candidate.
+        node: NodeId,
+        /// The highest epoch the candidate knows.
+        epoch: Epoch,
+        /// Operator override of the in-sync rule (`store-cli promote --force`).
+        force: bool,
+    },
+    /// Primary → witness: durably record whether `peer` holds every
+    /// acknowledged commit.
+    SetInSync {
+        /// The primary's epoch.
+        epoch: Epoch,
+        /// The primary.
+        node: NodeId,
+        /// The backup.
+        peer: NodeId,
+        /// In sync or not.
+        in_sync: bool,
+    },
+    /// Primary → witness: end my lease now (a manual failover).
+    Release {
+        /// The primary's epoch.
+        epoch: Epoch,
+        /// The primary.
+        node: NodeId,
+    },
+    /// Backup → primary: stop serving so that I can take over, once I hold
+    /// everything you acknowledged (`store-cli promote`).
+    StepDown {
+        /// The backup's epoch.
+        epoch: Epoch,
+        /// The backup.
+        node: NodeId,
+    },
+    /// Anyone → anyone: what you know of the pair.
+    Status,
+    /// Backup → primary: send me your history from where mine ends. The
+    /// stream becomes a replication stream.
+    Join {
+        /// The backup.
+        node: NodeId,
+        /// The backup's epoch.
+        epoch: Epoch,
+        /// The epoch of the last batch the backup applied.
+        batch_epoch: Epoch,
+        /// The last batch the backup applied; `u64::MAX` asks for a
+        /// snapshot (the backup found its history differs).
+        lsn: u64,
+    },
+}
+
+/// The answer to a [`PeerRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// A lease, counted by the granter from when it received the request.
+    Granted {
+        /// The epoch the lease is for.
+        epoch: Epoch,
+        /// How long the granter promises not to back another primary.
+        lease_ms: u64,
+    },
+    /// The candidate is primary of `epoch`, with a first lease.
+    Elected {
+        /// The new epoch.
+        epoch: Epoch,
+        /// The first lease.
+        lease_ms: u64,
+    },
+    /// Refused; `epoch` and `primary` are what the refuser knows.
+    Denied {
+        /// The refuser's epoch.
+        epoch: Epoch,
+        /// The primary the refuser knows of.
+        primary: Option<NodeId>,
+        /// Why, for logs and `status`.
+        reason: String,
+    },
+    /// Durably recorded.
+    Recorded,
+    /// The primary stepped down; it acknowledged nothing after `lsn`.
+    SteppedDown {
+        /// The last batch the old primary made durable.
+        lsn: u64,
+    },
+    /// What the node knows of the pair.
+    Status(PeerStatus),
+}
+
+/// What a node knows of the pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// The node's role (`Backup` for a witness or a node that is neither).
+    pub role: Role,
+    /// The node's epoch.
+    pub epoch: Epoch,
+    /// The primary of that epoch, if known.
+    pub primary: Option<NodeId>,
+    /// Per data node: recorded as holding every acknowledged commit
+    /// (the witness's record; a data node reports its own view).
+    pub in_sync: [bool; 2],
+    /// The last batch applied (0 for a witness).
+    pub lsn: u64,
+    /// The last TID applied (0 for a witness).
+    pub last_tid: Tid,
+}
+
+/// One operation of a replicated batch: what the primary decided, replayed
+/// by the backup through the same apply path on the same state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchOp {
+    /// Commit a transaction exactly once.
+    Commit(CommitRequest),
+    /// Resolve a transaction id (records `Abandoned` if it has no outcome).
+    Resolve(TxnId),
+    /// Forget every outcome of `client_id` below `below`.
+    Expire {
+        /// The client.
+        client_id: u128,
+        /// The new watermark.
+        below: u64,
+    },
+}
+
+/// A durable batch, as shipped to the backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// The primary's epoch when it decided the batch.
+    pub epoch: Epoch,
+    /// Its log sequence number: one per durable batch, from 1.
+    pub lsn: u64,
+    /// The primary's wall clock when it decided (outcome timestamps), so
+    /// the backup needs no clock of its own to replay it.
+    pub now_ms: u64,
+    /// The last TID after the batch: the backup checks it lands there too.
+    pub last_tid: Tid,
+    /// The operations, in order.
+    pub ops: Vec<BatchOp>,
+}
+
+/// One row of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotRow {
+    /// A key, its serial and value.
+    Data {
+        /// The key.
+        key: Bytes,
+        /// The TID that last wrote it.
+        serial: Tid,
+        /// The value.
+        value: Bytes,
+    },
+    /// A recorded transaction outcome, as stored.
+    Outcome {
+        /// The transaction.
+        txn_id: TxnId,
+        /// The stored record.
+        record: Bytes,
+    },
+    /// A client's watermark.
+    Watermark {
+        /// The client.
+        client_id: u128,
+        /// Every seq below it is forgotten.
+        below: u64,
+    },
+}
+
+/// Primary → backup on a replication stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplFrame {
+    /// The backup's history is not a prefix of the primary's (or is too
+    /// far behind): replace it with this snapshot, rows to follow.
+    SnapshotBegin {
+        /// The primary's epoch.
+        epoch: Epoch,
+        /// The snapshot's last batch.
+        lsn: u64,
+        /// The epoch of that batch.
+        batch_epoch: Epoch,
+        /// The snapshot's last TID.
+        last_tid: Tid,
+    },
+    /// Rows of the snapshot.
+    SnapshotRows(Vec<SnapshotRow>),
+    /// The snapshot is complete: apply it atomically and acknowledge.
+    SnapshotEnd,
+    /// The next batch.
+    Batch(Batch),
+}
+
+/// Backup → primary: everything up to `lsn` is durable here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplAck {
+    /// The last durable batch.
+    pub lsn: u64,
+}

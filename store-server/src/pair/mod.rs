@@ -1,0 +1,259 @@
+//! The HA pair (DESIGN §7): a primary and a backup with synchronous
+//! replication, and a witness that holds the third vote.
+//!
+//! Pure state machines decide; thin tasks carry out:
+//!
+//! * `lease`: leases from both ends, with clock-rate and safety margins;
+//! * `role`: a data node's standing (primary or not, when to renew, when
+//!   to stand for election) and the leases it grants;
+//! * `replication`: the primary's view of its backup (`Ready` shape):
+//!   when a durable batch may be answered, when to ask the witness to
+//!   record the backup in or out of sync;
+//! * `votes`: the witness's rules (elections, in-sync records);
+//! * `node`: the tasks of a data node: lease renewal, elections, and
+//!   answering peers; `replicator`: shipping batches and snapshots to a
+//!   joined backup; `follower`: a backup applying them; `link`: outgoing
+//!   peer connections; `witness`: the witness server.
+
+mod follower;
+mod lease;
+mod link;
+mod node;
+mod replication;
+mod replicator;
+mod role;
+mod votes;
+pub mod witness;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use store_protocol::peer::NodeId;
+use store_protocol::{Epoch, Limits, PairStatus, Role, Tid};
+use tokio::sync::{mpsc, watch};
+
+pub use lease::LeaseConfig;
+pub(crate) use link::peer_client_config;
+pub(crate) use node::serve as serve_peer;
+
+use crate::commit::Durable;
+use crate::invalidation::Invalidations;
+use crate::storage::Storage;
+use link::Link;
+use replication::SyncState;
+use replicator::{ReplEvent, ReplLog};
+use role::Standing;
+
+/// How a data node takes part in a pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairConfig {
+    /// The data nodes' addresses, as in `--cluster`.
+    pub cluster: [SocketAddr; 2],
+    /// This node's index in `cluster`.
+    pub me: NodeId,
+    /// Where this node reaches the other data node (its `cluster` address
+    /// unless told otherwise, e.g. through a proxy).
+    pub peer_via: SocketAddr,
+    /// The witness's address.
+    pub witness: SocketAddr,
+    /// Lease timing.
+    pub lease: LeaseConfig,
+}
+
+impl PairConfig {
+    /// The configuration of the node listening on `listen` in `cluster`, or
+    /// why `listen` is not one of them.
+    pub fn for_node(
+        cluster: [SocketAddr; 2],
+        listen: SocketAddr,
+        witness: SocketAddr,
+    ) -> Result<PairConfig, String> {
+        let me = cluster
+            .iter()
+            .position(|addr| *addr == listen)
+            .ok_or_else(|| {
+                format!(
+                    "--listen {listen} is not one of --cluster {},{}",
+                    cluster[0], cluster[1]
+                )
+            })?;
+        if cluster[0] == cluster[1] {
+            return Err("--cluster needs two different addresses".into());
+        }
+        let me = NodeId::try_from(me).map_err(|e| e.to_string())?;
+        Ok(PairConfig {
+            cluster,
+            me,
+            peer_via: cluster[usize::from(1 - me)],
+            witness,
+            lease: LeaseConfig::default(),
+        })
+    }
+}
+
+/// A data node's membership of the pair, shared by its tasks and by the
+/// request and session paths (which ask whether it may serve).
+pub struct Pair {
+    config: PairConfig,
+    standing: Mutex<Standing>,
+    /// Bumped whenever the standing may have changed.
+    changed: watch::Sender<u64>,
+    peer: Link,
+    witness: Link,
+    storage: Arc<Storage>,
+    invalidations: Arc<Invalidations>,
+    limits: Limits,
+    log: Mutex<ReplLog>,
+    log_grew: tokio::sync::Notify,
+    events: mpsc::UnboundedSender<ReplEvent>,
+    replication: Mutex<(SyncState, u64)>,
+    peer_last_tid: Mutex<Option<Tid>>,
+    note: Mutex<String>,
+    /// This node's history differs from the primary's: rejoin by snapshot.
+    diverged: std::sync::atomic::AtomicBool,
+}
+
+/// The receiving ends the pair's tasks run on, made with [`Pair::new`].
+pub struct PairTasks {
+    durable: mpsc::UnboundedReceiver<Durable>,
+    events: mpsc::UnboundedReceiver<ReplEvent>,
+}
+
+impl Pair {
+    /// The pair membership of a node with `storage`, reaching its peers
+    /// through `endpoint` with `crypto`. `durable` receives the commit
+    /// pipeline's batches. Nothing runs until [`Pair::start`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: PairConfig,
+        storage: Arc<Storage>,
+        invalidations: Arc<Invalidations>,
+        limits: Limits,
+        endpoint: &quinn::Endpoint,
+        crypto: quinn::ClientConfig,
+        durable: mpsc::UnboundedReceiver<Durable>,
+    ) -> (Arc<Pair>, PairTasks) {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let now = Instant::now();
+        let standing = Standing::new(config.me, storage.epoch(), config.lease, now);
+        let pair = Pair {
+            peer: Link::new(config.peer_via, endpoint.clone(), crypto.clone()),
+            witness: Link::new(config.witness, endpoint.clone(), crypto),
+            standing: Mutex::new(standing),
+            changed: watch::Sender::new(0),
+            log: Mutex::new(ReplLog::new(storage.history_end().lsn + 1)),
+            log_grew: tokio::sync::Notify::new(),
+            events: events_tx,
+            replication: Mutex::new((SyncState::Alone, 0)),
+            peer_last_tid: Mutex::new(None),
+            note: Mutex::new(String::new()),
+            diverged: std::sync::atomic::AtomicBool::new(false),
+            config,
+            storage,
+            invalidations,
+            limits,
+        };
+        (Arc::new(pair), PairTasks { durable, events })
+    }
+
+    /// Starts the pair's tasks: lease renewal and elections, the
+    /// replicator (as primary) and the follower (as backup).
+    pub fn start(self: &Arc<Pair>, tasks: PairTasks) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![
+            tokio::spawn(node::run(self.clone())),
+            tokio::spawn(replicator::run(self.clone(), tasks.durable, tasks.events)),
+            tokio::spawn(follower::run(self.clone())),
+        ]
+    }
+
+    fn standing(&self) -> std::sync::MutexGuard<'_, Standing> {
+        self.standing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Changes the standing and wakes whoever waits on it.
+    fn update<T>(&self, change: impl FnOnce(&mut Standing) -> T) -> T {
+        let result = change(&mut self.standing());
+        self.changed.send_modify(|n| *n += 1);
+        result
+    }
+
+    /// Whether this node may answer as primary now.
+    pub fn serving(&self) -> bool {
+        self.standing().serving(Instant::now())
+    }
+
+    /// The role to report now: `Primary` only while the lease holds.
+    pub fn role(&self) -> Role {
+        self.standing().role(Instant::now())
+    }
+
+    /// The highest epoch this node knows.
+    pub fn epoch(&self) -> Epoch {
+        self.standing().epoch()
+    }
+
+    fn set_note(&self, note: impl Into<String>) {
+        *self
+            .note
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = note.into();
+    }
+
+    /// What this node knows of the pair, for `status`.
+    pub fn status(&self) -> PairStatus {
+        let recent = self.config.lease.duration;
+        let (sync, lag) = *self
+            .replication
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let peer_last_tid = *self
+            .peer_last_tid
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let primary = self.standing().is_primary();
+        let last_tid = self.storage.last_tid();
+        let lag_tids = peer_last_tid.map(|peer| last_tid.0.abs_diff(peer.0));
+        PairStatus {
+            peer: self.config.cluster[usize::from(1 - self.config.me)].to_string(),
+            peer_reachable: self.peer.reachable(recent),
+            peer_last_tid,
+            // On a backup: following a primary and caught up with it.
+            backup_in_sync: sync == SyncState::InSync && (primary || lag == 0),
+            witness_reachable: self.witness.reachable(recent),
+            lag_tids,
+            note: self
+                .note
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        }
+    }
+
+    fn set_peer_last_tid(&self, tid: Tid) {
+        *self
+            .peer_last_tid
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tid);
+    }
+
+    /// Records a higher epoch durably, then in the standing; refuses a
+    /// lower one (fencing: a deposed primary's messages are refused).
+    async fn accept_epoch(&self, epoch: Epoch, primary: Option<NodeId>) -> Result<(), String> {
+        let known = self.storage.epoch();
+        if epoch < known {
+            return Err(format!("epoch {epoch} is older than this node's {known}"));
+        }
+        if epoch > known {
+            let storage = self.storage.clone();
+            tokio::task::spawn_blocking(move || storage.raise_epoch(epoch))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+        }
+        self.update(|standing| standing.learned(epoch, primary));
+        Ok(())
+    }
+}

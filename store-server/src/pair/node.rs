@@ -1,0 +1,319 @@
+//! A data node's tasks: renewing the lease as primary, standing for
+//! election, asking the peer how it stands, answering peers, and manual
+//! failover.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use store_protocol::peer::{PeerRequest, PeerResponse, PeerStatus};
+use store_protocol::{read_frame, write_frame, WireError};
+
+use super::link::PEER_FRAME_LIMIT;
+use super::replicator::{serve_join, Joiner};
+use super::role::Action;
+use super::Pair;
+
+/// How often the standing is checked.
+const TICK: Duration = Duration::from_millis(25);
+/// How often the peer is asked for its status (lag, reachability).
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+/// Runs the standing's timers forever.
+pub(super) async fn run(pair: Arc<Pair>) {
+    let mut ticks = tokio::time::interval(TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_probe: Option<Instant> = None;
+    loop {
+        ticks.tick().await;
+        let now = Instant::now();
+        let action = pair.standing().tick(now);
+        match action {
+            Some(Action::RenewLease) => {
+                tokio::spawn(renew(pair.clone(), now));
+            }
+            Some(Action::Campaign { force }) => {
+                pair.changed.send_modify(|n| *n += 1);
+                tokio::spawn(campaign(pair.clone(), now, force));
+            }
+            None => {}
+        }
+        if last_probe.is_none_or(|at| now.duration_since(at) >= PROBE_EVERY) {
+            last_probe = Some(now);
+            tokio::spawn(probe_peer(pair.clone()));
+        }
+    }
+}
+
+/// Asks the backup and the witness to renew the lease; one grant is a
+/// majority with this node's own vote.
+async fn renew(pair: Arc<Pair>, sent_at: Instant) {
+    let (epoch, me) = {
+        let standing = pair.standing();
+        (standing.epoch(), standing.me())
+    };
+    let request = PeerRequest::Lease { epoch, node: me };
+    let timeout = pair.config.lease.renew_every * 2;
+    let (peer, witness) = tokio::join!(
+        pair.peer.request(&request, timeout),
+        pair.witness.request(&request, timeout)
+    );
+    let mut unreachable = Vec::new();
+    for (who, answer) in [("backup", peer), ("witness", witness)] {
+        match answer {
+            Ok(answer) => {
+                let deposed = pair.update(|s| s.renewal_answered(sent_at, &answer));
+                if let (Some(epoch), PeerResponse::Denied { primary, .. }) = (deposed, &answer) {
+                    tracing::warn!(epoch = epoch.0, ?primary, "deposed: a later epoch exists");
+                    let _ = pair.accept_epoch(epoch, *primary).await;
+                }
+            }
+            Err(e) => unreachable.push(format!("{who}: {e}")),
+        }
+    }
+    if pair.standing().is_primary() {
+        pair.set_note(if unreachable.len() == 2 && !pair.serving() {
+            format!("no majority, not serving: {}", unreachable.join("; "))
+        } else {
+            String::new()
+        });
+    }
+}
+
+/// Asks the witness to make this node primary of the next epoch.
+async fn campaign(pair: Arc<Pair>, sent_at: Instant, force: bool) {
+    let (epoch, me) = {
+        let standing = pair.standing();
+        (standing.epoch(), standing.me())
+    };
+    let request = PeerRequest::Elect {
+        node: me,
+        epoch,
+        force,
+    };
+    let answer = pair.witness.request(&request, Duration::from_secs(1)).await;
+    let answer = match answer {
+        Ok(PeerResponse::Elected { epoch, .. }) => {
+            // The new epoch is durable here before this node acts on it.
+            let storage = pair.storage.clone();
+            match tokio::task::spawn_blocking(move || storage.raise_epoch(epoch)).await {
+                Ok(Ok(())) => answer.ok(),
+                _ => None,
+            }
+        }
+        Ok(PeerResponse::Denied {
+            epoch,
+            primary,
+            ref reason,
+        }) => {
+            let _ = pair.accept_epoch(epoch, primary).await;
+            pair.set_note(format!("not taking over: {reason}"));
+            answer.ok()
+        }
+        Ok(_) => None,
+        Err(e) => {
+            pair.set_note(format!(
+                "no majority: the witness is unreachable ({e}); not taking over"
+            ));
+            None
+        }
+    };
+    let elected = pair.update(|s| {
+        s.campaign_answered(Instant::now(), sent_at, answer.as_ref());
+        s.is_primary()
+    });
+    if elected {
+        pair.set_note("");
+        tracing::warn!(epoch = pair.epoch().0, "elected primary");
+    }
+}
+
+/// Asks the peer how it stands: its last TID (for lag) and epoch.
+async fn probe_peer(pair: Arc<Pair>) {
+    if let Ok(PeerResponse::Status(status)) =
+        pair.peer.request(&PeerRequest::Status, PROBE_EVERY).await
+    {
+        pair.set_peer_last_tid(status.last_tid);
+        if status.epoch > pair.epoch() {
+            let primary = status.primary;
+            let _ = pair.accept_epoch(status.epoch, primary).await;
+        }
+    }
+}
+
+impl Pair {
+    /// A refusal naming what this node knows.
+    pub(super) fn denied(&self, reason: String) -> PeerResponse {
+        let standing = self.standing();
+        PeerResponse::Denied {
+            epoch: standing.epoch(),
+            primary: standing.primary(),
+            reason,
+        }
+    }
+
+    /// What this node knows, for a peer.
+    fn peer_status(&self) -> PeerStatus {
+        let standing = self.standing();
+        let end = self.storage.history_end();
+        let mut in_sync = [false; 2];
+        in_sync[usize::from(standing.me())] = true;
+        PeerStatus {
+            role: standing.role(Instant::now()),
+            epoch: standing.epoch(),
+            primary: standing.primary(),
+            in_sync,
+            lsn: end.lsn,
+            last_tid: end.last_tid,
+        }
+    }
+
+    /// Makes this node primary at an operator's request (`store-cli
+    /// promote`). Without `force`, the primary steps down first and this
+    /// node waits until it holds everything the primary made durable;
+    /// with `force`, it stands for election without the primary (the
+    /// witness still waits for the old lease to run out).
+    pub async fn promote(self: &Arc<Pair>, force: bool) -> Result<(), WireError> {
+        if self.serving() {
+            return Ok(());
+        }
+        let refuse = |reason: String| WireError::PromoteRefused { reason };
+        if !force {
+            let request = PeerRequest::StepDown {
+                epoch: self.epoch(),
+                node: self.config.me,
+            };
+            let answer = self
+                .peer
+                .request(&request, Duration::from_secs(5))
+                .await
+                .map_err(|e| {
+                    refuse(format!(
+                        "the primary cannot be reached ({e}); `promote --force` takes over \
+                         without it and may lose acknowledged writes"
+                    ))
+                })?;
+            let lsn = match answer {
+                PeerResponse::SteppedDown { lsn } => lsn,
+                PeerResponse::Denied { reason, .. } => {
+                    return Err(refuse(format!(
+                        "the primary refused to step down: {reason}"
+                    )))
+                }
+                other => return Err(refuse(format!("unexpected answer {other:?}"))),
+            };
+            let caught_up = wait_until(Duration::from_secs(5), || {
+                self.storage.history_end().lsn >= lsn
+            })
+            .await;
+            if !caught_up {
+                return Err(refuse(format!(
+                    "this node has not caught up with the primary (lsn {} < {lsn}); \
+                     `promote --force` would lose acknowledged writes",
+                    self.storage.history_end().lsn
+                )));
+            }
+        } else {
+            tracing::warn!("forced promotion: acknowledged writes this node lacks will be lost");
+        }
+        self.update(|s| s.promote(Instant::now(), force));
+        let deadline = self.config.lease.duration * 3 + Duration::from_secs(1);
+        if wait_until(deadline, || self.serving()).await {
+            Ok(())
+        } else {
+            let note = self
+                .note
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            Err(refuse(format!("not elected: {note}")))
+        }
+    }
+
+    /// Steps down at the backup's request once it holds every batch.
+    async fn step_down(self: &Arc<Pair>) -> PeerResponse {
+        let stepped = {
+            let mut standing = self.standing();
+            let primary = standing.is_primary();
+            if primary {
+                standing.step_down(Instant::now());
+            }
+            primary.then(|| standing.epoch())
+        };
+        let Some(epoch) = stepped else {
+            return self.denied("not the primary".into());
+        };
+        self.changed.send_modify(|n| *n += 1);
+        tracing::warn!("stepping down at the backup's request");
+        let release = PeerRequest::Release {
+            epoch,
+            node: self.config.me,
+        };
+        let _ = self.witness.request(&release, Duration::from_secs(1)).await;
+        PeerResponse::SteppedDown {
+            lsn: self.storage.history_end().lsn,
+        }
+    }
+}
+
+/// Polls `done` until it holds or `timeout` passes.
+async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Serves a connection from the other data node.
+pub(crate) async fn serve(pair: Arc<Pair>, connection: quinn::Connection) {
+    while let Ok((send, recv)) = connection.accept_bi().await {
+        tokio::spawn(serve_stream(pair.clone(), send, recv));
+    }
+}
+
+async fn serve_stream(pair: Arc<Pair>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let request = match read_frame::<_, PeerRequest>(&mut recv, PEER_FRAME_LIMIT).await {
+        Ok(Some(request)) => request,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::debug!(error = %e, "bad peer request");
+            return;
+        }
+    };
+    let answer = match request {
+        PeerRequest::Lease { epoch, node } => match pair.accept_epoch(epoch, Some(node)).await {
+            Ok(()) => pair.update(|s| s.lease_requested(Instant::now(), epoch, node)),
+            Err(reason) => pair.denied(reason),
+        },
+        PeerRequest::Status => PeerResponse::Status(pair.peer_status()),
+        PeerRequest::Join {
+            epoch,
+            batch_epoch,
+            lsn,
+            ..
+        } => {
+            let joiner = Joiner {
+                epoch,
+                batch_epoch,
+                lsn,
+            };
+            return serve_join(pair, send, recv, joiner).await;
+        }
+        PeerRequest::StepDown { .. } => pair.step_down().await,
+        PeerRequest::Elect { .. } | PeerRequest::SetInSync { .. } | PeerRequest::Release { .. } => {
+            pair.denied("a data node holds no votes; ask the witness".into())
+        }
+    };
+    if write_frame(&mut send, &answer, PEER_FRAME_LIMIT)
+        .await
+        .is_ok()
+    {
+        let _ = send.finish();
+        let _ = send.stopped().await;
+    }
+}

@@ -1,0 +1,446 @@
+//! The primary's side of replication: keeps recent batches in memory,
+//! streams them (or a snapshot first) to a joined backup, and answers the
+//! callers of each durable batch when [`Replication`] says so.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use store_protocol::peer::{Batch, PeerRequest, PeerResponse, ReplAck, ReplFrame};
+use store_protocol::{read_frame, write_frame, Epoch, WireError, Write};
+use tokio::sync::mpsc;
+
+use super::link::PEER_FRAME_LIMIT;
+use super::replication::Replication;
+use super::Pair;
+use crate::commit::Durable;
+
+/// Most batches kept for a backup that falls behind; past this it gets a
+/// snapshot.
+const LOG_MAX_BATCHES: usize = 100_000;
+/// Most bytes of batches kept (approximately).
+const LOG_MAX_BYTES: usize = 256 << 20;
+/// Snapshot rows per frame, in bytes (approximately).
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// Recent durable batches, in LSN order, for backups catching up.
+pub struct ReplLog {
+    first: u64,
+    batches: VecDeque<(Arc<Batch>, usize)>,
+    bytes: usize,
+}
+
+impl ReplLog {
+    /// An empty log whose next batch is `next`.
+    pub fn new(next: u64) -> ReplLog {
+        ReplLog {
+            first: next,
+            batches: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+
+    fn push(&mut self, batch: Arc<Batch>) {
+        if batch.lsn != self.first + self.batches.len() as u64 {
+            // A gap (a new epoch after a snapshot): start over from here.
+            self.batches.clear();
+            self.bytes = 0;
+            self.first = batch.lsn;
+        }
+        let size = batch_size(&batch);
+        self.bytes += size;
+        self.batches.push_back((batch, size));
+        while self.batches.len() > LOG_MAX_BATCHES || self.bytes > LOG_MAX_BYTES {
+            if let Some((_, size)) = self.batches.pop_front() {
+                self.bytes -= size;
+                self.first += 1;
+            }
+        }
+    }
+
+    fn get(&self, lsn: u64) -> Option<&Arc<Batch>> {
+        let index = usize::try_from(lsn.checked_sub(self.first)?).ok()?;
+        self.batches.get(index).map(|(batch, _)| batch)
+    }
+}
+
+fn batch_size(batch: &Batch) -> usize {
+    batch
+        .ops
+        .iter()
+        .map(|op| match op {
+            store_protocol::peer::BatchOp::Commit(request) => {
+                64 + request
+                    .writes
+                    .iter()
+                    .map(|w| match w {
+                        Write::Put { key, value } | Write::Append { key, value } => {
+                            key.len() + value.len()
+                        }
+                        other => other.key().len(),
+                    })
+                    .sum::<usize>()
+            }
+            _ => 32,
+        })
+        .sum()
+}
+
+/// What reaches the replicator besides durable batches.
+pub enum ReplEvent {
+    /// A backup joined on stream `generation`, its history ending at `lsn`
+    /// (0 when it is being sent a snapshot).
+    Joined { generation: u64, lsn: u64 },
+    /// The backup acknowledged everything up to `lsn`.
+    Acked { generation: u64, lsn: u64 },
+    /// Stream `generation` ended.
+    Lost { generation: u64 },
+    /// The witness answered (`Some(recorded)`) or could not be asked.
+    Witness(Option<bool>),
+}
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// Runs the replicator until the pipeline stops.
+pub(super) async fn run(
+    pair: Arc<Pair>,
+    mut durable: mpsc::UnboundedReceiver<Durable>,
+    mut events: mpsc::UnboundedReceiver<ReplEvent>,
+) {
+    let mut machine: Option<(Epoch, Replication)> = None;
+    let mut waiting: VecDeque<Durable> = VecDeque::new();
+    let mut generation = 0;
+    let mut ticks = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tokio::select! {
+            batch = durable.recv() => match batch {
+                Some(batch) => {
+                    let now = Instant::now();
+                    if let Some((_, replication)) = machine.as_mut() {
+                        let lsn = batch.batch.as_ref().map(|b| b.lsn);
+                        if let Some(shipped) = &batch.batch {
+                            pair.lock_log().push(shipped.clone());
+                            pair.log_grew.notify_waiters();
+                        }
+                        replication.durable(lsn, now);
+                        waiting.push_back(batch);
+                    } else {
+                        batch.release(&pair.invalidations, Some(&not_primary(&pair)));
+                    }
+                }
+                None => break,
+            },
+            Some(event) = events.recv() => {
+                if let Some((_, replication)) = machine.as_mut() {
+                    match event {
+                        ReplEvent::Joined { generation: g, lsn } => {
+                            generation = g;
+                            replication.joined(lsn);
+                        }
+                        ReplEvent::Acked { generation: g, lsn } if g == generation => replication.acked(lsn),
+                        ReplEvent::Lost { generation: g } if g == generation => replication.lost(),
+                        ReplEvent::Witness(Some(in_sync)) => replication.recorded(in_sync),
+                        ReplEvent::Witness(None) => replication.ask_failed(),
+                        _ => {}
+                    }
+                }
+            }
+            _ = ticks.tick() => {}
+        }
+        // Follow the standing: a new epoch as primary starts afresh; a
+        // deposed primary answers what waits with NotPrimary.
+        let (is_primary, epoch) = {
+            let standing = pair.standing();
+            (standing.is_primary(), standing.epoch())
+        };
+        match &machine {
+            Some((e, _)) if is_primary && *e == epoch => {}
+            _ => {
+                for batch in waiting.drain(..) {
+                    batch.release(&pair.invalidations, Some(&not_primary(&pair)));
+                }
+                machine = is_primary.then(|| {
+                    let end = pair.storage.history_end().lsn;
+                    *pair.lock_log() = ReplLog::new(end + 1);
+                    tracing::info!(epoch = epoch.0, lsn = end, "replicating as primary");
+                    (
+                        epoch,
+                        Replication::new(end, pair.config.lease.replication_timeout),
+                    )
+                });
+            }
+        }
+        let Some((epoch, replication)) = machine.as_mut() else {
+            continue;
+        };
+        let ready = replication.ready(Instant::now());
+        *pair
+            .replication
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            (replication.state(), replication.lag());
+        // Re-check the lease before answering: a primary that lost it says
+        // NotPrimary, and the client's resend is answered by the new one.
+        let refuse = (!pair.serving()).then(|| not_primary(&pair));
+        for batch in waiting.drain(..ready.release) {
+            batch.release(&pair.invalidations, refuse.as_ref());
+        }
+        if let Some(in_sync) = ready.ask_witness {
+            tokio::spawn(record_backup(pair.clone(), *epoch, in_sync));
+        }
+    }
+    for batch in waiting.drain(..) {
+        batch.release(&pair.invalidations, Some(&WireError::ShuttingDown));
+    }
+}
+
+fn not_primary(pair: &Pair) -> WireError {
+    WireError::NotPrimary {
+        epoch: pair.epoch(),
+    }
+}
+
+/// Asks the witness to record the backup in or out of sync.
+async fn record_backup(pair: Arc<Pair>, epoch: Epoch, in_sync: bool) {
+    let me = pair.config.me;
+    let request = PeerRequest::SetInSync {
+        epoch,
+        node: me,
+        peer: 1 - me,
+        in_sync,
+    };
+    let answer = pair.witness.request(&request, Duration::from_secs(1)).await;
+    let recorded = match answer {
+        Ok(PeerResponse::Recorded) => {
+            if in_sync {
+                tracing::info!("backup caught up: recorded in sync");
+            } else {
+                tracing::warn!("backup not acknowledging: recorded out of sync, going on alone");
+            }
+            pair.set_note("");
+            Some(in_sync)
+        }
+        Ok(PeerResponse::Denied {
+            epoch,
+            primary,
+            reason,
+        }) => {
+            tracing::warn!(%reason, "the witness refused to record the backup");
+            let _ = pair.accept_epoch(epoch, primary).await;
+            None
+        }
+        Ok(other) => {
+            tracing::warn!(?other, "unexpected witness answer");
+            None
+        }
+        Err(e) => {
+            if !in_sync {
+                pair.set_note(format!(
+                    "backup lost and witness unreachable ({e}): commits wait"
+                ));
+            }
+            None
+        }
+    };
+    if recorded.is_none() {
+        // Do not hammer an unreachable witness.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = pair.events.send(ReplEvent::Witness(recorded));
+}
+
+impl Pair {
+    fn lock_log(&self) -> std::sync::MutexGuard<'_, ReplLog> {
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Where a joining backup's history ends.
+pub(super) struct Joiner {
+    pub epoch: Epoch,
+    pub batch_epoch: Epoch,
+    pub lsn: u64,
+}
+
+/// Serves a backup's `Join`: a snapshot if its history is not a prefix of
+/// this node's (or the log no longer reaches back to it), then every batch
+/// from there on, as it becomes durable.
+pub(super) async fn serve_join(
+    pair: Arc<Pair>,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    joiner: Joiner,
+) {
+    let epoch = pair.epoch();
+    let refusal = if !pair.standing().is_primary() {
+        Some("not the primary")
+    } else if joiner.epoch > epoch {
+        Some("the backup knows a later epoch")
+    } else {
+        None
+    };
+    if let Some(reason) = refusal {
+        let answer = pair.denied(reason.into());
+        let _ = write_frame(&mut send, &answer, PEER_FRAME_LIMIT).await;
+        let _ = send.finish();
+        return;
+    }
+    let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
+    let result = stream_history(&pair, &mut send, recv, &joiner, generation).await;
+    if let Err(e) = result {
+        tracing::info!(error = %e, "replication stream ended");
+    }
+    let _ = pair.events.send(ReplEvent::Lost { generation });
+}
+
+async fn stream_history(
+    pair: &Arc<Pair>,
+    send: &mut quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    joiner: &Joiner,
+    generation: u64,
+) -> Result<(), String> {
+    let _ = send.set_priority(-1);
+    write_frame(send, &PeerResponse::Recorded, PEER_FRAME_LIMIT)
+        .await
+        .map_err(|e| e.to_string())?;
+    let end = pair.storage.history_end();
+    let prefix = {
+        let log = pair.lock_log();
+        let same_end = joiner.lsn == end.lsn && joiner.batch_epoch == end.batch_epoch;
+        let in_log = log
+            .get(joiner.lsn)
+            .is_some_and(|batch| batch.epoch == joiner.batch_epoch);
+        let reachable = joiner.lsn + 1 >= log.first;
+        joiner.lsn <= end.lsn && (same_end || in_log) && reachable
+    };
+    let acks = pair.events.clone();
+    let ack_reader = tokio::spawn(async move {
+        while let Ok(Some(ack)) = read_frame::<_, ReplAck>(&mut recv, PEER_FRAME_LIMIT).await {
+            let _ = acks.send(ReplEvent::Acked {
+                generation,
+                lsn: ack.lsn,
+            });
+        }
+        let _ = acks.send(ReplEvent::Lost { generation });
+    });
+    let outcome = async {
+        let mut next = if prefix {
+            tracing::info!(from = joiner.lsn, "backup joined: shipping the log");
+            let _ = pair.events.send(ReplEvent::Joined {
+                generation,
+                lsn: joiner.lsn,
+            });
+            joiner.lsn + 1
+        } else {
+            let _ = pair.events.send(ReplEvent::Joined { generation, lsn: 0 });
+            send_snapshot(pair, send).await? + 1
+        };
+        loop {
+            let grew = pair.log_grew.notified();
+            let batch = {
+                let log = pair.lock_log();
+                if next < log.first {
+                    return Err("the backup fell behind the log; it will rejoin".to_string());
+                }
+                log.get(next).cloned()
+            };
+            match batch {
+                Some(batch) => {
+                    write_frame(send, &ReplFrame::Batch((*batch).clone()), PEER_FRAME_LIMIT)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    next += 1;
+                }
+                None => {
+                    if !pair.standing().is_primary() {
+                        return Err("no longer primary".to_string());
+                    }
+                    let _ = tokio::time::timeout(Duration::from_millis(200), grew).await;
+                }
+            }
+        }
+    }
+    .await;
+    ack_reader.abort();
+    outcome
+}
+
+/// Streams a snapshot of the whole store; returns its LSN.
+async fn send_snapshot(pair: &Arc<Pair>, send: &mut quinn::SendStream) -> Result<u64, String> {
+    let (frames_tx, mut frames) = mpsc::channel::<ReplFrame>(4);
+    let storage = pair.storage.clone();
+    let epoch = pair.epoch();
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut lsn = 0;
+        let result = storage.snapshot(
+            SNAPSHOT_CHUNK_BYTES,
+            |end| {
+                lsn = end.lsn;
+                frames_tx
+                    .blocking_send(ReplFrame::SnapshotBegin {
+                        epoch,
+                        lsn: end.lsn,
+                        batch_epoch: end.batch_epoch,
+                        last_tid: end.last_tid,
+                    })
+                    .is_ok()
+            },
+            |rows| {
+                frames_tx
+                    .blocking_send(ReplFrame::SnapshotRows(rows))
+                    .is_ok()
+            },
+        );
+        let _ = frames_tx.blocking_send(ReplFrame::SnapshotEnd);
+        result.map(|()| lsn).map_err(|e| e.to_string())
+    });
+    let started = Instant::now();
+    let mut rows = 0usize;
+    while let Some(frame) = frames.recv().await {
+        if let ReplFrame::SnapshotRows(chunk) = &frame {
+            rows += chunk.len();
+        }
+        write_frame(send, &frame, PEER_FRAME_LIMIT)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let lsn = reader.await.map_err(|e| e.to_string())??;
+    tracing::info!(
+        lsn,
+        rows,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "snapshot sent"
+    );
+    Ok(lsn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(lsn: u64) -> Arc<Batch> {
+        Arc::new(Batch {
+            epoch: Epoch(1),
+            lsn,
+            now_ms: 0,
+            last_tid: store_protocol::Tid(lsn),
+            ops: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn the_log_keeps_batches_in_order_and_restarts_at_a_gap() {
+        let mut log = ReplLog::new(5);
+        log.push(batch(5));
+        log.push(batch(6));
+        assert_eq!(log.get(6).map(|b| b.lsn), Some(6));
+        assert!(log.get(4).is_none());
+        log.push(batch(9));
+        assert_eq!(log.first, 9);
+        assert!(log.get(6).is_none());
+    }
+}
