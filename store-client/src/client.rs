@@ -324,6 +324,31 @@ impl Client {
         }
     }
 
+    /// Makes the server of this client's session the primary of its pair
+    /// (open the client with that one server and
+    /// [`ClientConfig::any_role`](crate::ClientConfig::any_role)). Without
+    /// `force`, the primary steps down first and the promotion is refused
+    /// if this node would lack acknowledged writes; with `force` it goes
+    /// ahead without the primary. Returns the node's new status.
+    pub async fn promote(&self, force: bool) -> Result<StatusInfo, Error> {
+        let deadline = self.deadline();
+        let connection = self.connection(self.write_policy(), deadline, None).await?;
+        // One attempt with the whole budget: a promotion waits for the
+        // primary to step down and for the election.
+        match connection
+            .round_trip(&Request::Promote { force }, deadline)
+            .await
+        {
+            Ok(Response::Status(status)) => Ok(status),
+            Ok(Response::Error(e)) => Err(Error::from_wire(e)),
+            Ok(other) => Err(unexpected(&other)),
+            Err(RoundTripError::Unsendable(e)) => Err(Error::Rejected(e)),
+            Err(RoundTripError::NotSent(detail) | RoundTripError::MaybeSent(detail)) => {
+                Err(Error::Unavailable { detail })
+            }
+        }
+    }
+
     /// Starts a transaction.
     pub fn txn(&self) -> Transaction<'_> {
         Transaction::new(self)
@@ -441,7 +466,12 @@ impl Client {
                 Ok(Response::Error(e)) if !is_retry_signal(&e) => {
                     return Err(commit_error(txn_id, e))
                 }
-                Ok(Response::Error(e)) => e.to_string(),
+                Ok(Response::Error(e)) => {
+                    if matches!(e, WireError::NotPrimary { .. }) {
+                        self.not_primary(&connection);
+                    }
+                    e.to_string()
+                }
                 Ok(other) => unexpected(&other).to_string(),
                 Err(RoundTripError::Unsendable(e)) => return Err(Error::Rejected(e)),
                 Err(RoundTripError::NotSent(d) | RoundTripError::MaybeSent(d)) => d,
@@ -484,6 +514,7 @@ impl Client {
                     match e {
                         // Refused before deciding: try the next session.
                         WireError::NotPrimary { .. } | WireError::ShuttingDown => {
+                            self.not_primary(&connection);
                             failed = Some(connection);
                         }
                         // A copy is deciding, or may have been decided.
@@ -577,6 +608,16 @@ impl Client {
             let proven = self.inner.shared.is_fresh(std::time::Instant::now());
             let attempt = (Instant::now() + self.attempt_timeout()).min(deadline);
             match connection.round_trip(request, attempt).await {
+                // Deposed, or its lease ran out: read from the new primary.
+                Ok(Response::Error(e @ (WireError::NotPrimary { .. } | WireError::InProgress)))
+                    if !self.inner.config.any_role =>
+                {
+                    if matches!(e, WireError::NotPrimary { .. }) {
+                        self.not_primary(&connection);
+                        failed = Some(connection);
+                    }
+                    self.pause(&mut backoff, deadline, &e.to_string()).await?;
+                }
                 Ok(Response::Error(e)) => return Err(read_error(e)),
                 Ok(response) => return Ok((response, proven)),
                 Err(RoundTripError::Unsendable(e)) => return Err(Error::Rejected(e)),
@@ -588,6 +629,12 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Tells the driver that `connection`'s server is not the primary.
+    fn not_primary(&self, connection: &Connection) {
+        let id = connection.connection.stable_id();
+        let _ = self.inner.commands.send(Command::NotPrimary(id));
     }
 
     fn deadline(&self) -> Instant {

@@ -104,6 +104,12 @@ pub struct ClientConfig {
     pub read_policy: ReadPolicy,
     /// Cache budget in bytes. Default [`DEFAULT_CACHE_BYTES`] (256 MiB).
     pub cache_bytes: u64,
+    /// Open a session with whichever server welcomes the client, primary
+    /// or not, and stay with it: for `status` or `promote` of one chosen
+    /// node of a pair. Default `false`: only a primary (or a standalone
+    /// server) is followed, and a client leaves a server that stops
+    /// being primary.
+    pub any_role: bool,
 }
 
 impl Default for ClientConfig {
@@ -124,6 +130,7 @@ impl ClientConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             session: SessionConfig::default(),
             read_policy: ReadPolicy::default(),
+            any_role: false,
             cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }

@@ -119,14 +119,28 @@ pub(crate) enum Command {
     PingNow,
     /// The client is closing: end the session.
     Close,
+    /// The server of the connection with this `stable_id` answered
+    /// `NotPrimary`: leave it and find the primary.
+    NotPrimary(usize),
 }
 
 /// What reaches the driver from its helper tasks.
 enum Event {
     Opened(Box<Opened>),
-    DialFailed(Error),
-    Session { id: u64, event: SessionEvent },
-    SessionClosed { id: u64, reason: String },
+    /// A dial round failed; `alive` if some server answered but was not
+    /// the primary (an election is under way: look again soon).
+    DialFailed {
+        error: Error,
+        alive: bool,
+    },
+    Session {
+        id: u64,
+        event: SessionEvent,
+    },
+    SessionClosed {
+        id: u64,
+        reason: String,
+    },
 }
 
 /// The current session's connection and its stream tasks.
@@ -213,6 +227,12 @@ impl Driver {
                 Some(event) = self.events.recv() => self.on_event(event),
                 command = self.commands.recv() => match command {
                     Some(Command::PingNow) => self.liveness.ping_now(Instant::now()),
+                    Some(Command::NotPrimary(id)) => {
+                        let current = self.link.as_ref().is_some_and(|l| l.connection.connection.stable_id() == id);
+                        if current && !self.config.any_role {
+                            self.leave("the server is not the primary");
+                        }
+                    }
                     // Closed, or every client handle is gone.
                     Some(Command::Close) | None => break,
                 },
@@ -270,6 +290,7 @@ impl Driver {
             self.crypto.clone(),
             hello,
             self.config.connect_timeout,
+            self.config.any_role,
         );
         let events = self.events_tx.clone();
         tokio::spawn(
@@ -277,7 +298,7 @@ impl Driver {
                 tokio::time::sleep(delay).await;
                 let event = match round.await {
                     Ok(opened) => Event::Opened(Box::new(opened)),
-                    Err(e) => Event::DialFailed(e),
+                    Err((error, alive)) => Event::DialFailed { error, alive },
                 };
                 let _ = events.send(event);
             }
@@ -290,7 +311,9 @@ impl Driver {
         match event {
             Event::Opened(opened) => {
                 self.dialing = false;
-                if self.link.is_some() && self.liveness.state() == SessionState::Live {
+                // A later epoch means a failover: move at once.
+                let newer = opened.connection.welcome.epoch > self.shared.status().epoch;
+                if self.link.is_some() && self.liveness.state() == SessionState::Live && !newer {
                     // The old session recovered first: keep it.
                     opened
                         .connection
@@ -300,9 +323,12 @@ impl Driver {
                 }
                 self.adopt(*opened, now);
             }
-            Event::DialFailed(error) => {
+            Event::DialFailed { error, alive } => {
                 self.dialing = false;
-                tracing::debug!(%error, "dial round failed");
+                tracing::debug!(%error, alive, "dial round failed");
+                if alive {
+                    self.backoff.retry_soon();
+                }
                 self.shared
                     .status
                     .send_modify(|status| status.last_error = Some(error));
@@ -312,6 +338,11 @@ impl Driver {
             }
             Event::Session { id, event } if self.is_current(id) => match event {
                 SessionEvent::Invalidate { tid, keys } => self.shared.cache.invalidate(tid, &keys),
+                SessionEvent::Pong(pong) if !pong.role.is_writable() && !self.config.any_role => {
+                    // Deposed, or its lease ran out: find the primary.
+                    tracing::info!(role = %pong.role, epoch = pong.epoch.0, "the server is no longer primary");
+                    self.leave("the server is no longer the primary");
+                }
                 SessionEvent::Pong(pong) => {
                     self.shared.status.send_if_modified(|status| {
                         let changed = status.epoch != pong.epoch;
@@ -332,12 +363,19 @@ impl Driver {
             },
             Event::SessionClosed { id, reason } if self.is_current(id) => {
                 tracing::info!(%reason, "session stream closed");
-                self.link = None;
-                *self.shared.lock_current() = None;
-                self.liveness.disconnected(now);
+                self.leave(&reason);
             }
             Event::Session { .. } | Event::SessionClosed { .. } => {} // an old session
         }
+    }
+
+    /// Ends the current session (closing its connection fails whatever
+    /// waits on it at once, so a resend goes to the next session).
+    fn leave(&mut self, reason: &str) {
+        tracing::debug!(%reason, "leaving the session");
+        self.link = None;
+        *self.shared.lock_current() = None;
+        self.liveness.disconnected(Instant::now());
     }
 
     fn is_current(&self, id: u64) -> bool {
@@ -384,34 +422,74 @@ impl Driver {
     }
 }
 
-/// Dials every server at once; the first to welcome the client wins.
+/// How soon a server that answered "not the primary" is dialed again
+/// within a round (an election is under way there), at most.
+const NOT_PRIMARY_RETRY: std::time::Duration = std::time::Duration::from_millis(150);
+
+/// Dials every server at once; the first primary (or standalone server) to
+/// welcome the client wins; with `any_role`, any server that welcomes it.
+/// A server that answers but is not the primary is dialed again every
+/// ~100 ms until the round's deadline, so a new primary is found as soon as
+/// it is elected, without waiting for a dead one to time out. Fails with
+/// the worst error, and whether some server was alive.
 async fn dial_round(
     servers: Vec<String>,
     endpoint: quinn::Endpoint,
     crypto: quinn::ClientConfig,
     hello: Hello,
     connect_timeout: std::time::Duration,
-) -> Result<Opened, Error> {
+    any_role: bool,
+) -> Result<Opened, (Error, bool)> {
     let deadline = tokio::time::Instant::now() + connect_timeout;
     let mut attempts = tokio::task::JoinSet::new();
     for server in servers {
         let (endpoint, crypto, hello) = (endpoint.clone(), crypto.clone(), hello.clone());
         attempts.spawn(
-            async move { Connection::dial(&endpoint, &crypto, &server, hello, deadline).await }
-                .in_current_span(),
+            async move {
+                let mut alive = false;
+                loop {
+                    let opened =
+                        Connection::dial(&endpoint, &crypto, &server, hello.clone(), deadline)
+                            .await
+                            .map_err(|e| (e, alive))?;
+                    let welcome = &opened.connection.welcome;
+                    if any_role || welcome.role.is_writable() {
+                        return Ok(opened);
+                    }
+                    alive = true;
+                    let detail = format!(
+                        "{server}: not the primary (role {}, epoch {})",
+                        welcome.role, welcome.epoch
+                    );
+                    opened
+                        .connection
+                        .connection
+                        .close(0u32.into(), b"not the primary");
+                    let pause = NOT_PRIMARY_RETRY.mul_f64(rand::random::<f64>() / 2.0 + 0.5);
+                    if tokio::time::Instant::now() + pause >= deadline {
+                        return Err((Error::Unavailable { detail }, true));
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            .in_current_span(),
         );
     }
     let mut failures = Vec::new();
+    let mut alive = false;
     while let Some(attempt) = attempts.join_next().await {
         match attempt {
             Ok(Ok(opened)) => return Ok(opened),
-            Ok(Err(e)) => failures.push(e),
+            Ok(Err((e, answered))) => {
+                alive |= answered;
+                failures.push(e);
+            }
             Err(e) => failures.push(Error::Protocol {
                 detail: format!("dial task failed: {e}"),
             }),
         }
     }
-    Err(worst_of(failures))
+    Err((worst_of(failures), alive))
 }
 
 /// A certificate or configuration problem outranks "unreachable": it will

@@ -33,6 +33,12 @@ impl Backoff {
         bound.mul_f64(rng.gen::<f64>())
     }
 
+    /// Keeps the next delay at the base bound: a server answered but could
+    /// not serve yet (an election is under way), so look again soon.
+    pub fn retry_soon(&mut self) {
+        self.failures = 1;
+    }
+
     /// Back to an immediate first attempt (after a success).
     pub fn reset(&mut self) {
         self.failures = 0;

@@ -161,6 +161,9 @@ pub struct Liveness {
     /// one sent after the proof lapsed.
     recovery_seq: u64,
     expires_at: Instant,
+    /// A ping went unanswered for a whole interval while Live: the other
+    /// servers were dialed already (once per such episode).
+    suspected: bool,
     actions: VecDeque<Action>,
 }
 
@@ -180,6 +183,7 @@ impl Liveness {
             fresh_until: None,
             recovery_seq: 0,
             expires_at: now + config.expire_after,
+            suspected: false,
             actions: VecDeque::from([Action::Dial]),
         }
     }
@@ -256,8 +260,26 @@ impl Liveness {
         }
     }
 
+    /// When an unanswered ping makes the server suspect: one ping interval
+    /// after it was sent (a healthy server answers in milliseconds).
+    fn suspect_at(&self) -> Option<Instant> {
+        if self.suspected || self.state != SessionState::Live {
+            return None;
+        }
+        self.sent
+            .front()
+            .map(|(_, sent_at)| *sent_at + self.config.ping_interval)
+    }
+
     /// Advances the timers to `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.suspect_at().is_some_and(|at| at <= now) {
+            // Still Live (the proof has not lapsed), but look around: if a
+            // failover is under way, the new primary is found before the
+            // proof runs out. The current session stays until one opens.
+            self.suspected = true;
+            self.actions.push_back(Action::Dial);
+        }
         if self.state == SessionState::Live && self.fresh_until.is_some_and(|at| at <= now) {
             self.fresh_until = None;
             self.recovery_seq = self.next_seq;
@@ -278,7 +300,10 @@ impl Liveness {
         let fresh = self.fresh_until();
         let ping = self.next_ping_at.filter(|_| self.connected);
         let expiry = Some(self.expires_at).filter(|_| self.state != SessionState::Expired);
-        [fresh, ping, expiry].into_iter().flatten().min()
+        [fresh, ping, expiry, self.suspect_at()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The next action to carry out.
@@ -287,6 +312,7 @@ impl Liveness {
     }
 
     fn prove(&mut self, sent_at: Instant, now: Instant) {
+        self.suspected = false;
         let until = sent_at + self.config.stale_after;
         self.expires_at = self.expires_at.max(sent_at + self.config.expire_after);
         if until <= now {
@@ -468,6 +494,37 @@ mod tests {
         assert_eq!(sim.live.fresh_until(), None);
         assert!(sim.actions.contains(&Action::Dial), "make before break");
         assert!(sim.took(Action::StateChanged(SessionState::Stale)));
+    }
+
+    #[test]
+    fn a_ping_unanswered_for_an_interval_dials_the_others_once_while_live() {
+        let mut sim = Sim::new();
+        sim.open();
+        sim.actions.clear();
+        // Answered pings never raise suspicion.
+        for _ in 0..3 {
+            sim.advance(Duration::from_millis(1100));
+            if let Some(seq) = sim.pings().last().copied() {
+                sim.pong(seq);
+            }
+        }
+        assert!(!sim.actions.contains(&Action::Dial));
+        let fresh_until = sim.live.fresh_until().unwrap();
+        sim.actions.clear();
+        sim.run_until(fresh_until - MS);
+        assert_eq!(sim.live.state(), SessionState::Live);
+        let dials = sim.actions.iter().filter(|a| **a == Action::Dial).count();
+        assert_eq!(
+            dials, 1,
+            "one look around per silence, before the proof lapses"
+        );
+        // An answer ends the episode: the next silence looks around again.
+        let seq = sim.last_ping();
+        sim.pong(seq);
+        sim.actions.clear();
+        let fresh_until = sim.live.fresh_until().unwrap();
+        sim.run_until(fresh_until - MS);
+        assert!(sim.actions.contains(&Action::Dial));
     }
 
     #[test]

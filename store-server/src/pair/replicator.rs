@@ -110,7 +110,9 @@ pub(super) async fn run(
 ) {
     let mut machine: Option<(Epoch, Replication)> = None;
     let mut waiting: VecDeque<Durable> = VecDeque::new();
-    let mut generation = 0;
+    // The current replication stream: its generation and the backup's
+    // acknowledged LSN.
+    let mut stream: Option<(u64, u64)> = None;
     let mut ticks = tokio::time::interval(Duration::from_millis(20));
     loop {
         tokio::select! {
@@ -132,14 +134,29 @@ pub(super) async fn run(
                 None => break,
             },
             Some(event) = events.recv() => {
+                // The stream is tracked even before this node's machine
+                // starts (a backup may join first).
+                match event {
+                    ReplEvent::Joined { generation, lsn } => stream = Some((generation, lsn)),
+                    ReplEvent::Acked { generation: g, lsn } => {
+                        if let Some((_, acked)) = stream.as_mut().filter(|(s, _)| *s == g) {
+                            *acked = (*acked).max(lsn);
+                        }
+                    }
+                    ReplEvent::Lost { generation: g } if stream.is_some_and(|(s, _)| s == g) => {
+                        stream = None;
+                    }
+                    _ => {}
+                }
                 if let Some((_, replication)) = machine.as_mut() {
                     match event {
-                        ReplEvent::Joined { generation: g, lsn } => {
-                            generation = g;
-                            replication.joined(lsn);
+                        ReplEvent::Joined { lsn, .. } => replication.joined(lsn),
+                        ReplEvent::Acked { generation: g, lsn } if stream.is_some_and(|(s, _)| s == g) => {
+                            replication.acked(lsn);
                         }
-                        ReplEvent::Acked { generation: g, lsn } if g == generation => replication.acked(lsn),
-                        ReplEvent::Lost { generation: g } if g == generation => replication.lost(),
+                        ReplEvent::Lost { generation: g } if stream.is_none_or(|(s, _)| s == g) => {
+                            replication.lost();
+                        }
                         ReplEvent::Witness(Some(in_sync)) => replication.recorded(in_sync),
                         ReplEvent::Witness(None) => replication.ask_failed(),
                         _ => {}

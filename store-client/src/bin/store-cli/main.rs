@@ -53,6 +53,16 @@ enum Command {
     },
     /// Print the server's role, epoch, last TID, id and session count.
     Status,
+    /// Make the one node given with --server (a backup) the primary: the
+    /// primary steps down once this node holds everything it acknowledged.
+    /// Prints the node's new status line.
+    Promote {
+        /// Take over without the primary (dead or unreachable). The witness
+        /// still waits for the old lease to run out, but writes this node
+        /// lacks are lost.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the outcome of a transaction (`committed tid=N` or `abandoned`);
     /// one with no recorded outcome is abandoned now, so it can never commit.
     Resolve {
@@ -91,7 +101,21 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli, out: &mut Output) -> Exit {
     let started = std::time::Instant::now();
-    let config = cli.connection.to_config();
+    let mut config = cli.connection.to_config();
+    // `status` of one named node, and `promote`, talk to that node whatever
+    // its role; with several servers, `status` is the primary's.
+    let one_node = config.servers.len() == 1;
+    match &cli.command {
+        Command::Status if one_node => config.any_role = true,
+        Command::Promote { .. } if one_node => config.any_role = true,
+        Command::Promote { .. } => {
+            let error = Error::Config {
+                detail: "promote takes exactly one --server: the node to make primary".into(),
+            };
+            return out.error(SessionState::Connecting, &error);
+        }
+        _ => {}
+    }
     let policy = cli.connection.read_policy();
     let result = match cli.command {
         Command::Monitor => monitor(config, out).await,
@@ -237,6 +261,15 @@ async fn execute(
             Ok(Exit::Ok)
         }
         Command::Status => Ok(out.status(&client.status().await?)),
+        Command::Promote { force } => {
+            if force {
+                eprintln!(
+                    "store-cli: WARNING: forced promotion: acknowledged writes that this node \
+                     lacks are lost for good"
+                );
+            }
+            Ok(out.status(&client.promote(force).await?))
+        }
         Command::Resolve { txn_id } => match client.resolve(txn_id).await {
             Ok(outcome) => Ok(out.committed(&outcome)),
             Err(Error::Abandoned { txn_id }) => Ok(out.abandoned(txn_id)),

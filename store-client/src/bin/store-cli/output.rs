@@ -186,18 +186,46 @@ impl Output {
     pub fn status(&mut self, status: &StatusInfo) -> Exit {
         let server_id = format!("{:016x}", status.server_id);
         if self.json {
-            self.json_line(&json!({
+            let mut line = json!({
                 "role": status.role.to_string(),
                 "epoch": status.epoch.0,
                 "last_tid": status.last_tid.0,
                 "server_id": server_id,
                 "sessions": status.sessions,
-            }));
+            });
+            if let Some(pair) = &status.pair {
+                line["pair"] = json!({
+                    "peer": pair.peer,
+                    "peer_reachable": pair.peer_reachable,
+                    "peer_last_tid": pair.peer_last_tid.map(|t| t.0),
+                    "backup_in_sync": pair.backup_in_sync,
+                    "witness_reachable": pair.witness_reachable,
+                    "lag_tids": pair.lag_tids,
+                    "note": pair.note,
+                });
+            }
+            self.json_line(&line);
         } else {
-            let text = format!(
+            let mut text = format!(
                 "role={} epoch={} last_tid={} server_id={} sessions={}",
                 status.role, status.epoch, status.last_tid, server_id, status.sessions
             );
+            if let Some(pair) = &status.pair {
+                let yes_no = |b: bool| if b { "yes" } else { "no" };
+                let lag = pair
+                    .lag_tids
+                    .map_or_else(|| "unknown".to_string(), |n| n.to_string());
+                text.push_str(&format!(
+                    " peer={} peer_reachable={} backup_in_sync={} witness_reachable={} lag_tids={lag}",
+                    pair.peer,
+                    yes_no(pair.peer_reachable),
+                    yes_no(pair.backup_in_sync),
+                    yes_no(pair.witness_reachable),
+                ));
+                if !pair.note.is_empty() {
+                    text.push_str(&format!(" note={:?}", pair.note));
+                }
+            }
             self.line(text.as_bytes());
         }
         Exit::Ok
