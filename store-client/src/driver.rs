@@ -133,6 +133,8 @@ enum Event {
         error: Error,
         alive: bool,
     },
+    /// A server answered but is not the primary (the round goes on).
+    NotPrimary(Error),
     Session {
         id: u64,
         event: SessionEvent,
@@ -291,6 +293,7 @@ impl Driver {
             hello,
             self.config.connect_timeout,
             self.config.any_role,
+            self.events_tx.clone(),
         );
         let events = self.events_tx.clone();
         tokio::spawn(
@@ -322,6 +325,11 @@ impl Driver {
                     return;
                 }
                 self.adopt(*opened, now);
+            }
+            Event::NotPrimary(error) => {
+                self.shared
+                    .status
+                    .send_modify(|status| status.last_error = Some(error));
             }
             Event::DialFailed { error, alive } => {
                 self.dialing = false;
@@ -439,11 +447,13 @@ async fn dial_round(
     hello: Hello,
     connect_timeout: std::time::Duration,
     any_role: bool,
+    events: mpsc::UnboundedSender<Event>,
 ) -> Result<Opened, (Error, bool)> {
     let deadline = tokio::time::Instant::now() + connect_timeout;
     let mut attempts = tokio::task::JoinSet::new();
     for server in servers {
         let (endpoint, crypto, hello) = (endpoint.clone(), crypto.clone(), hello.clone());
+        let events = events.clone();
         attempts.spawn(
             async move {
                 let mut alive = false;
@@ -465,10 +475,12 @@ async fn dial_round(
                         .connection
                         .connection
                         .close(0u32.into(), b"not the primary");
+                    let error = Error::Unavailable { detail };
                     let pause = NOT_PRIMARY_RETRY.mul_f64(rand::random::<f64>() / 2.0 + 0.5);
                     if tokio::time::Instant::now() + pause >= deadline {
-                        return Err((Error::Unavailable { detail }, true));
+                        return Err((error, true));
                     }
+                    let _ = events.send(Event::NotPrimary(error));
                     tokio::time::sleep(pause).await;
                 }
             }

@@ -6,6 +6,8 @@
 //! 127.0.0.1.
 //!
 //! * [`ServerProcess`]: start, SIGKILL, SIGSTOP/SIGCONT, SIGTERM, restart.
+//! * [`Cluster`]: an HA pair (witness and two data nodes), optionally with
+//!   fault proxies on the link between the data nodes.
 //! * [`FaultProxy`]: a UDP proxy that drops, delays or black-holes traffic.
 //! * [`raw`]: a hand-driven QUIC peer for protocol tests.
 //! * [`session`]: short session timers and waiting for session states.
@@ -13,12 +15,14 @@
 //! * [`binary`]: where the workspace's binaries were built.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod cluster;
 mod process;
 mod proxy;
 pub mod raw;
 pub mod session;
 
-pub use process::{binary, cli, free_udp_port, signal, CliOutput, ServerProcess};
+pub use cluster::Cluster;
+pub use process::{binary, cli, cli_with, free_udp_port, signal, CliOutput, ServerProcess};
 pub use proxy::{Direction, FaultProxy, LinkFault};
 
 /// A generous deadline for events in tests: the machine may be slow and shared.

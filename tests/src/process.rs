@@ -45,7 +45,10 @@ pub fn free_udp_port() -> u16 {
 pub struct ServerProcess {
     child: Option<Child>,
     data_dir: PathBuf,
+    tls_dir: PathBuf,
     addr: SocketAddr,
+    /// `store-server witness` instead of a data node.
+    witness: bool,
     extra_args: Vec<String>,
     log: PathBuf,
 }
@@ -64,12 +67,41 @@ impl ServerProcess {
         let mut server = ServerProcess {
             child: None,
             data_dir: dir.join("data"),
+            tls_dir: dir.join("data").join("tls"),
             addr,
+            witness: false,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             log: dir.join("server.log"),
         };
         server.spawn();
         server.wait_ready().await;
+        server
+    }
+
+    /// Starts a member of an HA pair (a data node, or with `witness` the
+    /// witness) listening on `addr`, with data in `dir/data`, certificates
+    /// in the shared `tls_dir` and `args` (`--cluster`, `--witness`, ...).
+    /// Does not wait: see [`ServerProcess::wait_ready`].
+    pub fn spawn_member(
+        dir: &Path,
+        addr: SocketAddr,
+        tls_dir: &Path,
+        witness: bool,
+        args: Vec<String>,
+    ) -> ServerProcess {
+        std::fs::create_dir_all(dir).expect("create the test directory");
+        let mut extra_args = vec!["--tls-dir".to_string(), tls_dir.display().to_string()];
+        extra_args.extend(args);
+        let mut server = ServerProcess {
+            child: None,
+            data_dir: dir.join("data"),
+            tls_dir: tls_dir.to_path_buf(),
+            addr,
+            witness,
+            extra_args,
+            log: dir.join("server.log"),
+        };
+        server.spawn();
         server
     }
 
@@ -79,7 +111,11 @@ impl ServerProcess {
             .append(true)
             .open(&self.log)
             .expect("open server log");
-        let child = Command::new(binary("store-server"))
+        let mut command = Command::new(binary("store-server"));
+        if self.witness {
+            command.arg("witness");
+        }
+        let child = command
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--listen")
@@ -94,7 +130,8 @@ impl ServerProcess {
         self.child = Some(child);
     }
 
-    /// Waits until a fresh client gets an answer to `status`.
+    /// Waits until a fresh client gets an answer to `status` (from this
+    /// server whatever its role), or for a witness, until it listens.
     pub async fn wait_ready(&mut self) {
         let deadline = Instant::now() + EVENT_DEADLINE;
         for attempt in 0u32.. {
@@ -108,8 +145,13 @@ impl ServerProcess {
                     self.log_text()
                 );
             }
-            if self.tls_dir().join("client.key").exists() {
-                let config = self.client_config().timeout(Duration::from_secs(2));
+            if self.witness {
+                if self.log_text().contains("witness listening") {
+                    return;
+                }
+            } else if self.tls_dir().join("client.key").exists() {
+                let mut config = self.client_config().timeout(Duration::from_secs(2));
+                config.any_role = true;
                 if let Ok(client) = Client::connect(config).await {
                     if client.status().await.is_ok() {
                         client.close().await;
@@ -133,7 +175,12 @@ impl ServerProcess {
 
     /// Its development TLS directory.
     pub fn tls_dir(&self) -> PathBuf {
-        self.data_dir.join("tls")
+        self.tls_dir.clone()
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Its data directory.
@@ -200,6 +247,12 @@ impl ServerProcess {
         self.wait_ready().await;
     }
 
+    /// Starts a killed server again without waiting for it.
+    pub fn respawn(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
     /// Everything the server logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -245,12 +298,17 @@ impl From<Output> for CliOutput {
 /// Runs `store-cli --server ADDR --tls-dir DIR ARGS...` with `stdin` as its
 /// standard input, and waits for it (it bounds itself with `--timeout`).
 pub fn cli(server: &ServerProcess, args: &[&str], stdin: Option<&[u8]>) -> CliOutput {
+    cli_with(&server.addr().to_string(), &server.tls_dir(), args, stdin)
+}
+
+/// Runs `store-cli --server SERVERS --tls-dir DIR ARGS...`.
+pub fn cli_with(servers: &str, tls_dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> CliOutput {
     use std::io::Write as _;
     let mut child = Command::new(binary("store-cli"))
         .arg("--server")
-        .arg(server.addr().to_string())
+        .arg(servers)
         .arg("--tls-dir")
-        .arg(server.tls_dir())
+        .arg(tls_dir)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
