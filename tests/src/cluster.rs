@@ -204,8 +204,8 @@ impl Cluster {
     }
 }
 
-/// The last lines of a log.
+/// The last lines of a log, debug lines left out.
 fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.contains(" DEBUG ")).collect();
     lines[lines.len().saturating_sub(60)..].join("\n")
 }

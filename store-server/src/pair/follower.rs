@@ -26,7 +26,6 @@ pub(super) async fn run(pair: Arc<Pair>) {
             !standing.is_primary() && standing.primary() == Some(1 - standing.me())
         };
         if !following {
-            pair.set_replication(SyncState::Alone, 0);
             let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
             continue;
         }

@@ -14,14 +14,28 @@ use store_protocol::{read_frame, write_frame};
 /// generous; it only guards against a peer that sends garbage.
 pub const PEER_FRAME_LIMIT: u32 = 1 << 30;
 
+/// How long one handshake with a peer may take before it is given up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A connection to one peer, made on first use and remade after a failure.
+/// The handshake runs in its own task: a request that gives up waiting
+/// does not abandon it (on a loaded machine a handshake can take longer
+/// than one lease renewal waits).
 pub struct Link {
     /// The peer's address.
     pub addr: SocketAddr,
     endpoint: quinn::Endpoint,
     crypto: quinn::ClientConfig,
-    connection: tokio::sync::Mutex<Option<quinn::Connection>>,
+    slot: Mutex<Slot>,
+    dialed: tokio::sync::Notify,
     last_answer: Mutex<Option<Instant>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    connection: Option<quinn::Connection>,
+    dialing: bool,
+    last_error: Option<String>,
 }
 
 impl Link {
@@ -31,9 +45,16 @@ impl Link {
             addr,
             endpoint,
             crypto,
-            connection: tokio::sync::Mutex::new(None),
+            slot: Mutex::default(),
+            dialed: tokio::sync::Notify::new(),
             last_answer: Mutex::new(None),
         }
+    }
+
+    fn lock_slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// When the peer last answered.
@@ -56,39 +77,72 @@ impl Link {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
     }
 
-    /// The open connection, dialing if there is none.
-    async fn connection(&self) -> Result<quinn::Connection, String> {
-        let mut slot = self.connection.lock().await;
-        if let Some(connection) = slot.as_ref().filter(|c| c.close_reason().is_none()) {
-            return Ok(connection.clone());
+    /// The open connection, starting a handshake if there is none and
+    /// waiting for it (the caller bounds the wait).
+    async fn connection(self: &Arc<Self>) -> Result<quinn::Connection, String> {
+        loop {
+            let dialed = self.dialed.notified();
+            {
+                let mut slot = self.lock_slot();
+                if let Some(connection) = slot.connection.as_ref() {
+                    if connection.close_reason().is_none() {
+                        return Ok(connection.clone());
+                    }
+                    slot.connection = None;
+                }
+                if let Some(error) = slot.last_error.take() {
+                    return Err(error);
+                }
+                if !slot.dialing {
+                    slot.dialing = true;
+                    tokio::spawn(self.clone().dial());
+                }
+            }
+            dialed.await;
         }
+    }
+
+    async fn dial(self: Arc<Self>) {
         let name = self.addr.ip().to_string();
-        let connection = self
+        let result = match self
             .endpoint
             .connect_with(self.crypto.clone(), self.addr, &name)
-            .map_err(|e| format!("{}: {e}", self.addr))?
-            .await
-            .map_err(|e| format!("{}: {e}", self.addr))?;
-        *slot = Some(connection.clone());
-        Ok(connection)
+        {
+            Ok(connecting) => match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+                Ok(Ok(connection)) => Ok(connection),
+                Ok(Err(e)) => Err(format!("{}: {e}", self.addr)),
+                Err(_) => Err(format!("{}: handshake timed out", self.addr)),
+            },
+            Err(e) => Err(format!("{}: {e}", self.addr)),
+        };
+        {
+            let mut slot = self.lock_slot();
+            slot.dialing = false;
+            match result {
+                Ok(connection) => slot.connection = Some(connection),
+                Err(error) => slot.last_error = Some(error),
+            }
+        }
+        self.dialed.notify_waiters();
     }
 
     /// Forgets a connection that failed, so the next use dials again.
-    async fn reset(&self, failed: &quinn::Connection) {
-        let mut slot = self.connection.lock().await;
+    fn reset(&self, failed: &quinn::Connection) {
+        let mut slot = self.lock_slot();
         if slot
+            .connection
             .as_ref()
             .is_some_and(|c| c.stable_id() == failed.stable_id())
         {
             failed.close(0u32.into(), b"peer link reset");
-            *slot = None;
+            slot.connection = None;
         }
     }
 
     /// Opens a stream and sends `request` on it (the stream stays open for
     /// a replication stream's frames).
     pub async fn open(
-        &self,
+        self: &Arc<Self>,
         request: &PeerRequest,
     ) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
         let connection = self.connection().await?;
@@ -101,14 +155,14 @@ impl Link {
         }
         .await;
         if opened.is_err() {
-            self.reset(&connection).await;
+            self.reset(&connection);
         }
         opened
     }
 
     /// Sends `request` and waits up to `timeout` for the answer.
     pub async fn request(
-        &self,
+        self: &Arc<Self>,
         request: &PeerRequest,
         timeout: Duration,
     ) -> Result<PeerResponse, String> {

@@ -99,8 +99,8 @@ pub struct Pair {
     standing: Mutex<Standing>,
     /// Bumped whenever the standing may have changed.
     changed: watch::Sender<u64>,
-    peer: Link,
-    witness: Link,
+    peer: Arc<Link>,
+    witness: Arc<Link>,
     storage: Arc<Storage>,
     invalidations: Arc<Invalidations>,
     limits: Limits,
@@ -138,8 +138,8 @@ impl Pair {
         let now = Instant::now();
         let standing = Standing::new(config.me, storage.epoch(), config.lease, now);
         let pair = Pair {
-            peer: Link::new(config.peer_via, endpoint.clone(), crypto.clone()),
-            witness: Link::new(config.witness, endpoint.clone(), crypto),
+            peer: Arc::new(Link::new(config.peer_via, endpoint.clone(), crypto.clone())),
+            witness: Arc::new(Link::new(config.witness, endpoint.clone(), crypto)),
             standing: Mutex::new(standing),
             changed: watch::Sender::new(0),
             log: Mutex::new(ReplLog::new(storage.history_end().lsn + 1)),

@@ -137,7 +137,10 @@ pub(super) async fn run(
                 // The stream is tracked even before this node's machine
                 // starts (a backup may join first).
                 match event {
-                    ReplEvent::Joined { generation, lsn } => stream = Some((generation, lsn)),
+                    ReplEvent::Joined { generation, lsn } => {
+                        tracing::debug!(generation, lsn, machine = machine.is_some(), "stream joined");
+                        stream = Some((generation, lsn));
+                    }
                     ReplEvent::Acked { generation: g, lsn } => {
                         if let Some((_, acked)) = stream.as_mut().filter(|(s, _)| *s == g) {
                             *acked = (*acked).max(lsn);
@@ -181,17 +184,24 @@ pub(super) async fn run(
                     let end = pair.storage.history_end().lsn;
                     *pair.lock_log() = ReplLog::new(end + 1);
                     tracing::info!(epoch = epoch.0, lsn = end, "replicating as primary");
-                    (
-                        epoch,
-                        Replication::new(end, pair.config.lease.replication_timeout),
-                    )
+                    let mut replication =
+                        Replication::new(end, pair.config.lease.replication_timeout);
+                    // A backup that joined before this node took office.
+                    if let Some((_, acked)) = stream {
+                        replication.joined(acked);
+                    }
+                    (epoch, replication)
                 });
             }
         }
         let Some((epoch, replication)) = machine.as_mut() else {
             continue;
         };
+        let before = replication.state();
         let ready = replication.ready(Instant::now());
+        if replication.state() != before || ready.ask_witness.is_some() {
+            tracing::debug!(from = ?before, to = ?replication.state(), ask = ?ready.ask_witness, "replication state");
+        }
         *pair
             .replication
             .lock()
@@ -228,6 +238,7 @@ async fn record_backup(pair: Arc<Pair>, epoch: Epoch, in_sync: bool) {
         in_sync,
     };
     let answer = pair.witness.request(&request, Duration::from_secs(1)).await;
+    tracing::debug!(?answer, in_sync, "witness answered");
     let recorded = match answer {
         Ok(PeerResponse::Recorded) => {
             if in_sync {
