@@ -2,7 +2,8 @@
 //!
 //! The `store-bench` load generator (workloads in [`Workload`], latency
 //! summaries in [`Summary`], idle sessions in [`run_idle`]), the
-//! `store-faults` detection-time tool, and criterion micro-benchmarks in `benches/`.
+//! `store-faults` detection-time tool, the `store-failover` HA pair tool,
+//! and criterion micro-benchmarks in `benches/`.
 //! Speed targets live here, never in tests.
 
 mod idle;
@@ -10,5 +11,5 @@ mod stats;
 mod workload;
 
 pub use idle::{run_idle, IdleReport};
-pub use stats::Summary;
+pub use stats::{median_max, Summary};
 pub use workload::{run, BenchConfig, Workload};

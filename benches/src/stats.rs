@@ -48,3 +48,18 @@ impl Summary {
         self.ops as f64 / self.elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
     }
 }
+
+/// The median and the maximum of durations, in seconds (0 when empty).
+///
+/// ```
+/// use std::time::Duration;
+/// let trials = [3, 1, 2].map(Duration::from_secs);
+/// assert_eq!(store_benches::median_max(&trials), (2.0, 3.0));
+/// ```
+pub fn median_max(durations: &[Duration]) -> (f64, f64) {
+    let mut seconds: Vec<f64> = durations.iter().map(Duration::as_secs_f64).collect();
+    seconds.sort_by(f64::total_cmp);
+    let median = seconds.get(seconds.len() / 2).copied().unwrap_or(0.0);
+    let max = seconds.last().copied().unwrap_or(0.0);
+    (median, max)
+}

@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::Instrument as _;
 
 use crate::invalidation::{Invalidation, Invalidations};
-use crate::storage::{Op, OpResult, Stamp, Storage};
+use crate::storage::{Applied, Op, OpResult, Stamp, Storage};
 
 /// Most operations in one batch: bounds the latency one batch adds to the next.
 const MAX_BATCH: usize = 512;
@@ -237,7 +237,16 @@ pub enum Release {
     /// Answer at once (a standalone server).
     Now,
     /// To the replicator, which answers once the backup has them.
-    Replicated(mpsc::UnboundedSender<Durable>),
+    Replicated(mpsc::UnboundedSender<ToReplicator>),
+}
+
+/// What the committer hands the replicator of a pair.
+pub enum ToReplicator {
+    /// A decided batch about to be made durable here: ship it now, so the
+    /// backup's disk writes while this one does.
+    Ship(Arc<Batch>),
+    /// The batch is durable here.
+    Durable(Durable),
 }
 
 /// A batch durable here whose callers are not answered yet.
@@ -309,31 +318,44 @@ impl Pipeline {
     /// Applies `ops` in one durable batch, stamped with this node's epoch.
     fn apply(&self, ops: &[Op<'_>]) -> Result<(Vec<OpResult>, Option<Arc<Batch>>), WireError> {
         let stamp = Stamp::now(self.storage.epoch());
-        let applied = self
-            .storage
-            .apply_batch(ops, &self.limits, stamp)
-            .map_err(internal)?;
-        let replicate = matches!(self.release, Release::Replicated(_));
-        let batch = applied.lsn.filter(|_| replicate).map(|lsn| {
-            Arc::new(Batch {
+        let mut shipped = None;
+        let ship = |applied: &Applied, last_tid: Tid| {
+            let (Release::Replicated(replicator), Some(lsn)) = (&self.release, applied.lsn) else {
+                return;
+            };
+            let batch = Arc::new(Batch {
                 epoch: stamp.epoch,
                 lsn,
                 now_ms: stamp.now_ms,
-                last_tid: self.storage.last_tid(),
+                last_tid,
                 ops: ops.iter().map(|op| op.to_batch_op()).collect(),
-            })
-        });
-        Ok((applied.results, batch))
+            });
+            let _ = replicator.send(ToReplicator::Ship(batch.clone()));
+            shipped = Some(batch);
+        };
+        match self.storage.apply_batch(ops, &self.limits, stamp, ship) {
+            Ok(applied) => Ok((applied.results, shipped)),
+            Err(e) if shipped.is_some() => {
+                // The backup may already hold a batch this disk refused:
+                // this node's history can no longer be trusted to match.
+                // Stop, and let the backup (which holds everything
+                // acknowledged) take over.
+                tracing::error!(error = %e, "a shipped batch failed to commit here; stopping");
+                std::process::exit(70);
+            }
+            Err(e) => Err(internal(e)),
+        }
     }
 
     fn send(&self, durable: Durable) {
         match &self.release {
             Release::Now => durable.release(&self.invalidations, None),
             Release::Replicated(replicator) => {
-                if let Err(unsent) = replicator.send(durable) {
-                    unsent
-                        .0
-                        .release(&self.invalidations, Some(&WireError::ShuttingDown));
+                if let Err(unsent) = replicator.send(ToReplicator::Durable(durable)) {
+                    let ToReplicator::Durable(durable) = unsent.0 else {
+                        return;
+                    };
+                    durable.release(&self.invalidations, Some(&WireError::ShuttingDown));
                 }
             }
         }

@@ -246,108 +246,146 @@ impl Storage {
     /// or refused; either way its outcome is recorded with the data. `Err`
     /// means the transaction did not become durable: nothing of the batch
     /// was applied or recorded.
+    ///
+    /// `before_commit` sees the decided batch and the last TID it reaches
+    /// before the fsync, if the batch changed anything: a primary ships it
+    /// to its backup then, so that both disks write at once.
     pub fn apply_batch(
         &self,
         batch: &[Op<'_>],
         limits: &Limits,
         stamp: Stamp,
+        before_commit: impl FnOnce(&Applied, Tid),
     ) -> Result<Applied, StorageError> {
-        let now_ms = stamp.now_ms;
+        let hook = |applied: &[Applied], last: Tid| {
+            if let Some(applied) = applied.first() {
+                before_commit(applied, last);
+            }
+        };
+        let mut applied = self.apply_batches(&[(batch, stamp)], limits, hook)?;
+        Ok(applied.pop().unwrap_or(Applied {
+            results: Vec::new(),
+            lsn: None,
+        }))
+    }
+
+    /// Applies several batches in order in one write transaction and one
+    /// fsync (a backup catching up applies what arrived together), each
+    /// batch under its own LSN as if applied alone.
+    pub fn apply_batches(
+        &self,
+        batches: &[(&[Op<'_>], Stamp)],
+        limits: &Limits,
+        before_commit: impl FnOnce(&[Applied], Tid),
+    ) -> Result<Vec<Applied>, StorageError> {
         let txn = self.db.begin_write()?;
-        let mut results = Vec::with_capacity(batch.len());
+        let mut applied = Vec::with_capacity(batches.len());
         let mut last = self.last_tid();
-        let mut dirty = false;
+        let mut lsn = self.history_end().lsn;
+        let mut last_epoch = None;
         {
             let mut data = txn.open_table(DATA)?;
             let mut outcomes = txn.open_table(OUTCOMES)?;
             let mut watermarks = txn.open_table(WATERMARKS)?;
-            for op in batch {
-                let result = match op {
-                    Op::Commit(request) => {
-                        let id = request.txn_id;
-                        let acked = Expiry {
-                            client_id: id.client_id,
-                            below: request.acked_below,
-                        };
-                        dirty |= outcomes::expire(&mut watermarks, &mut outcomes, acked)?;
-                        match outcomes::prior(&watermarks, &outcomes, id)? {
-                            Prior::Expired => Err(WireError::Expired),
-                            Prior::Recorded(recorded) => {
-                                outcomes::replay(&recorded, Some(request.digest))
-                            }
-                            Prior::Unknown => {
-                                let tid = last.next();
-                                let decided = apply_commit(&mut data, request, tid, limits)?;
-                                let result = match &decided {
-                                    Ok(results) => {
-                                        last = tid;
-                                        RecordedResult::Committed {
-                                            tid,
-                                            results: results.clone(),
-                                        }
-                                    }
-                                    Err(e) => RecordedResult::Failed(e.clone()),
-                                };
-                                let recorded = Recorded {
-                                    digest: request.digest,
-                                    at_ms: now_ms,
-                                    result,
-                                };
-                                outcomes::record(&mut outcomes, id, &recorded)?;
-                                dirty = true;
-                                decided.map(|results| Committed {
-                                    tid,
-                                    results,
-                                    replayed: false,
-                                })
-                            }
-                        }
-                    }
-                    Op::Expire(expiry) => {
-                        dirty |= outcomes::expire(&mut watermarks, &mut outcomes, *expiry)?;
-                        Ok(Committed {
-                            tid: Tid(0),
-                            results: Vec::new(),
-                            replayed: false,
-                        })
-                    }
-                    Op::Resolve(id) => match outcomes::prior(&watermarks, &outcomes, *id)? {
-                        Prior::Expired => Err(WireError::Expired),
-                        Prior::Recorded(recorded) => outcomes::replay(&recorded, None),
-                        Prior::Unknown => {
-                            let abandoned = Recorded {
-                                digest: 0,
-                                at_ms: now_ms,
-                                result: RecordedResult::Abandoned,
+            for &(batch, stamp) in batches {
+                let now_ms = stamp.now_ms;
+                let mut results = Vec::with_capacity(batch.len());
+                let mut dirty = false;
+                for op in batch.iter() {
+                    let result = match op {
+                        Op::Commit(request) => {
+                            let id = request.txn_id;
+                            let acked = Expiry {
+                                client_id: id.client_id,
+                                below: request.acked_below,
                             };
-                            outcomes::record(&mut outcomes, *id, &abandoned)?;
-                            dirty = true;
-                            Err(WireError::Abandoned)
+                            dirty |= outcomes::expire(&mut watermarks, &mut outcomes, acked)?;
+                            match outcomes::prior(&watermarks, &outcomes, id)? {
+                                Prior::Expired => Err(WireError::Expired),
+                                Prior::Recorded(recorded) => {
+                                    outcomes::replay(&recorded, Some(request.digest))
+                                }
+                                Prior::Unknown => {
+                                    let tid = last.next();
+                                    let decided = apply_commit(&mut data, request, tid, limits)?;
+                                    let result = match &decided {
+                                        Ok(results) => {
+                                            last = tid;
+                                            RecordedResult::Committed {
+                                                tid,
+                                                results: results.clone(),
+                                            }
+                                        }
+                                        Err(e) => RecordedResult::Failed(e.clone()),
+                                    };
+                                    let recorded = Recorded {
+                                        digest: request.digest,
+                                        at_ms: now_ms,
+                                        result,
+                                    };
+                                    outcomes::record(&mut outcomes, id, &recorded)?;
+                                    dirty = true;
+                                    decided.map(|results| Committed {
+                                        tid,
+                                        results,
+                                        replayed: false,
+                                    })
+                                }
+                            }
                         }
-                    },
-                };
-                results.push(result);
+                        Op::Expire(expiry) => {
+                            dirty |= outcomes::expire(&mut watermarks, &mut outcomes, *expiry)?;
+                            Ok(Committed {
+                                tid: Tid(0),
+                                results: Vec::new(),
+                                replayed: false,
+                            })
+                        }
+                        Op::Resolve(id) => match outcomes::prior(&watermarks, &outcomes, *id)? {
+                            Prior::Expired => Err(WireError::Expired),
+                            Prior::Recorded(recorded) => outcomes::replay(&recorded, None),
+                            Prior::Unknown => {
+                                let abandoned = Recorded {
+                                    digest: 0,
+                                    at_ms: now_ms,
+                                    result: RecordedResult::Abandoned,
+                                };
+                                outcomes::record(&mut outcomes, *id, &abandoned)?;
+                                dirty = true;
+                                Err(WireError::Abandoned)
+                            }
+                        },
+                    };
+                    results.push(result);
+                }
+                let batch_lsn = dirty.then(|| {
+                    lsn += 1;
+                    last_epoch = Some(stamp.epoch);
+                    lsn
+                });
+                applied.push(Applied {
+                    results,
+                    lsn: batch_lsn,
+                });
             }
-            if dirty {
+            if let Some(epoch) = last_epoch {
                 let mut meta = txn.open_table(META)?;
                 meta.insert(LAST_TID, last.0)?;
-                meta.insert(LSN, self.history_end().lsn + 1)?;
-                meta.insert(BATCH_EPOCH, stamp.epoch.0)?;
+                meta.insert(LSN, lsn)?;
+                meta.insert(BATCH_EPOCH, epoch.0)?;
             }
         }
-        if !dirty {
+        let Some(epoch) = last_epoch else {
             // Only replays and refusals: nothing to make durable.
             txn.abort()?;
-            return Ok(Applied { results, lsn: None });
-        }
+            return Ok(applied);
+        };
+        before_commit(&applied, last);
         txn.commit()?;
-        let lsn = self.lsn.fetch_add(1, Ordering::AcqRel) + 1;
-        self.batch_epoch.store(stamp.epoch.0, Ordering::Release);
+        self.lsn.store(lsn, Ordering::Release);
+        self.batch_epoch.store(epoch.0, Ordering::Release);
         self.last_tid.store(last.0, Ordering::Release);
-        Ok(Applied {
-            results,
-            lsn: Some(lsn),
-        })
+        Ok(applied)
     }
 
     /// The expiries that forget every outcome decided more than
@@ -657,7 +695,7 @@ mod tests {
     ) -> Vec<Result<(Tid, Vec<WriteResult>), WireError>> {
         let ops: Vec<Op<'_>> = requests.iter().map(|r| Op::Commit(r)).collect();
         storage
-            .apply_batch(&ops, limits, Stamp::now(Epoch(1)))
+            .apply_batch(&ops, limits, Stamp::now(Epoch(1)), |_, _| {})
             .unwrap()
             .results
             .into_iter()
@@ -839,7 +877,7 @@ mod tests {
 
     fn one(storage: &Storage, op: Op<'_>) -> OpResult {
         storage
-            .apply_batch(&[op], &Limits::default(), Stamp::now(Epoch(1)))
+            .apply_batch(&[op], &Limits::default(), Stamp::now(Epoch(1)), |_, _| {})
             .unwrap()
             .results
             .remove(0)

@@ -185,11 +185,8 @@ async fn wait_state(
 
 fn report(fault: Fault, trials: &[Trial], json: bool) {
     let stats = |f: fn(&Trial) -> Duration| {
-        let mut v: Vec<f64> = trials.iter().map(|t| f(t).as_secs_f64()).collect();
-        v.sort_by(f64::total_cmp);
-        let median = v.get(v.len() / 2).copied().unwrap_or(0.0);
-        let max = v.last().copied().unwrap_or(0.0);
-        (median, max)
+        let durations: Vec<Duration> = trials.iter().map(f).collect();
+        store_benches::median_max(&durations)
     };
     let (det_med, det_max) = stats(|t| t.detection);
     let (hit_med, hit_max) = stats(|t| t.last_cached);

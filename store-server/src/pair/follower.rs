@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use store_protocol::peer::{Batch, BatchOp, PeerRequest, PeerResponse, ReplAck, ReplFrame};
 use store_protocol::{read_frame, write_frame, Tid};
+use tokio::sync::mpsc;
 
 use super::link::PEER_FRAME_LIMIT;
 use super::replication::SyncState;
@@ -83,14 +84,51 @@ async fn follow(pair: &Arc<Pair>) -> Result<(), String> {
         other => return Err(format!("unexpected answer to Join: {other:?}")),
     }
     tracing::info!(lsn = end.lsn, "following the primary");
+    // A reader task keeps frames coming while batches are applied, so
+    // that whatever arrived meanwhile is applied together: one fsync for
+    // many batches when the backup is the slower side.
+    let (frames_tx, mut frames) = mpsc::channel::<Result<ReplFrame, String>>(READ_AHEAD);
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = match read_frame::<_, ReplFrame>(&mut recv, PEER_FRAME_LIMIT).await {
+                Ok(Some(frame)) => Ok(frame),
+                Ok(None) => Err("the primary closed the stream".to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let failed = frame.is_err();
+            if frames_tx.send(frame).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    let result = apply_stream(pair, &mut send, &mut frames).await;
+    reader.abort();
+    result
+}
+
+/// Frames read ahead of the one being applied.
+const READ_AHEAD: usize = 1024;
+/// Most batches applied in one transaction.
+const MAX_GROUP: usize = 256;
+
+async fn apply_stream(
+    pair: &Arc<Pair>,
+    send: &mut quinn::SendStream,
+    frames: &mut mpsc::Receiver<Result<ReplFrame, String>>,
+) -> Result<(), String> {
+    let mut next: Option<ReplFrame> = None;
     loop {
         if !pair.still_following() {
             return Ok(());
         }
-        let frame = read_frame::<_, ReplFrame>(&mut recv, PEER_FRAME_LIMIT)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "the primary closed the stream".to_string())?;
+        let frame = match next.take() {
+            Some(frame) => frame,
+            None => frames
+                .recv()
+                .await
+                .ok_or_else(|| "the stream reader stopped".to_string())??,
+        };
+        let mut failure = None;
         let lsn = match frame {
             ReplFrame::SnapshotBegin {
                 epoch,
@@ -104,28 +142,46 @@ async fn follow(pair: &Arc<Pair>) -> Result<(), String> {
                     batch_epoch,
                     last_tid,
                 };
-                install_snapshot(pair, &mut recv, end).await?;
+                install_snapshot(pair, frames, end).await?;
                 pair.diverged.store(false, Ordering::Release);
                 lsn
             }
             ReplFrame::Batch(batch) => {
-                pair.accept_epoch(batch.epoch, Some(1 - pair.config.me))
-                    .await?;
-                apply(pair, batch).await?
+                let mut group = vec![batch];
+                while group.len() < MAX_GROUP {
+                    match frames.try_recv() {
+                        Ok(Ok(ReplFrame::Batch(batch))) => group.push(batch),
+                        Ok(Ok(other)) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Ok(Err(e)) => {
+                            failure = Some(e);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let epoch = group.iter().map(|b| b.epoch).max().unwrap_or_default();
+                pair.accept_epoch(epoch, Some(1 - pair.config.me)).await?;
+                apply(pair, group).await?
             }
             other => return Err(format!("unexpected frame {other:?}")),
         };
         pair.set_replication(SyncState::InSync, 0);
-        write_frame(&mut send, &ReplAck { lsn }, PEER_FRAME_LIMIT)
+        write_frame(send, &ReplAck { lsn }, PEER_FRAME_LIMIT)
             .await
             .map_err(|e| e.to_string())?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
     }
 }
 
 /// Receives the snapshot's rows and installs them in one transaction.
 async fn install_snapshot(
     pair: &Arc<Pair>,
-    recv: &mut quinn::RecvStream,
+    frames: &mut mpsc::Receiver<Result<ReplFrame, String>>,
     end: HistoryEnd,
 ) -> Result<(), String> {
     tracing::info!(
@@ -141,15 +197,18 @@ async fn install_snapshot(
     });
     let mut count = 0usize;
     let received = loop {
-        let frame = read_frame::<_, ReplFrame>(&mut *recv, PEER_FRAME_LIMIT).await;
+        let frame = frames
+            .recv()
+            .await
+            .unwrap_or_else(|| Err("the stream reader stopped".to_string()));
         let piece = match frame {
-            Ok(Some(ReplFrame::SnapshotRows(chunk))) => {
+            Ok(ReplFrame::SnapshotRows(chunk)) => {
                 count += chunk.len();
                 SnapshotPiece::Rows(chunk)
             }
-            Ok(Some(ReplFrame::SnapshotEnd)) => SnapshotPiece::End,
+            Ok(ReplFrame::SnapshotEnd) => SnapshotPiece::End,
             Ok(other) => break Err(format!("unexpected frame in a snapshot: {other:?}")),
-            Err(e) => break Err(e.to_string()),
+            Err(e) => break Err(e),
         };
         let done = matches!(piece, SnapshotPiece::End);
         let rows_tx = rows_tx.clone();
@@ -181,50 +240,71 @@ async fn install_snapshot(
     Ok(())
 }
 
-/// Applies one batch through the primary's apply path and checks it lands
-/// where it did on the primary; returns its LSN.
-async fn apply(pair: &Arc<Pair>, batch: Batch) -> Result<u64, String> {
+/// Applies batches that arrived together, in one transaction, through
+/// the primary's apply path, and checks they land where they did on the
+/// primary; returns the last LSN.
+async fn apply(pair: &Arc<Pair>, group: Vec<Batch>) -> Result<u64, String> {
     let end = pair.storage.history_end();
-    if batch.lsn <= end.lsn {
-        // Already applied (a resent batch after a rejoin).
+    // Batches already applied (resent after a rejoin) are skipped.
+    let group: Vec<Batch> = group.into_iter().filter(|b| b.lsn > end.lsn).collect();
+    let Some(last) = group.last() else {
         return Ok(end.lsn);
-    }
-    if batch.lsn != end.lsn + 1 {
-        return Err(format!(
-            "batch {} does not follow this node's {}",
-            batch.lsn, end.lsn
-        ));
+    };
+    let (last_lsn, last_tid) = (last.lsn, last.last_tid);
+    for (i, batch) in group.iter().enumerate() {
+        if batch.lsn != end.lsn + 1 + i as u64 {
+            return Err(format!(
+                "batch {} does not follow this node's {}",
+                batch.lsn,
+                end.lsn + i as u64
+            ));
+        }
     }
     let storage = pair.storage.clone();
     let limits = pair.limits;
-    let batch = Arc::new(batch);
-    let applying = batch.clone();
+    let group = Arc::new(group);
+    let applying = group.clone();
     let applied = tokio::task::spawn_blocking(move || {
-        let ops: Vec<Op<'_>> = applying.ops.iter().map(Op::from).collect();
-        let stamp = Stamp {
-            now_ms: applying.now_ms,
-            epoch: applying.epoch,
-        };
-        storage.apply_batch(&ops, &limits, stamp)
+        let ops: Vec<Vec<Op<'_>>> = applying
+            .iter()
+            .map(|batch| batch.ops.iter().map(Op::from).collect())
+            .collect();
+        let batches: Vec<(&[Op<'_>], Stamp)> = applying
+            .iter()
+            .zip(&ops)
+            .map(|(batch, ops)| {
+                let stamp = Stamp {
+                    now_ms: batch.now_ms,
+                    epoch: batch.epoch,
+                };
+                (&ops[..], stamp)
+            })
+            .collect();
+        storage.apply_batches(&batches, &limits, |_, _| {})
     })
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
-    let last_tid = pair.storage.last_tid();
-    if applied.lsn != Some(batch.lsn) || last_tid != batch.last_tid {
+    let landed = pair.storage.last_tid();
+    let lsns_match = group
+        .iter()
+        .zip(&applied)
+        .all(|(batch, applied)| applied.lsn == Some(batch.lsn));
+    if !lsns_match || landed != last_tid {
         pair.diverged.store(true, Ordering::Release);
         return Err(format!(
-            "batch {} diverged: here lsn {:?} last_tid {}, primary last_tid {}",
-            batch.lsn, applied.lsn, last_tid, batch.last_tid
+            "batches up to {last_lsn} diverged: here last_tid {landed}, primary {last_tid}"
         ));
     }
     // Keep the change log warm: after a failover, clients revalidate here.
-    for (op, result) in batch.ops.iter().zip(&applied.results) {
-        if let (BatchOp::Commit(request), Ok(c)) = (op, result) {
-            if !c.replayed && c.tid > Tid(0) {
-                pair.invalidations.publish(invalidation(c.tid, request));
+    for (batch, applied) in group.iter().zip(&applied) {
+        for (op, result) in batch.ops.iter().zip(&applied.results) {
+            if let (BatchOp::Commit(request), Ok(c)) = (op, result) {
+                if !c.replayed && c.tid > Tid(0) {
+                    pair.invalidations.publish(invalidation(c.tid, request));
+                }
             }
         }
     }
-    Ok(batch.lsn)
+    Ok(last_lsn)
 }

@@ -37,7 +37,7 @@ pub use lease::LeaseConfig;
 pub(crate) use link::peer_client_config;
 pub(crate) use node::serve as serve_peer;
 
-use crate::commit::Durable;
+use crate::commit::ToReplicator;
 use crate::invalidation::Invalidations;
 use crate::storage::Storage;
 use link::Link;
@@ -116,13 +116,13 @@ pub struct Pair {
 
 /// The receiving ends the pair's tasks run on, made with [`Pair::new`].
 pub struct PairTasks {
-    durable: mpsc::UnboundedReceiver<Durable>,
+    committer: mpsc::UnboundedReceiver<ToReplicator>,
     events: mpsc::UnboundedReceiver<ReplEvent>,
 }
 
 impl Pair {
     /// The pair membership of a node with `storage`, reaching its peers
-    /// through `endpoint` with `crypto`. `durable` receives the commit
+    /// through `endpoint` with `crypto`. `committer` receives the commit
     /// pipeline's batches. Nothing runs until [`Pair::start`].
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -132,7 +132,7 @@ impl Pair {
         limits: Limits,
         endpoint: &quinn::Endpoint,
         crypto: quinn::ClientConfig,
-        durable: mpsc::UnboundedReceiver<Durable>,
+        committer: mpsc::UnboundedReceiver<ToReplicator>,
     ) -> (Arc<Pair>, PairTasks) {
         let (events_tx, events) = mpsc::unbounded_channel();
         let now = Instant::now();
@@ -154,7 +154,7 @@ impl Pair {
             invalidations,
             limits,
         };
-        (Arc::new(pair), PairTasks { durable, events })
+        (Arc::new(pair), PairTasks { committer, events })
     }
 
     /// Starts the pair's tasks: lease renewal and elections, the
@@ -162,7 +162,7 @@ impl Pair {
     pub fn start(self: &Arc<Pair>, tasks: PairTasks) -> Vec<tokio::task::JoinHandle<()>> {
         vec![
             tokio::spawn(node::run(self.clone())),
-            tokio::spawn(replicator::run(self.clone(), tasks.durable, tasks.events)),
+            tokio::spawn(replicator::run(self.clone(), tasks.committer, tasks.events)),
             tokio::spawn(follower::run(self.clone())),
         ]
     }

@@ -99,9 +99,11 @@ impl Replication {
         }
     }
 
-    /// The backup made everything up to `lsn` durable.
+    /// The backup made everything up to `lsn` durable. (Batches are
+    /// shipped before they are durable here, so an acknowledgement may
+    /// come before [`Replication::durable`] for the same batch.)
     pub fn acked(&mut self, lsn: u64) {
-        self.acked = self.acked.max(lsn.min(self.durable));
+        self.acked = self.acked.max(lsn);
     }
 
     /// The witness recorded what was asked.
@@ -235,6 +237,20 @@ mod tests {
         assert_eq!(r.ready(t0).ask_witness, Some(false));
         r.recorded(false);
         assert_eq!(r.state(), SyncState::Alone);
+    }
+
+    #[test]
+    fn an_acknowledgement_may_come_before_the_batch_is_durable_here() {
+        let t0 = Instant::now();
+        let mut r = Replication::new(0, TIMEOUT);
+        r.joined(0);
+        r.ready(t0);
+        r.recorded(true);
+        r.acked(1);
+        assert_eq!(r.ready(t0).release, 0);
+        r.durable(Some(1), t0);
+        assert_eq!(r.ready(t0).release, 1);
+        assert_eq!(r.lag(), 0);
     }
 
     #[test]

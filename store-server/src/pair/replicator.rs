@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::link::PEER_FRAME_LIMIT;
 use super::replication::Replication;
 use super::Pair;
-use crate::commit::Durable;
+use crate::commit::{Durable, ToReplicator};
 
 /// Most batches kept for a backup that falls behind; past this it gets a
 /// snapshot.
@@ -105,7 +105,7 @@ static GENERATION: AtomicU64 = AtomicU64::new(1);
 /// Runs the replicator until the pipeline stops.
 pub(super) async fn run(
     pair: Arc<Pair>,
-    mut durable: mpsc::UnboundedReceiver<Durable>,
+    mut committer: mpsc::UnboundedReceiver<ToReplicator>,
     mut events: mpsc::UnboundedReceiver<ReplEvent>,
 ) {
     let mut machine: Option<(Epoch, Replication)> = None;
@@ -116,16 +116,15 @@ pub(super) async fn run(
     let mut ticks = tokio::time::interval(Duration::from_millis(20));
     loop {
         tokio::select! {
-            batch = durable.recv() => match batch {
-                Some(batch) => {
+            from_committer = committer.recv() => match from_committer {
+                Some(ToReplicator::Ship(batch)) => {
+                    pair.lock_log().push(batch);
+                    pair.log_grew.notify_waiters();
+                }
+                Some(ToReplicator::Durable(batch)) => {
                     let now = Instant::now();
                     if let Some((_, replication)) = machine.as_mut() {
-                        let lsn = batch.batch.as_ref().map(|b| b.lsn);
-                        if let Some(shipped) = &batch.batch {
-                            pair.lock_log().push(shipped.clone());
-                            pair.log_grew.notify_waiters();
-                        }
-                        replication.durable(lsn, now);
+                        replication.durable(batch.batch.as_ref().map(|b| b.lsn), now);
                         waiting.push_back(batch);
                     } else {
                         batch.release(&pair.invalidations, Some(&not_primary(&pair)));

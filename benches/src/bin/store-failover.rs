@@ -1,0 +1,160 @@
+//! `store-failover`: how an HA pair rides out the loss of its primary.
+//! Starts a witness and two data nodes (release builds beside this
+//! binary) on 127.0.0.1 and measures, with default timers:
+//!
+//! * failover: SIGKILL of the primary → first successful commit of a
+//!   client that commits back to back (`--trials` times, alternating
+//!   nodes; the killed node rejoins and catches up between trials);
+//! * catch-up: a node restarted after a failover rejoins by snapshot;
+//!   with `--keys` 1 KiB values in the store, the time from its restart to
+//!   being recorded in sync, and the rate.
+//!
+//! ```text
+//! cargo build --release -p store-server -p store-benches
+//! target/release/store-failover --trials 10
+//! ```
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use store_client::Client;
+use store_tests::Cluster;
+
+/// Measures failover and catch-up times of an HA pair.
+#[derive(Debug, Parser)]
+#[command(name = "store-failover", version)]
+struct Args {
+    /// Failover trials.
+    #[arg(long, default_value_t = 10)]
+    trials: usize,
+    /// Keys (1 KiB values) in the store for the catch-up measurement.
+    #[arg(long, default_value_t = 20_000)]
+    keys: usize,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    store_client::cli::init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("store-failover: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(measure(&args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("store-failover: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn measure(args: &Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    if std::env::var_os("STORE_FAILOVER_KEEP").is_some() {
+        eprintln!("logs kept in {}", dir.path().display());
+    }
+    let mut cluster = Cluster::start(dir.path()).await;
+    cluster.wait_in_sync(0).await;
+    let client = Client::connect(cluster.client_config()).await?;
+    let last_ok = Arc::new(Mutex::new(None::<Instant>));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(commit_back_to_back(
+        client.clone(),
+        stop.clone(),
+        last_ok.clone(),
+    ));
+    let mut failovers = Vec::with_capacity(args.trials);
+    let mut primary = 0;
+    for trial in 0..args.trials {
+        // A random phase against the lease renewals and pings.
+        tokio::time::sleep(Duration::from_millis(500 + rand::random::<u64>() % 1000)).await;
+        cluster.nodes[primary].kill();
+        // Dead now: nothing it answers can count.
+        let killed_at = Instant::now();
+        let first_ok = loop {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let last = *last_ok.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            if let Some(at) = last.filter(|at| *at > killed_at) {
+                break at;
+            }
+            anyhow::ensure!(killed_at.elapsed() < Duration::from_secs(60), "no failover");
+        };
+        let took = first_ok - killed_at;
+        out(format!(
+            "trial={trial} killed=node{primary} failover_s={:.3}",
+            took.as_secs_f64()
+        ));
+        failovers.push(took);
+        cluster.nodes[primary].respawn();
+        cluster.wait_in_sync(1 - primary).await;
+        primary = 1 - primary;
+    }
+    stop.store(true, Ordering::Release);
+    writer.await??;
+    let (median, max) = store_benches::median_max(&failovers);
+    out(format!(
+        "failover trials={} median_s={median:.3} max_s={max:.3}",
+        failovers.len()
+    ));
+
+    // Catch-up: fill the store, fail over, and time the old primary's
+    // return (its history differs in epoch, so it is sent a snapshot).
+    let value = bytes::Bytes::from(vec![b'x'; 1024]);
+    for chunk in (0..args.keys).collect::<Vec<_>>().chunks(100) {
+        let mut txn = client.txn();
+        for i in chunk {
+            txn.put(format!("key{i:08}"), value.clone());
+        }
+        txn.commit().await?;
+    }
+    cluster.wait_in_sync(primary).await;
+    cluster.nodes[primary].kill();
+    cluster.wait_for_primary(Some(1 - primary)).await;
+    let restarted = Instant::now();
+    cluster.nodes[primary].respawn();
+    cluster.wait_in_sync(1 - primary).await;
+    let took = restarted.elapsed();
+    let mib = (args.keys * 1024) as f64 / (1024.0 * 1024.0);
+    out(format!(
+        "catch_up keys={} snapshot_mib={mib:.1} restart_to_in_sync_s={:.3} mib_per_s={:.1}",
+        args.keys,
+        took.as_secs_f64(),
+        mib / took.as_secs_f64()
+    ));
+    client.close().await;
+    if std::env::var_os("STORE_FAILOVER_KEEP").is_some() {
+        drop(cluster);
+        let _ = dir.keep();
+    }
+    Ok(())
+}
+
+/// Commits back to back, recording when each success was answered.
+async fn commit_back_to_back(
+    client: Client,
+    stop: Arc<AtomicBool>,
+    last_ok: Arc<Mutex<Option<Instant>>>,
+) -> anyhow::Result<()> {
+    while !stop.load(Ordering::Acquire) {
+        if client.incr("failover-counter", 1).await.is_ok() {
+            *last_ok.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(Instant::now());
+        }
+    }
+    Ok(())
+}
+
+/// One line of results on stdout.
+fn out(line: String) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
