@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use store_protocol::peer::Batch;
-use store_protocol::{CommitRequest, Committed, Limits, Tid, TxnId, WireError};
+use store_protocol::{CommitRequest, Committed, Epoch, Limits, Tid, TxnId, WireError};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::Instrument as _;
 
@@ -81,6 +81,7 @@ impl CommitPipeline {
         invalidations: Arc<Invalidations>,
         limits: Limits,
         release: Release,
+        write_epoch: WriteEpoch,
     ) -> std::io::Result<CommitPipeline> {
         let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
         let committer = Pipeline {
@@ -88,6 +89,7 @@ impl CommitPipeline {
             invalidations,
             limits,
             release,
+            write_epoch,
         };
         let thread = std::thread::Builder::new()
             .name("zeolite-committer".into())
@@ -232,6 +234,36 @@ impl Committer {
     }
 }
 
+/// The epoch this node decides writes in, if it may decide any: a pair's
+/// primary sets it when elected and clears it when deposed, so a batch is
+/// only ever stamped with the epoch of a node that was its primary (the
+/// rule rejoining backups rely on to find where histories part).
+#[derive(Debug, Clone, Default)]
+pub struct WriteEpoch(Arc<std::sync::atomic::AtomicU64>);
+
+impl WriteEpoch {
+    /// A standalone server: always writable, in epoch 1.
+    pub fn standalone() -> WriteEpoch {
+        let epoch = WriteEpoch::default();
+        epoch.set(Some(Epoch(1)));
+        epoch
+    }
+
+    /// Sets (or with `None`, clears) the epoch writes are decided in.
+    pub fn set(&self, epoch: Option<Epoch>) {
+        let value = epoch.map_or(0, |e| e.0);
+        self.0.store(value, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The epoch writes are decided in, if any.
+    pub fn get(&self) -> Option<Epoch> {
+        match self.0.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            epoch => Some(Epoch(epoch)),
+        }
+    }
+}
+
 /// Where durable batches go.
 pub enum Release {
     /// Answer at once (a standalone server).
@@ -290,6 +322,7 @@ struct Pipeline {
     invalidations: Arc<Invalidations>,
     limits: Limits,
     release: Release,
+    write_epoch: WriteEpoch,
 }
 
 impl Pipeline {
@@ -317,7 +350,10 @@ impl Pipeline {
 
     /// Applies `ops` in one durable batch, stamped with this node's epoch.
     fn apply(&self, ops: &[Op<'_>]) -> Result<(Vec<OpResult>, Option<Arc<Batch>>), WireError> {
-        let stamp = Stamp::now(self.storage.epoch());
+        let epoch = self.write_epoch.get().ok_or(WireError::NotPrimary {
+            epoch: self.storage.epoch(),
+        })?;
+        let stamp = Stamp::now(epoch);
         let mut shipped = None;
         let ship = |applied: &Applied, last_tid: Tid| {
             let (Release::Replicated(replicator), Some(lsn)) = (&self.release, applied.lsn) else {

@@ -12,7 +12,7 @@ use store_protocol::{Epoch, Limits, Role, ALPN};
 use tokio::sync::Notify;
 use tracing::Instrument as _;
 
-use crate::commit::{CommitPipeline, Committer, Release};
+use crate::commit::{CommitPipeline, Committer, Release, WriteEpoch};
 use crate::config::{ServerConfig, TlsSource};
 use crate::error::ServerError;
 use crate::invalidation::{Invalidations, DEFAULT_CHANGE_LOG_KEYS};
@@ -113,18 +113,24 @@ impl Server {
             storage.last_tid(),
             DEFAULT_CHANGE_LOG_KEYS,
         ));
-        let (release, durable) = match config.pair {
+        let (release, durable, write_epoch) = match config.pair {
             Some(_) => {
                 let (to_replicator, durable) = tokio::sync::mpsc::unbounded_channel();
-                (Release::Replicated(to_replicator), Some(durable))
+                let write_epoch = WriteEpoch::default();
+                (
+                    Release::Replicated(to_replicator),
+                    Some(durable),
+                    write_epoch,
+                )
             }
-            None => (Release::Now, None),
+            None => (Release::Now, None, WriteEpoch::standalone()),
         };
         let pipeline = CommitPipeline::start(
             storage.clone(),
             invalidations.clone(),
             config.limits,
             release,
+            write_epoch.clone(),
         )
         .map_err(|e| ServerError::io("starting the committer thread", e))?;
 
@@ -167,6 +173,7 @@ impl Server {
                     &endpoint,
                     peer_crypto,
                     durable,
+                    write_epoch,
                 );
                 (Some(pair), Some(tasks))
             }

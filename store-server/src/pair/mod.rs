@@ -37,7 +37,7 @@ pub use lease::LeaseConfig;
 pub(crate) use link::peer_client_config;
 pub(crate) use node::serve as serve_peer;
 
-use crate::commit::ToReplicator;
+use crate::commit::{ToReplicator, WriteEpoch};
 use crate::invalidation::Invalidations;
 use crate::storage::Storage;
 use link::Link;
@@ -112,6 +112,8 @@ pub struct Pair {
     note: Mutex<String>,
     /// This node's history differs from the primary's: rejoin by snapshot.
     diverged: std::sync::atomic::AtomicBool,
+    /// The epoch the commit pipeline stamps batches with (set while primary).
+    write_epoch: WriteEpoch,
 }
 
 /// The receiving ends the pair's tasks run on, made with [`Pair::new`].
@@ -133,6 +135,7 @@ impl Pair {
         endpoint: &quinn::Endpoint,
         crypto: quinn::ClientConfig,
         committer: mpsc::UnboundedReceiver<ToReplicator>,
+        write_epoch: WriteEpoch,
     ) -> (Arc<Pair>, PairTasks) {
         let (events_tx, events) = mpsc::unbounded_channel();
         let now = Instant::now();
@@ -149,6 +152,7 @@ impl Pair {
             peer_last_tid: Mutex::new(None),
             note: Mutex::new(String::new()),
             diverged: std::sync::atomic::AtomicBool::new(false),
+            write_epoch,
             config,
             storage,
             invalidations,
@@ -174,8 +178,15 @@ impl Pair {
     }
 
     /// Changes the standing and wakes whoever waits on it.
+    /// Every change of the standing goes through here.
     fn update<T>(&self, change: impl FnOnce(&mut Standing) -> T) -> T {
-        let result = change(&mut self.standing());
+        let result = {
+            let mut standing = self.standing();
+            let result = change(&mut standing);
+            let writes = standing.is_primary().then(|| standing.epoch());
+            self.write_epoch.set(writes);
+            result
+        };
         self.changed.send_modify(|n| *n += 1);
         result
     }

@@ -231,18 +231,16 @@ impl Pair {
 
     /// Steps down at the backup's request once it holds every batch.
     async fn step_down(self: &Arc<Pair>) -> PeerResponse {
-        let stepped = {
-            let mut standing = self.standing();
+        let stepped = self.update(|standing| {
             let primary = standing.is_primary();
             if primary {
                 standing.step_down(Instant::now());
             }
             primary.then(|| standing.epoch())
-        };
+        });
         let Some(epoch) = stepped else {
             return self.denied("not the primary".into());
         };
-        self.changed.send_modify(|n| *n += 1);
         tracing::warn!("stepping down at the backup's request");
         let release = PeerRequest::Release {
             epoch,
