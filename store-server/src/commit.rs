@@ -17,6 +17,7 @@ use store_protocol::{CommitRequest, Committed, Epoch, Limits, Tid, TxnId, WireEr
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::Instrument as _;
 
+use crate::error::StorageError;
 use crate::invalidation::{Invalidation, Invalidations};
 use crate::storage::{Applied, Op, OpResult, Stamp, Storage};
 
@@ -296,8 +297,14 @@ impl Durable {
     /// caller gets that error instead (a deposed primary: the copy that
     /// the client resends to the new primary is answered there).
     pub fn release(self, invalidations: &Invalidations, refuse: Option<&WireError>) {
-        for invalidation in self.invalidations {
-            invalidations.publish(invalidation);
+        // A refused batch was never acknowledged, and a deposed primary's
+        // history past the new primary's is replaced when it rejoins: its
+        // sessions must not be told of it (a client would believe its
+        // cache current up to a TID the new primary never had).
+        if refuse.is_none() {
+            for invalidation in self.invalidations {
+                invalidations.publish(invalidation);
+            }
         }
         for (decision, result) in self.replies {
             let result = match refuse {
@@ -371,6 +378,10 @@ impl Pipeline {
         };
         match self.storage.apply_batch(ops, &self.limits, stamp, ship) {
             Ok(applied) => Ok((applied.results, shipped)),
+            // Deposed between the gate and the write: refused unwritten.
+            Err(StorageError::Fenced { accepted, .. }) => Err(WireError::NotPrimary {
+                epoch: Epoch(accepted),
+            }),
             Err(e) if shipped.is_some() => {
                 // The backup may already hold a batch this disk refused:
                 // this node's history can no longer be trusted to match.

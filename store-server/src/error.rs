@@ -22,15 +22,32 @@ pub enum ServerError {
     Config(String),
 }
 
-/// A failure of the storage engine, boxed because redb's error is large.
+/// A failure of the storage engine (boxed, because redb's error is large),
+/// or a batch refused before anything was written.
 #[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct StorageError(Box<redb::Error>);
+pub enum StorageError {
+    /// redb failed.
+    #[error(transparent)]
+    Engine(Box<redb::Error>),
+    /// A batch stamped with an epoch older than this node has accepted: it
+    /// comes from a deposed primary. Nothing was written.
+    #[error("fenced: batch of epoch {batch} is older than accepted epoch {accepted}")]
+    Fenced {
+        /// The batch's epoch.
+        batch: u64,
+        /// The epoch this node has accepted.
+        accepted: u64,
+    },
+    /// A replicated batch did not land where it did on the primary: the
+    /// histories differ. Nothing was written.
+    #[error("diverged: {0}")]
+    Diverged(String),
+}
 
 impl StorageError {
     /// Data on disk that cannot be what Zeolite wrote.
     pub(crate) fn corrupt(detail: String) -> StorageError {
-        StorageError(Box::new(redb::Error::Corrupted(detail)))
+        StorageError::Engine(Box::new(redb::Error::Corrupted(detail)))
     }
 }
 
@@ -38,7 +55,7 @@ macro_rules! storage_error_from {
     ($($source:ty),* $(,)?) => {
         $(impl From<$source> for StorageError {
             fn from(e: $source) -> Self {
-                StorageError(Box::new(e.into()))
+                StorageError::Engine(Box::new(e.into()))
             }
         })*
     };

@@ -272,7 +272,9 @@ impl ChangeLog {
     }
 
     fn changed_since(&self, cached: Tid) -> Option<Vec<Bytes>> {
-        (cached >= self.horizon).then(|| {
+        // A cache ahead of this server's history (it heard of commits a
+        // deposed primary never had acknowledged) cannot be revalidated.
+        (cached >= self.horizon && cached <= self.last).then(|| {
             let keys: BTreeSet<&Bytes> = self
                 .entries
                 .iter()

@@ -95,10 +95,11 @@ async fn decide(
             }
             // Leave room in the frame for the envelope and per-entry lengths.
             let budget = (limits.max_frame_bytes as usize) / 2;
-            let (entries, more) = shared
+            let (entries, more, read_tid) = shared
                 .storage
                 .scan(&scan, limits.max_ops_per_txn as usize, budget)
                 .map_err(internal)?;
+            settled(shared, read_tid).await?;
             Ok(Response::Entries { entries, more })
         }
         Request::Commit(commit) => {

@@ -38,11 +38,10 @@ const EPOCH: &str = "epoch";
 pub struct Storage {
     db: Database,
     server_id: u64,
-    /// The last durable TID, readable without a transaction (pongs, status).
+    /// The last durable TID, readable without a lock (pongs, status).
     last_tid: AtomicU64,
-    /// The last durable batch and its epoch.
-    lsn: AtomicU64,
-    batch_epoch: AtomicU64,
+    /// Where the durable history ends, published as one.
+    end: std::sync::Mutex<HistoryEnd>,
     /// The highest epoch accepted.
     epoch: AtomicU64,
 }
@@ -125,19 +124,31 @@ impl Storage {
             db,
             server_id,
             last_tid: AtomicU64::new(last_tid),
-            lsn: AtomicU64::new(lsn),
-            batch_epoch: AtomicU64::new(batch_epoch),
+            end: std::sync::Mutex::new(HistoryEnd {
+                lsn,
+                batch_epoch: Epoch(batch_epoch),
+                last_tid: Tid(last_tid),
+            }),
             epoch: AtomicU64::new(epoch),
         })
     }
 
     /// Where this storage's history ends.
     pub fn history_end(&self) -> HistoryEnd {
-        HistoryEnd {
-            lsn: self.lsn.load(Ordering::Acquire),
-            batch_epoch: Epoch(self.batch_epoch.load(Ordering::Acquire)),
-            last_tid: self.last_tid(),
-        }
+        *self.lock_end()
+    }
+
+    fn lock_end(&self) -> std::sync::MutexGuard<'_, HistoryEnd> {
+        self.end
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Publishes a new end of history (after its transaction committed).
+    fn publish_end(&self, end: HistoryEnd) {
+        let mut current = self.lock_end();
+        *current = end;
+        self.last_tid.store(end.last_tid.0, Ordering::Release);
     }
 
     /// The highest epoch this node has accepted.
@@ -202,18 +213,24 @@ impl Storage {
     }
 
     /// Reads a range in key order: at most `max_entries` entries and about
-    /// `max_bytes` of keys and values; `more` tells whether entries were left.
+    /// `max_bytes` of keys and values; `more` tells whether entries were
+    /// left; with the last TID of the snapshot read.
     pub fn scan(
         &self,
         scan: &ScanRequest,
         max_entries: usize,
         max_bytes: usize,
-    ) -> Result<(Vec<Entry>, bool), StorageError> {
+    ) -> Result<(Vec<Entry>, bool, Tid), StorageError> {
         let mut entries = Vec::new();
-        if scan.end.as_ref().is_some_and(|end| *end <= scan.start) {
-            return Ok((entries, false));
-        }
         let txn = self.db.begin_read()?;
+        let read_tid = Tid(txn
+            .open_table(META)?
+            .get(LAST_TID)?
+            .map(|v| v.value())
+            .unwrap_or(0));
+        if scan.end.as_ref().is_some_and(|end| *end <= scan.start) {
+            return Ok((entries, false, read_tid));
+        }
         let table = txn.open_table(DATA)?;
         let upper = match &scan.end {
             Some(end) => Bound::Excluded(&end[..]),
@@ -226,7 +243,7 @@ impl Storage {
             let (serial, value) = value.value();
             let size = key.value().len() + value.len();
             if entries.len() >= limit || (!entries.is_empty() && bytes + size > max_bytes) {
-                return Ok((entries, true));
+                return Ok((entries, true, read_tid));
             }
             bytes += size;
             entries.push(Entry {
@@ -235,7 +252,7 @@ impl Storage {
                 serial: Tid(serial),
             });
         }
-        Ok((entries, false))
+        Ok((entries, false, read_tid))
     }
 
     /// Decides a batch of operations in one write transaction and one
@@ -261,6 +278,7 @@ impl Storage {
             if let Some(applied) = applied.first() {
                 before_commit(applied, last);
             }
+            Ok(())
         };
         let mut applied = self.apply_batches(&[(batch, stamp)], limits, hook)?;
         Ok(applied.pop().unwrap_or(Applied {
@@ -272,16 +290,33 @@ impl Storage {
     /// Applies several batches in order in one write transaction and one
     /// fsync (a backup catching up applies what arrived together), each
     /// batch under its own LSN as if applied alone.
+    ///
+    /// A batch stamped with an epoch older than the accepted one is refused
+    /// ([`StorageError::Fenced`]): it comes from a deposed primary.
+    /// `before_commit` may refuse the decided batches (a backup whose
+    /// result differs from the primary's): nothing is written then.
     pub fn apply_batches(
         &self,
         batches: &[(&[Op<'_>], Stamp)],
         limits: &Limits,
-        before_commit: impl FnOnce(&[Applied], Tid),
+        before_commit: impl FnOnce(&[Applied], Tid) -> Result<(), StorageError>,
     ) -> Result<Vec<Applied>, StorageError> {
         let txn = self.db.begin_write()?;
+        // Read inside the write transaction: it excludes every other
+        // writer, so no other batch, snapshot or epoch change interleaves.
+        let (mut last, mut lsn, accepted) = {
+            let meta = txn.open_table(META)?;
+            let read = |name| -> Result<u64, StorageError> {
+                Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0))
+            };
+            (Tid(read(LAST_TID)?), read(LSN)?, read(EPOCH)?)
+        };
+        if let Some((_, stamp)) = batches.iter().find(|(_, stamp)| stamp.epoch.0 < accepted) {
+            let batch = stamp.epoch.0;
+            txn.abort()?;
+            return Err(StorageError::Fenced { batch, accepted });
+        }
         let mut applied = Vec::with_capacity(batches.len());
-        let mut last = self.last_tid();
-        let mut lsn = self.history_end().lsn;
         let mut last_epoch = None;
         {
             let mut data = txn.open_table(DATA)?;
@@ -380,11 +415,16 @@ impl Storage {
             txn.abort()?;
             return Ok(applied);
         };
-        before_commit(&applied, last);
+        if let Err(refused) = before_commit(&applied, last) {
+            txn.abort()?;
+            return Err(refused);
+        }
         txn.commit()?;
-        self.lsn.store(lsn, Ordering::Release);
-        self.batch_epoch.store(epoch.0, Ordering::Release);
-        self.last_tid.store(last.0, Ordering::Release);
+        self.publish_end(HistoryEnd {
+            lsn,
+            batch_epoch: epoch,
+            last_tid: last,
+        });
         Ok(applied)
     }
 
@@ -524,9 +564,7 @@ impl Storage {
             meta.insert(BATCH_EPOCH, end.batch_epoch.0)?;
         }
         txn.commit()?;
-        self.last_tid.store(end.last_tid.0, Ordering::Release);
-        self.lsn.store(end.lsn, Ordering::Release);
-        self.batch_epoch.store(end.batch_epoch.0, Ordering::Release);
+        self.publish_end(end);
         Ok(true)
     }
 }
@@ -804,7 +842,7 @@ mod tests {
             })
             .collect();
         commit_batch(&storage, &[&commit(vec![], writes)], &Limits::default());
-        let keys = |(entries, more): (Vec<Entry>, bool)| {
+        let keys = |(entries, more, _): (Vec<Entry>, bool, Tid)| {
             (
                 entries
                     .iter()

@@ -15,7 +15,8 @@ use super::link::PEER_FRAME_LIMIT;
 use super::replication::SyncState;
 use super::Pair;
 use crate::commit::invalidation;
-use crate::storage::{HistoryEnd, Op, SnapshotPiece, Stamp};
+use crate::error::StorageError;
+use crate::storage::{Applied, HistoryEnd, Op, SnapshotPiece, Stamp};
 
 /// Runs forever: follows the primary whenever this node is a backup that
 /// knows one.
@@ -241,25 +242,27 @@ async fn install_snapshot(
 }
 
 /// Applies batches that arrived together, in one transaction, through
-/// the primary's apply path, and checks they land where they did on the
-/// primary; returns the last LSN.
+/// the primary's apply path; they must land exactly where they did on the
+/// primary, or nothing is written and the node asks for a snapshot.
+/// Returns the last LSN.
 async fn apply(pair: &Arc<Pair>, group: Vec<Batch>) -> Result<u64, String> {
     let end = pair.storage.history_end();
-    // Batches already applied (resent after a rejoin) are skipped.
-    let group: Vec<Batch> = group.into_iter().filter(|b| b.lsn > end.lsn).collect();
-    let Some(last) = group.last() else {
-        return Ok(end.lsn);
-    };
-    let (last_lsn, last_tid) = (last.lsn, last.last_tid);
     for (i, batch) in group.iter().enumerate() {
-        if batch.lsn != end.lsn + 1 + i as u64 {
+        let expected = end.lsn + 1 + i as u64;
+        if batch.lsn != expected {
+            // A stream starts right after this node's history; anything
+            // else means the histories differ.
+            pair.diverged.store(true, Ordering::Release);
             return Err(format!(
-                "batch {} does not follow this node's {}",
-                batch.lsn,
-                end.lsn + i as u64
+                "batch {} where {expected} was due: histories differ",
+                batch.lsn
             ));
         }
     }
+    let Some(last) = group.last() else {
+        return Ok(end.lsn);
+    };
+    let last_lsn = last.lsn;
     let storage = pair.storage.clone();
     let limits = pair.limits;
     let group = Arc::new(group);
@@ -280,22 +283,32 @@ async fn apply(pair: &Arc<Pair>, group: Vec<Batch>) -> Result<u64, String> {
                 (&ops[..], stamp)
             })
             .collect();
-        storage.apply_batches(&batches, &limits, |_, _| {})
+        // Checked before the fsync: a batch that lands elsewhere than on
+        // the primary is never written.
+        let lands_as_on_primary = |applied: &[Applied], last_tid: Tid| {
+            let lsns_match = applying
+                .iter()
+                .zip(applied)
+                .all(|(batch, applied)| applied.lsn == Some(batch.lsn));
+            match applying.last() {
+                Some(last) if lsns_match && last.last_tid == last_tid => Ok(()),
+                _ => Err(StorageError::Diverged(format!(
+                    "batches up to {last_lsn} land at last_tid {last_tid} here"
+                ))),
+            }
+        };
+        storage.apply_batches(&batches, &limits, lands_as_on_primary)
     })
     .await
-    .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
-    let landed = pair.storage.last_tid();
-    let lsns_match = group
-        .iter()
-        .zip(&applied)
-        .all(|(batch, applied)| applied.lsn == Some(batch.lsn));
-    if !lsns_match || landed != last_tid {
-        pair.diverged.store(true, Ordering::Release);
-        return Err(format!(
-            "batches up to {last_lsn} diverged: here last_tid {landed}, primary {last_tid}"
-        ));
-    }
+    let applied = match applied {
+        Ok(applied) => applied,
+        Err(e @ StorageError::Diverged(_)) => {
+            pair.diverged.store(true, Ordering::Release);
+            return Err(e.to_string());
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     // Keep the change log warm: after a failover, clients revalidate here.
     for (batch, applied) in group.iter().zip(&applied) {
         for (op, result) in batch.ops.iter().zip(&applied.results) {

@@ -215,7 +215,7 @@ impl Pair {
         } else {
             tracing::warn!("forced promotion: acknowledged writes this node lacks will be lost");
         }
-        self.update(|s| s.promote(Instant::now(), force));
+        self.update(|s| s.promote(Instant::now(), !force));
         let deadline = self.config.lease.duration * 3 + Duration::from_secs(1);
         if wait_until(deadline, || self.serving()).await {
             Ok(())

@@ -96,8 +96,12 @@ pub enum ReplEvent {
     Acked { generation: u64, lsn: u64 },
     /// Stream `generation` ended.
     Lost { generation: u64 },
-    /// The witness answered (`Some(recorded)`) or could not be asked.
-    Witness(Option<bool>),
+    /// The witness answered an ask of the term of `epoch` (`Some(recorded)`)
+    /// or could not be asked.
+    Witness {
+        epoch: Epoch,
+        recorded: Option<bool>,
+    },
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -108,7 +112,7 @@ pub(super) async fn run(
     mut committer: mpsc::UnboundedReceiver<ToReplicator>,
     mut events: mpsc::UnboundedReceiver<ReplEvent>,
 ) {
-    let mut machine: Option<(Epoch, Replication)> = None;
+    let mut machine: Term = None;
     let mut waiting: VecDeque<Durable> = VecDeque::new();
     // The current replication stream: its generation and the backup's
     // acknowledged LSN.
@@ -118,6 +122,10 @@ pub(super) async fn run(
         tokio::select! {
             from_committer = committer.recv() => match from_committer {
                 Some(ToReplicator::Ship(batch)) => {
+                    // The first batch of a term may come before the tick
+                    // that notices the term: take office first, so the
+                    // log it starts is not reset under this batch.
+                    follow_standing(&pair, &mut machine, &mut waiting, stream);
                     pair.lock_log().push(batch);
                     pair.log_grew.notify_waiters();
                 }
@@ -150,7 +158,7 @@ pub(super) async fn run(
                     }
                     _ => {}
                 }
-                if let Some((_, replication)) = machine.as_mut() {
+                if let Some((machine_epoch, replication)) = machine.as_mut() {
                     match event {
                         ReplEvent::Joined { lsn, .. } => replication.joined(lsn),
                         ReplEvent::Acked { generation: g, lsn } if stream.is_some_and(|(s, _)| s == g) => {
@@ -159,40 +167,20 @@ pub(super) async fn run(
                         ReplEvent::Lost { generation: g } if stream.is_none_or(|(s, _)| s == g) => {
                             replication.lost();
                         }
-                        ReplEvent::Witness(Some(in_sync)) => replication.recorded(in_sync),
-                        ReplEvent::Witness(None) => replication.ask_failed(),
+                        // An answer to an ask of an earlier term means nothing now.
+                        ReplEvent::Witness { epoch, recorded } if epoch == *machine_epoch => {
+                            match recorded {
+                                Some(in_sync) => replication.recorded(in_sync),
+                                None => replication.ask_failed(),
+                            }
+                        }
                         _ => {}
                     }
                 }
             }
             _ = ticks.tick() => {}
         }
-        // Follow the standing: a new epoch as primary starts afresh; a
-        // deposed primary answers what waits with NotPrimary.
-        let (is_primary, epoch) = {
-            let standing = pair.standing();
-            (standing.is_primary(), standing.epoch())
-        };
-        match &machine {
-            Some((e, _)) if is_primary && *e == epoch => {}
-            _ => {
-                for batch in waiting.drain(..) {
-                    batch.release(&pair.invalidations, Some(&not_primary(&pair)));
-                }
-                machine = is_primary.then(|| {
-                    let end = pair.storage.history_end().lsn;
-                    *pair.lock_log() = ReplLog::new(end + 1);
-                    tracing::info!(epoch = epoch.0, lsn = end, "replicating as primary");
-                    let mut replication =
-                        Replication::new(end, pair.config.lease.replication_timeout);
-                    // A backup that joined before this node took office.
-                    if let Some((_, acked)) = stream {
-                        replication.joined(acked);
-                    }
-                    (epoch, replication)
-                });
-            }
-        }
+        follow_standing(&pair, &mut machine, &mut waiting, stream);
         let Some((epoch, replication)) = machine.as_mut() else {
             continue;
         };
@@ -219,6 +207,40 @@ pub(super) async fn run(
     for batch in waiting.drain(..) {
         batch.release(&pair.invalidations, Some(&WireError::ShuttingDown));
     }
+}
+
+/// A term of office, and the primary's view of its backup in it.
+type Term = Option<(Epoch, Replication)>;
+
+/// Follows the standing: a new epoch as primary starts a new term; a
+/// deposed primary answers what waits with NotPrimary.
+fn follow_standing(
+    pair: &Pair,
+    machine: &mut Term,
+    waiting: &mut VecDeque<Durable>,
+    stream: Option<(u64, u64)>,
+) {
+    let (is_primary, epoch) = {
+        let standing = pair.standing();
+        (standing.is_primary(), standing.epoch())
+    };
+    if matches!(machine, Some((e, _)) if is_primary && *e == epoch) {
+        return;
+    }
+    for batch in waiting.drain(..) {
+        batch.release(&pair.invalidations, Some(&not_primary(pair)));
+    }
+    *machine = is_primary.then(|| {
+        let end = pair.storage.history_end().lsn;
+        *pair.lock_log() = ReplLog::new(end + 1);
+        tracing::info!(epoch = epoch.0, lsn = end, "replicating as primary");
+        let mut replication = Replication::new(end, pair.config.lease.replication_timeout);
+        // A backup that joined before this node took office.
+        if let Some((_, acked)) = stream {
+            replication.joined(acked);
+        }
+        (epoch, replication)
+    });
 }
 
 fn not_primary(pair: &Pair) -> WireError {
@@ -274,7 +296,7 @@ async fn record_backup(pair: Arc<Pair>, epoch: Epoch, in_sync: bool) {
         // Do not hammer an unreachable witness.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = pair.events.send(ReplEvent::Witness(recorded));
+    let _ = pair.events.send(ReplEvent::Witness { epoch, recorded });
 }
 
 impl Pair {
@@ -341,7 +363,7 @@ async fn stream_history(
         let in_log = log
             .get(joiner.lsn)
             .is_some_and(|batch| batch.epoch == joiner.batch_epoch);
-        let reachable = joiner.lsn + 1 >= log.first;
+        let reachable = joiner.lsn.saturating_add(1) >= log.first;
         joiner.lsn <= end.lsn && (same_end || in_log) && reachable
     };
     let acks = pair.events.clone();

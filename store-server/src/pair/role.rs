@@ -123,14 +123,16 @@ impl Standing {
         })
     }
 
-    /// An operator asked for this node to be primary: stand for election
-    /// now, releasing any promise to the old primary (which stepped down,
-    /// or with `force`, is presumed gone: the witness still waits for its
-    /// lease to run out).
-    pub fn promote(&mut self, now: Instant, force: bool) {
-        self.promise.release();
+    /// An operator asked for this node to be primary. After the primary
+    /// stepped down (`stepped_down`), its lease from this node is void:
+    /// stand for election now. Forced (the primary is presumed gone), keep
+    /// the promise: stand as soon as it has run out, like any election.
+    pub fn promote(&mut self, now: Instant, stepped_down: bool) {
+        if stepped_down {
+            self.promise.release();
+        }
         self.next_campaign = now;
-        self.force_next = force;
+        self.force_next = !stepped_down;
     }
 
     /// The primary stepped down at an operator's request: it stops serving
