@@ -712,6 +712,8 @@ mod tests {
     use super::*;
     use store_protocol::{content_digest, LimitKind, ReadCheck, TxnId};
 
+    use crate::error::StorageError;
+
     /// A transaction of client 1 with the next seq.
     fn commit(read_set: Vec<ReadCheck>, writes: Vec<Write>) -> CommitRequest {
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -875,6 +877,122 @@ mod tests {
             limit: 10,
         };
         assert_eq!(keys(storage.scan(&empty, 100, 1 << 20).unwrap()).0.len(), 0);
+    }
+
+    #[test]
+    fn a_batch_of_an_older_epoch_or_one_refused_before_commit_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&dir.path().join("db")).unwrap();
+        let limits = Limits::default();
+        let put = commit(
+            vec![],
+            vec![Write::Put {
+                key: b("k"),
+                value: b("v"),
+            }],
+        );
+        storage.raise_epoch(Epoch(3)).unwrap();
+        let stale = Stamp {
+            now_ms: 0,
+            epoch: Epoch(2),
+        };
+        let fenced = storage.apply_batch(&[Op::Commit(&put)], &limits, stale, |_, _| {});
+        assert!(matches!(
+            fenced,
+            Err(StorageError::Fenced {
+                batch: 2,
+                accepted: 3
+            })
+        ));
+        let current = Stamp {
+            now_ms: 0,
+            epoch: Epoch(3),
+        };
+        let refused =
+            storage.apply_batches(&[(&[Op::Commit(&put)][..], current)], &limits, |_, _| {
+                Err(StorageError::Diverged("test".into()))
+            });
+        assert!(matches!(refused, Err(StorageError::Diverged(_))));
+        assert_eq!(storage.get(b"k").unwrap().0, None);
+        assert_eq!(storage.history_end().lsn, 0);
+        // The same batch in the current epoch lands, under the next LSN.
+        let applied = storage
+            .apply_batch(&[Op::Commit(&put)], &limits, current, |_, _| {})
+            .unwrap();
+        assert_eq!(applied.lsn, Some(1));
+        assert_eq!(storage.history_end().batch_epoch, Epoch(3));
+        // Reopened, the fence and the history end are still there.
+        drop(storage);
+        let storage = Storage::open(&dir.path().join("db")).unwrap();
+        assert_eq!(storage.epoch(), Epoch(3));
+        assert_eq!(storage.history_end().lsn, 1);
+    }
+
+    #[test]
+    fn a_snapshot_replaces_another_store_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = Storage::open(&dir.path().join("source")).unwrap();
+        let target = Storage::open(&dir.path().join("target")).unwrap();
+        let limits = Limits::default();
+        let stamp = Stamp::now(Epoch(1));
+        let a = commit(
+            vec![],
+            vec![Write::Put {
+                key: b("a"),
+                value: b("1"),
+            }],
+        );
+        let stray = commit(
+            vec![],
+            vec![Write::Put {
+                key: b("stray"),
+                value: b("x"),
+            }],
+        );
+        source
+            .apply_batch(&[Op::Commit(&a)], &limits, stamp, |_, _| {})
+            .unwrap();
+        target
+            .apply_batch(&[Op::Commit(&stray)], &limits, stamp, |_, _| {})
+            .unwrap();
+        let mut end = None;
+        let mut chunks = Vec::new();
+        source
+            .snapshot(
+                16,
+                |e| {
+                    end = Some(e);
+                    true
+                },
+                |rows| {
+                    chunks.push(rows);
+                    true
+                },
+            )
+            .unwrap();
+        let end = end.unwrap();
+        let mut pieces = chunks
+            .into_iter()
+            .map(SnapshotPiece::Rows)
+            .chain([SnapshotPiece::End]);
+        assert!(target
+            .install_snapshot(end, || pieces.next().unwrap_or(SnapshotPiece::Cut))
+            .unwrap());
+        assert_eq!(target.history_end(), end);
+        assert_eq!(target.get(b"stray").unwrap().0, None);
+        assert_eq!(target.get(b"a").unwrap().0.unwrap().value, b("1"));
+        // The outcome came along: a copy of `a` replays.
+        let replay = target
+            .apply_batch(&[Op::Commit(&a)], &limits, stamp, |_, _| {})
+            .unwrap();
+        assert!(replay.results[0].as_ref().unwrap().replayed);
+        // A snapshot cut short changes nothing.
+        let mut cut = [SnapshotPiece::Cut].into_iter();
+        let before = target.history_end();
+        assert!(!target
+            .install_snapshot(end, || cut.next().unwrap_or(SnapshotPiece::Cut))
+            .unwrap());
+        assert_eq!(target.history_end(), before);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use store_client::{Client, Error, Role, TxnId};
+use store_client::{Client, Error, ReadPolicy, Role, Source, TxnId};
 use store_tests::session::fast;
 use store_tests::{Cluster, Direction, EVENT_DEADLINE};
 
@@ -361,4 +361,48 @@ async fn promote_moves_the_primary_by_hand_and_refuses_to_lose_writes() {
         "v2\n",
         "v3 was lost, as warned"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_follows_the_failover_and_never_serves_an_old_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path()).await;
+    cluster.wait_in_sync(0).await;
+    let writer = cluster.client().await;
+    writer.put("k", "v1").await.unwrap();
+    writer.put("other", "o1").await.unwrap();
+    let reader = Client::connect(fast(cluster.client_config()))
+        .await
+        .unwrap();
+    assert_eq!(reader.get("k").await.unwrap().unwrap(), "v1");
+    reader.get("other").await.unwrap();
+    let cached = reader.read("k", ReadPolicy::FailFast).await.unwrap();
+    assert_eq!(cached.source, Source::Cache);
+
+    cluster.nodes[0].kill();
+    cluster.wait_for_primary(Some(1)).await;
+    writer.put("k", "v2").await.unwrap();
+    // The reader moves to the new primary on its own and revalidates its
+    // cache there: the changed key is dropped, the unchanged one kept.
+    let node1 = cluster.nodes[1].addr().to_string();
+    let deadline = Instant::now() + EVENT_DEADLINE;
+    loop {
+        let session = reader.session();
+        if session.server.as_deref() == Some(node1.as_str())
+            && session.state == store_client::SessionState::Live
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reader never followed: {session:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(reader.get("k").await.unwrap().unwrap(), "v2");
+    let other = reader.read("other", ReadPolicy::FailFast).await.unwrap();
+    assert_eq!(other.value.unwrap(), "o1");
+    assert_eq!(other.source, Source::Cache, "revalidated, not dropped");
+    reader.close().await;
+    writer.close().await;
 }
