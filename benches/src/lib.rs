@@ -13,3 +13,12 @@ mod workload;
 pub use idle::{run_idle, IdleReport};
 pub use stats::{median_max, Summary};
 pub use workload::{run, BenchConfig, Workload};
+
+/// The runtime the measuring tools run on: two worker threads, like the
+/// machines the figures are quoted for.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}

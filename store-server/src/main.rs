@@ -29,29 +29,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("store-server: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        match Server::bind(config).await {
-            Ok(server) => {
-                server.run(shutdown_signal()).await;
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start");
-                eprintln!("store-server: {e}");
-                ExitCode::FAILURE
-            }
-        }
-    })
+    serve(Server::bind(config), |server| server.run(shutdown_signal()))
 }
 
 fn run_witness(args: store_server::WitnessArgs) -> ExitCode {
+    serve(WitnessServer::bind(args.into_config()), |witness| {
+        witness.run(shutdown_signal())
+    })
+}
+
+/// Starts a runtime, binds with `bind`, and runs until shut down; a
+/// failure to start is logged and exits 1.
+fn serve<S, Run: std::future::Future<Output = ()>>(
+    bind: impl std::future::Future<Output = Result<S, store_server::ServerError>>,
+    run: impl FnOnce(S) -> Run,
+) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -60,9 +52,9 @@ fn run_witness(args: store_server::WitnessArgs) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        match WitnessServer::bind(args.into_config()).await {
-            Ok(witness) => {
-                witness.run(shutdown_signal()).await;
+        match bind.await {
+            Ok(service) => {
+                run(service).await;
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -34,6 +34,19 @@ const BATCH_EPOCH: &str = "batch_epoch";
 /// The highest epoch this node has accepted (fencing survives restarts).
 const EPOCH: &str = "epoch";
 
+/// A number in the meta table (0 when absent).
+fn meta_number(
+    meta: &impl ReadableTable<&'static str, u64>,
+    name: &str,
+) -> Result<u64, StorageError> {
+    Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0))
+}
+
+/// The last TID of a read snapshot.
+fn read_tid(txn: &redb::ReadTransaction) -> Result<Tid, StorageError> {
+    Ok(Tid(meta_number(&txn.open_table(META)?, LAST_TID)?))
+}
+
 /// The store's data on disk.
 pub struct Storage {
     db: Database,
@@ -105,9 +118,7 @@ impl Storage {
                     id
                 }
             };
-            let read = |name| -> Result<u64, StorageError> {
-                Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0))
-            };
+            let read = |name| meta_number(&meta, name);
             (
                 server_id,
                 [
@@ -191,11 +202,7 @@ impl Storage {
         keys: &[K],
     ) -> Result<(Vec<Option<Versioned>>, Tid), StorageError> {
         let txn = self.db.begin_read()?;
-        let read_tid = Tid(txn
-            .open_table(META)?
-            .get(LAST_TID)?
-            .map(|v| v.value())
-            .unwrap_or(0));
+        let read_tid = read_tid(&txn)?;
         let table = txn.open_table(DATA)?;
         let values = keys
             .iter()
@@ -223,11 +230,7 @@ impl Storage {
     ) -> Result<(Vec<Entry>, bool, Tid), StorageError> {
         let mut entries = Vec::new();
         let txn = self.db.begin_read()?;
-        let read_tid = Tid(txn
-            .open_table(META)?
-            .get(LAST_TID)?
-            .map(|v| v.value())
-            .unwrap_or(0));
+        let read_tid = read_tid(&txn)?;
         if scan.end.as_ref().is_some_and(|end| *end <= scan.start) {
             return Ok((entries, false, read_tid));
         }
@@ -306,9 +309,7 @@ impl Storage {
         // writer, so no other batch, snapshot or epoch change interleaves.
         let (mut last, mut lsn, accepted) = {
             let meta = txn.open_table(META)?;
-            let read = |name| -> Result<u64, StorageError> {
-                Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0))
-            };
+            let read = |name| meta_number(&meta, name);
             (Tid(read(LAST_TID)?), read(LSN)?, read(EPOCH)?)
         };
         if let Some((_, stamp)) = batches.iter().find(|(_, stamp)| stamp.epoch.0 < accepted) {
@@ -455,9 +456,7 @@ impl Storage {
     ) -> Result<(), StorageError> {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
-        let read = |name| -> Result<u64, StorageError> {
-            Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0))
-        };
+        let read = |name| meta_number(&meta, name);
         let end = HistoryEnd {
             lsn: read(LSN)?,
             batch_epoch: Epoch(read(BATCH_EPOCH)?),

@@ -38,11 +38,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     store_client::cli::init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match store_benches::runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("store-failover: {e}");

@@ -173,6 +173,16 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(1);
 
+    /// A term whose backup joined at LSN 0 and was recorded in sync.
+    fn in_sync(t0: Instant) -> Replication {
+        let mut r = Replication::new(0, TIMEOUT);
+        r.joined(0);
+        assert_eq!(r.ready(t0).ask_witness, Some(true));
+        r.recorded(true);
+        assert_eq!(r.state(), SyncState::InSync);
+        r
+    }
+
     #[test]
     fn alone_answers_at_once_and_a_caught_up_backup_is_recorded_in_sync() {
         let t0 = Instant::now();
@@ -198,10 +208,7 @@ mod tests {
     #[test]
     fn a_silent_backup_is_recorded_out_of_sync_before_anyone_is_answered() {
         let t0 = Instant::now();
-        let mut r = Replication::new(0, TIMEOUT);
-        r.joined(0);
-        r.ready(t0);
-        r.recorded(true);
+        let mut r = in_sync(t0);
         r.durable(Some(1), t0);
         r.durable(None, t0);
         assert_eq!(r.ready(t0 + TIMEOUT / 2).release, 0);
@@ -242,10 +249,7 @@ mod tests {
     #[test]
     fn an_acknowledgement_may_come_before_the_batch_is_durable_here() {
         let t0 = Instant::now();
-        let mut r = Replication::new(0, TIMEOUT);
-        r.joined(0);
-        r.ready(t0);
-        r.recorded(true);
+        let mut r = in_sync(t0);
         r.acked(1);
         assert_eq!(r.ready(t0).release, 0);
         r.durable(Some(1), t0);
@@ -256,10 +260,7 @@ mod tests {
     #[test]
     fn batches_are_answered_in_order() {
         let t0 = Instant::now();
-        let mut r = Replication::new(0, TIMEOUT);
-        r.joined(0);
-        r.ready(t0);
-        r.recorded(true);
+        let mut r = in_sync(t0);
         r.durable(Some(1), t0);
         r.durable(None, t0);
         r.durable(Some(2), t0);
