@@ -112,6 +112,11 @@ impl SessionShared {
     }
 }
 
+/// A dial round older than this does not stop a new one from starting.
+const NEW_ROUND_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+/// Most dial rounds in flight at once.
+const MAX_ROUNDS: usize = 3;
+
 /// What the client asks of the driver.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Command {
@@ -185,7 +190,8 @@ pub(crate) fn spawn(
         backoff: Backoff::default(),
         rng: StdRng::seed_from_u64(seed ^ 0x5eed),
         link: None,
-        dialing: false,
+        rounds: 0,
+        last_round: None,
         next_id: 0,
         events_tx,
         events,
@@ -206,7 +212,9 @@ struct Driver {
     backoff: Backoff,
     rng: StdRng,
     link: Option<Link>,
-    dialing: bool,
+    /// Dial rounds in flight, and when the last one started.
+    rounds: usize,
+    last_round: Option<Instant>,
     next_id: u64,
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
@@ -274,10 +282,18 @@ impl Driver {
     }
 
     fn start_dialing(&mut self) {
-        if self.dialing {
+        // One round at a time, except that a round started a while ago (a
+        // probe while still live, say) does not hold up a fresh one: QUIC
+        // backs off its handshake retries, so a new round reaches a
+        // server that came back sooner.
+        let recent = self
+            .last_round
+            .is_some_and(|at| at.elapsed() < NEW_ROUND_AFTER);
+        if self.rounds > 0 && (recent || self.rounds >= MAX_ROUNDS) {
             return;
         }
-        self.dialing = true;
+        self.rounds += 1;
+        self.last_round = Some(Instant::now());
         let delay = self.backoff.next_delay(&mut self.rng);
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
@@ -313,7 +329,7 @@ impl Driver {
         let now = Instant::now();
         match event {
             Event::Opened(opened) => {
-                self.dialing = false;
+                self.rounds = self.rounds.saturating_sub(1);
                 // A later epoch means a failover: move at once.
                 let newer = opened.connection.welcome.epoch > self.shared.status().epoch;
                 if self.link.is_some() && self.liveness.state() == SessionState::Live && !newer {
@@ -332,7 +348,7 @@ impl Driver {
                     .send_modify(|status| status.last_error = Some(error));
             }
             Event::DialFailed { error, alive } => {
-                self.dialing = false;
+                self.rounds = self.rounds.saturating_sub(1);
                 tracing::debug!(%error, alive, "dial round failed");
                 if alive {
                     self.backoff.retry_soon();
@@ -340,7 +356,7 @@ impl Driver {
                 self.shared
                     .status
                     .send_modify(|status| status.last_error = Some(error));
-                if self.liveness.state() != SessionState::Live {
+                if self.liveness.state() != SessionState::Live && self.rounds == 0 {
                     self.start_dialing();
                 }
             }

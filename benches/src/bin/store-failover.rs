@@ -5,9 +5,10 @@
 //! * failover: SIGKILL of the primary → first successful commit of a
 //!   client that commits back to back (`--trials` times, alternating
 //!   nodes; the killed node rejoins and catches up between trials);
-//! * catch-up: a node restarted after a failover rejoins by snapshot;
-//!   with `--keys` 1 KiB values in the store, the time from its restart to
-//!   being recorded in sync, and the rate.
+//! * catch-up: a node restarted after a failover rejoins by snapshot
+//!   (`--keys` 1 KiB values in the store), and a backup restarted in the
+//!   same term by log shipping (`--log-keys` written while it was down):
+//!   the time from its restart to being recorded in sync, and the rate.
 //!
 //! ```text
 //! cargo build --release -p store-server -p store-benches
@@ -30,9 +31,13 @@ struct Args {
     /// Failover trials.
     #[arg(long, default_value_t = 10)]
     trials: usize,
-    /// Keys (1 KiB values) in the store for the catch-up measurement.
+    /// Keys (1 KiB values) in the store for the snapshot catch-up.
     #[arg(long, default_value_t = 20_000)]
     keys: usize,
+    /// Keys (1 KiB values) written while the backup is down, for the
+    /// log-shipping catch-up.
+    #[arg(long, default_value_t = 5_000)]
+    log_keys: usize,
 }
 
 fn main() -> ExitCode {
@@ -103,36 +108,62 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
         failovers.len()
     ));
 
-    // Catch-up: fill the store, fail over, and time the old primary's
-    // return (its history differs in epoch, so it is sent a snapshot).
+    // Catch-up by snapshot: fill the store, fail over, and time the old
+    // primary's return (its history differs in epoch: it gets a snapshot).
     let value = bytes::Bytes::from(vec![b'x'; 1024]);
-    for chunk in (0..args.keys).collect::<Vec<_>>().chunks(100) {
-        let mut txn = client.txn();
-        for i in chunk {
-            txn.put(format!("key{i:08}"), value.clone());
-        }
-        txn.commit().await?;
-    }
+    put_keys(&client, 0..args.keys, &value).await?;
     cluster.wait_in_sync(primary).await;
     cluster.nodes[primary].kill();
     cluster.wait_for_primary(Some(1 - primary)).await;
-    let restarted = Instant::now();
-    cluster.nodes[primary].respawn();
-    cluster.wait_in_sync(1 - primary).await;
-    let took = restarted.elapsed();
-    let mib = (args.keys * 1024) as f64 / (1024.0 * 1024.0);
-    out(format!(
-        "catch_up keys={} snapshot_mib={mib:.1} restart_to_in_sync_s={:.3} mib_per_s={:.1}",
-        args.keys,
-        took.as_secs_f64(),
-        mib / took.as_secs_f64()
-    ));
+    let took = rejoin(&mut cluster, primary).await;
+    report_catch_up("snapshot", args.keys, took);
+    primary = 1 - primary;
+
+    // Catch-up by log shipping: the backup is down while keys are written
+    // in the same term; back, its history is a prefix of the primary's.
+    cluster.nodes[1 - primary].kill();
+    put_keys(&client, args.keys..args.keys + args.log_keys, &value).await?;
+    let took = rejoin(&mut cluster, 1 - primary).await;
+    report_catch_up("log", args.log_keys, took);
     client.close().await;
     if std::env::var_os("STORE_FAILOVER_KEEP").is_some() {
         drop(cluster);
         let _ = dir.keep();
     }
     Ok(())
+}
+
+/// Writes 1 KiB values under `keys`, a hundred per transaction.
+async fn put_keys(
+    client: &Client,
+    keys: std::ops::Range<usize>,
+    value: &bytes::Bytes,
+) -> anyhow::Result<()> {
+    for chunk in keys.collect::<Vec<_>>().chunks(100) {
+        let mut txn = client.txn();
+        for i in chunk {
+            txn.put(format!("key{i:08}"), value.clone());
+        }
+        txn.commit().await?;
+    }
+    Ok(())
+}
+
+/// Restarts node `node` and times it until the primary records it in sync.
+async fn rejoin(cluster: &mut Cluster, node: usize) -> Duration {
+    let restarted = Instant::now();
+    cluster.nodes[node].respawn();
+    cluster.wait_in_sync(1 - node).await;
+    restarted.elapsed()
+}
+
+fn report_catch_up(how: &str, keys: usize, took: Duration) {
+    let mib = (keys * 1024) as f64 / (1024.0 * 1024.0);
+    out(format!(
+        "catch_up by={how} keys={keys} mib={mib:.1} restart_to_in_sync_s={:.3} mib_per_s={:.1}",
+        took.as_secs_f64(),
+        mib / took.as_secs_f64()
+    ));
 }
 
 /// Commits back to back, recording when each success was answered.
