@@ -14,6 +14,10 @@ use store_protocol::{read_frame, write_frame};
 /// generous; it only guards against a peer that sends garbage.
 pub const PEER_FRAME_LIMIT: u32 = 1 << 30;
 
+/// A link whose peer has not answered anything for this long is redialed
+/// after its next unanswered request.
+const SILENT_RESET: Duration = Duration::from_secs(1);
+
 /// How long one handshake with a peer may take before it is given up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -176,9 +180,21 @@ impl Link {
             self.answered();
             Ok(answer)
         };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .unwrap_or_else(|_| Err(format!("{}: no answer within {timeout:?}", self.addr)))
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                // A peer that restarted leaves a connection that accepts
+                // requests and never answers until QUIC's idle timeout:
+                // once nothing has come back for a while, dial afresh.
+                if !self.reachable(SILENT_RESET) {
+                    let stale = self.lock_slot().connection.clone();
+                    if let Some(stale) = stale {
+                        self.reset(&stale);
+                    }
+                }
+                Err(format!("{}: no answer within {timeout:?}", self.addr))
+            }
+        }
     }
 }
 

@@ -127,15 +127,24 @@ async fn campaign(pair: Arc<Pair>, sent_at: Instant, force: bool) {
     }
 }
 
-/// Asks the peer how it stands: its last TID (for lag) and epoch.
+/// Asks the peer and the witness how they stand: the peer's last TID (for
+/// lag), and any later epoch (or, to a node that just restarted, the
+/// primary of its own) either knows of.
 async fn probe_peer(pair: Arc<Pair>) {
-    if let Ok(PeerResponse::Status(status)) =
-        pair.peer.request(&PeerRequest::Status, PROBE_EVERY).await
-    {
+    let (peer, witness) = tokio::join!(
+        pair.peer.request(&PeerRequest::Status, PROBE_EVERY),
+        pair.witness.request(&PeerRequest::Status, PROBE_EVERY)
+    );
+    if let Ok(PeerResponse::Status(status)) = &peer {
         pair.set_peer_last_tid(status.last_tid);
-        if status.epoch > pair.epoch() {
-            let primary = status.primary;
-            let _ = pair.accept_epoch(status.epoch, primary).await;
+    }
+    for answer in [peer, witness] {
+        if let Ok(PeerResponse::Status(status)) = answer {
+            let known = pair.epoch();
+            let unknown = pair.standing().primary().is_none();
+            if status.epoch > known || (status.epoch == known && unknown) {
+                let _ = pair.accept_epoch(status.epoch, status.primary).await;
+            }
         }
     }
 }
