@@ -12,10 +12,13 @@
 //! * [`raw`]: a hand-driven QUIC peer for protocol tests.
 //! * [`session`]: short session timers and waiting for session states.
 //! * [`cli`]: run `store-cli` against a server and capture what it printed.
+//! * [`history`]: clients appending unique tokens under faults, and the
+//!   checker of their history.
 //! * [`binary`]: where the workspace's binaries were built.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod cluster;
+pub mod history;
 mod process;
 mod proxy;
 pub mod raw;

@@ -1,0 +1,300 @@
+//! Histories of concurrent clients under faults, and their checker
+//! (DESIGN §9): clients append unique tokens to lists and increment
+//! counters; every operation is recorded as Jepsen records it (invoke, then
+//! ok, fail or info); the checker resolves every unknown outcome and fails
+//! on a duplicate token, a lost acknowledged write, an applied definite
+//! failure, a replay that answered differently from the original, or a
+//! counter that does not add up.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use store_client::{Client, Error, WriteResult};
+
+/// Upper bound on operations per client, so the loop ends even if the
+/// fault schedule misbehaves.
+const MAX_OPS_PER_CLIENT: usize = 5_000;
+
+/// How an operation ended.
+#[derive(Debug, Clone, PartialEq)]
+enum Kind {
+    Ok {
+        tid: u64,
+        replayed: bool,
+        result: WriteResult,
+    },
+    Fail(String),
+    Info(String, store_client::TxnId),
+}
+
+/// One operation of the history.
+#[derive(Debug, Clone)]
+struct Op {
+    process: usize,
+    f: &'static str,
+    key: String,
+    token: String,
+    invoked_ns: u128,
+    completed_ns: u128,
+    kind: Kind,
+}
+
+/// What the clients did, in Jepsen's shape.
+pub struct History {
+    start: Instant,
+    ops: Mutex<Vec<Op>>,
+    /// Transactions with unknown outcomes, held so that their outcomes stay
+    /// on the server until the checker resolves them.
+    unknown: Mutex<Vec<store_client::PreparedTxn>>,
+}
+
+impl History {
+    /// An empty history starting now.
+    pub fn new() -> History {
+        History {
+            start: Instant::now(),
+            ops: Mutex::new(Vec::new()),
+            unknown: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn now(&self) -> u128 {
+        self.start.elapsed().as_nanos()
+    }
+
+    /// Jepsen's shape: an invoke and a completion event per operation.
+    fn to_json(&self) -> Value {
+        let mut events = Vec::new();
+        for op in self.ops.lock().unwrap().iter() {
+            let value = json!([op.key, op.token]);
+            events.push(json!({"type": "invoke", "f": op.f, "value": value, "process": op.process, "time": op.invoked_ns as u64}));
+            let (kind, extra) = match &op.kind {
+                Kind::Ok { tid, replayed, .. } => ("ok", json!({"tid": tid, "replayed": replayed})),
+                Kind::Fail(e) => ("fail", json!({"error": e})),
+                Kind::Info(e, txn) => ("info", json!({"error": e, "txn": txn.to_string()})),
+            };
+            let mut event = json!({"type": kind, "f": op.f, "value": value, "process": op.process, "time": op.completed_ns as u64});
+            if let (Value::Object(e), Value::Object(x)) = (&mut event, extra) {
+                e.extend(x);
+            }
+            events.push(event);
+        }
+        Value::Array(events)
+    }
+}
+
+/// Runs one client's operations until `stop`.
+pub async fn run_client(
+    process: usize,
+    client: Client,
+    history: Arc<History>,
+    stop: Arc<AtomicBool>,
+) {
+    for n in 0..MAX_OPS_PER_CLIENT {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let append = n % 2 == 0;
+        let key = if append {
+            format!("list/{}", n % 3)
+        } else {
+            format!("counter/{}", n % 3)
+        };
+        let token = format!("p{process}-{n};");
+        let invoked_ns = history.now();
+        let result = if append {
+            client.append(key.clone(), token.clone()).await
+        } else {
+            client.incr(key.clone(), 1).await
+        };
+        let kind = match result {
+            Ok(outcome) => Kind::Ok {
+                tid: outcome.tid.0,
+                replayed: outcome.replayed,
+                result: outcome.results[0],
+            },
+            Err(failed) => match failed.error().clone() {
+                Error::OutcomeUnknown { txn_id, detail } => {
+                    history
+                        .unknown
+                        .lock()
+                        .unwrap()
+                        .extend(failed.into_prepared());
+                    Kind::Info(detail, txn_id)
+                }
+                other => {
+                    assert!(
+                        other.is_not_applied(),
+                        "only unknown outcomes may be unclear: {other}"
+                    );
+                    Kind::Fail(other.to_string())
+                }
+            },
+        };
+        history.ops.lock().unwrap().push(Op {
+            process,
+            f: if append { "append" } else { "incr" },
+            key,
+            token,
+            invoked_ns,
+            completed_ns: history.now(),
+            kind,
+        });
+    }
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History::new()
+    }
+}
+
+/// What the checker found; it has already asserted that nothing is wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// Operations in the history.
+    pub ops: usize,
+    /// Acknowledged.
+    pub oks: usize,
+    /// Acknowledged by a replay of an earlier copy.
+    pub replays: usize,
+    /// Definite failures.
+    pub fails: usize,
+    /// Unknown outcomes, resolved afterwards.
+    pub unknown: usize,
+    /// Of those, committed.
+    pub unknown_committed: usize,
+}
+
+/// Checks `history` against the store as `checker` reads it (resolving
+/// every unknown outcome first), writes it as JSON to `json`, and panics
+/// on any violation.
+pub async fn check(history: &History, checker: &Client, json: &Path) -> Report {
+    // Unknown outcomes: ask the server what happened to each.
+    let ops = history.ops.lock().unwrap().clone();
+    let mut resolved: HashMap<String, bool> = HashMap::new();
+    for op in &ops {
+        if let Kind::Info(_, txn_id) = &op.kind {
+            let committed = match checker.resolve(*txn_id).await {
+                Ok(_) => true,
+                Err(Error::Abandoned { .. }) => false,
+                Err(e) => panic!("resolving {txn_id}: {e}"),
+            };
+            resolved.insert(op.token.clone(), committed);
+        }
+    }
+
+    let mut lists = HashMap::new();
+    let mut counters = HashMap::new();
+    for i in 0..3 {
+        let list = checker
+            .get(format!("list/{i}"))
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        lists.insert(
+            format!("list/{i}"),
+            String::from_utf8(list.to_vec()).unwrap(),
+        );
+        let counter = checker.get(format!("counter/{i}")).await.unwrap();
+        let counter: i64 = counter.map_or(0, |c| std::str::from_utf8(&c).unwrap().parse().unwrap());
+        counters.insert(format!("counter/{i}"), counter);
+    }
+
+    let (mut duplicates, mut lost, mut phantom, mut bad_replays) = (0, 0, 0, 0);
+    let mut counted: HashMap<&str, (i64, i64)> = HashMap::new();
+    let mut incr_values: HashMap<&str, Vec<i64>> = HashMap::new();
+    for op in &ops {
+        if op.f == "incr" {
+            let entry = counted.entry(&op.key).or_default();
+            match &op.kind {
+                Kind::Ok {
+                    result: WriteResult::Counter(v),
+                    ..
+                } => {
+                    entry.0 += 1;
+                    incr_values.entry(&op.key).or_default().push(*v);
+                }
+                Kind::Info(..) if resolved.get(&op.token) == Some(&true) => entry.0 += 1,
+                _ => {}
+            }
+            continue;
+        }
+        let list = &lists[&op.key];
+        let found = list.matches(op.token.as_str()).count();
+        if found > 1 {
+            duplicates += 1;
+        }
+        match &op.kind {
+            Kind::Ok { result, .. } => {
+                if found != 1 {
+                    lost += 1;
+                }
+                // A replay must answer exactly what the original returned:
+                // the list's length just after this token was appended.
+                let WriteResult::Appended { len } = result else {
+                    panic!("{result:?}")
+                };
+                let end = *len as usize;
+                if list.get(end.saturating_sub(op.token.len())..end) != Some(op.token.as_str()) {
+                    bad_replays += 1;
+                }
+            }
+            Kind::Fail(_) => {
+                if found != 0 {
+                    phantom += 1;
+                }
+            }
+            Kind::Info(..) => {
+                let committed = resolved[&op.token];
+                if usize::from(committed) != found {
+                    lost += 1;
+                }
+            }
+        }
+    }
+    for (key, (applied, _)) in &counted {
+        assert_eq!(
+            counters[*key], *applied,
+            "{key}: every increment applied exactly once"
+        );
+    }
+    for (key, values) in &mut incr_values {
+        let before = values.len();
+        values.sort_unstable();
+        values.dedup();
+        assert_eq!(
+            values.len(),
+            before,
+            "{key}: two increments returned the same value"
+        );
+    }
+
+    std::fs::write(json, serde_json::to_vec_pretty(&history.to_json()).unwrap()).unwrap();
+    let oks = ops
+        .iter()
+        .filter(|o| matches!(o.kind, Kind::Ok { .. }))
+        .count();
+    let replays = ops
+        .iter()
+        .filter(|o| matches!(o.kind, Kind::Ok { replayed: true, .. }))
+        .count();
+    let fails = ops
+        .iter()
+        .filter(|o| matches!(o.kind, Kind::Fail(_)))
+        .count();
+    assert!(oks > 100, "the clients made progress");
+    assert_eq!((duplicates, lost, phantom, bad_replays), (0, 0, 0, 0));
+    Report {
+        ops: ops.len(),
+        oks,
+        replays,
+        fails,
+        unknown: resolved.len(),
+        unknown_committed: resolved.values().filter(|c| **c).count(),
+    }
+}
