@@ -308,7 +308,10 @@ impl Driver {
             self.crypto.clone(),
             hello,
             self.config.connect_timeout,
-            self.config.any_role,
+            Accept {
+                any_role: self.config.any_role,
+                min_epoch: self.shared.status().epoch,
+            },
             self.events_tx.clone(),
         );
         let events = self.events_tx.clone();
@@ -446,12 +449,23 @@ impl Driver {
     }
 }
 
+/// Which welcomes a dial round accepts.
+#[derive(Debug, Clone, Copy)]
+struct Accept {
+    /// Any server's (status and promote of a chosen node).
+    any_role: bool,
+    /// Otherwise a primary's (or standalone server's) of at least this
+    /// epoch: lower epochs are refused everywhere.
+    min_epoch: store_protocol::Epoch,
+}
+
 /// How soon a server that answered "not the primary" is dialed again
 /// within a round (an election is under way there), at most.
 const NOT_PRIMARY_RETRY: std::time::Duration = std::time::Duration::from_millis(150);
 
-/// Dials every server at once; the first primary (or standalone server) to
-/// welcome the client wins; with `any_role`, any server that welcomes it.
+/// Dials every server at once; the first primary (or standalone server) of
+/// an epoch no older than the client has seen to welcome it wins (with
+/// `any_role`, any server that welcomes it).
 /// A server that answers but is not the primary is dialed again every
 /// ~100 ms until the round's deadline, so a new primary is found as soon as
 /// it is elected, without waiting for a dead one to time out. Fails with
@@ -462,7 +476,7 @@ async fn dial_round(
     crypto: quinn::ClientConfig,
     hello: Hello,
     connect_timeout: std::time::Duration,
-    any_role: bool,
+    accept: Accept,
     events: mpsc::UnboundedSender<Event>,
 ) -> Result<Opened, (Error, bool)> {
     let deadline = tokio::time::Instant::now() + connect_timeout;
@@ -479,14 +493,24 @@ async fn dial_round(
                             .await
                             .map_err(|e| (e, alive))?;
                     let welcome = &opened.connection.welcome;
-                    if any_role || welcome.role.is_writable() {
+                    let current = welcome.epoch >= accept.min_epoch;
+                    if accept.any_role || (welcome.role.is_writable() && current) {
                         return Ok(opened);
                     }
                     alive = true;
-                    let detail = format!(
-                        "{server}: not the primary (role {}, epoch {})",
-                        welcome.role, welcome.epoch
-                    );
+                    let detail = if current {
+                        format!(
+                            "{server}: not the primary (role {}, epoch {})",
+                            welcome.role, welcome.epoch
+                        )
+                    } else {
+                        // A primary of an older epoch than this client has
+                        // seen was deposed, whatever it believes.
+                        format!(
+                            "{server}: epoch {} is older than {} seen before",
+                            welcome.epoch, accept.min_epoch
+                        )
+                    };
                     opened
                         .connection
                         .connection
