@@ -100,7 +100,14 @@ impl Client {
             .validate()
             .map_err(|detail| Error::Config { detail })?;
         let crypto = quic_client_config(&config)?;
-        let bind: SocketAddr = if resolve_now(&config.servers[0])?.is_ipv6() {
+        // Every name must resolve now: a typo is a configuration error,
+        // while a name that stops resolving later is a server going away.
+        let addrs = config
+            .servers
+            .iter()
+            .map(|server| resolve_now(server))
+            .collect::<Result<Vec<_>, _>>()?;
+        let bind: SocketAddr = if addrs.first().is_some_and(SocketAddr::is_ipv6) {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
@@ -458,8 +465,11 @@ impl Client {
     ) -> Result<CommitOutcome, Error> {
         let request = Request::Resolve { txn_id };
         let mut backoff = Backoff::default();
+        let mut failed: Option<Arc<Connection>> = None;
         loop {
-            let connection = self.connection(self.write_policy(), deadline, None).await?;
+            let connection = self
+                .connection(self.write_policy(), deadline, failed.as_ref())
+                .await?;
             let attempt = Instant::now() + self.attempt_timeout();
             let failure = match connection.round_trip(&request, attempt.min(deadline)).await {
                 Ok(Response::Committed(c)) => return Ok(self.committed(txn_id, c)),
@@ -469,12 +479,16 @@ impl Client {
                 Ok(Response::Error(e)) => {
                     if matches!(e, WireError::NotPrimary { .. }) {
                         self.not_primary(&connection);
+                        failed = Some(connection);
                     }
                     e.to_string()
                 }
                 Ok(other) => unexpected(&other).to_string(),
                 Err(RoundTripError::Unsendable(e)) => return Err(Error::Rejected(e)),
-                Err(RoundTripError::NotSent(d) | RoundTripError::MaybeSent(d)) => d,
+                Err(RoundTripError::NotSent(d) | RoundTripError::MaybeSent(d)) => {
+                    failed = (!connection.is_open()).then_some(connection);
+                    d
+                }
             };
             self.pause(&mut backoff, deadline, &failure).await?;
         }
@@ -546,12 +560,15 @@ impl Client {
         };
         match self.resolve_until(txn_id, deadline).await {
             Ok(outcome) => Ok(outcome),
-            Err(e)
-                if e.is_not_applied()
-                    && !matches!(e, Error::Unavailable { .. } | Error::SessionStale { .. }) =>
-            {
-                Err(e)
-            }
+            // Only the server's own decision makes a failure definite: a
+            // copy may have landed, and anything else (no server, a name
+            // that stopped resolving) does not say otherwise.
+            Err(
+                e @ (Error::Conflict { .. }
+                | Error::Rejected(_)
+                | Error::Abandoned { .. }
+                | Error::Expired { .. }),
+            ) => Err(e),
             Err(e) => Err(Error::OutcomeUnknown {
                 txn_id,
                 detail: format!("{detail}; resolve: {e}"),

@@ -56,12 +56,15 @@ pub(crate) async fn resolve(server: &str) -> Result<(String, Vec<SocketAddr>), E
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
+    // Every name resolved when the client started (`resolve_now`); failing
+    // now is the server's host going away, which may pass.
+    let gone = |detail: String| Error::Unavailable { detail };
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(server)
         .await
-        .map_err(|e| bad(format!("resolving {server}: {e}")))?
+        .map_err(|e| gone(format!("resolving {server}: {e}")))?
         .collect();
     if addrs.is_empty() {
-        return Err(bad(format!("{server} resolves to no address")));
+        return Err(gone(format!("{server} resolves to no address")));
     }
     Ok((host, addrs))
 }

@@ -333,14 +333,26 @@ impl Driver {
         match event {
             Event::Opened(opened) => {
                 self.rounds = self.rounds.saturating_sub(1);
+                let welcome = &opened.connection.welcome;
+                let known = self.shared.status().epoch;
+                // Rounds overlap: one started before a failover may end
+                // after it. Never go back to an older epoch or TID.
+                let behind =
+                    welcome.epoch < known || welcome.last_tid < self.shared.last_seen_tid();
                 // A later epoch means a failover: move at once.
-                let newer = opened.connection.welcome.epoch > self.shared.status().epoch;
-                if self.link.is_some() && self.liveness.state() == SessionState::Live && !newer {
-                    // The old session recovered first: keep it.
+                let newer = welcome.epoch > known;
+                let keep_current =
+                    self.link.is_some() && self.liveness.state() == SessionState::Live && !newer;
+                if keep_current || (behind && !self.config.any_role) {
+                    // A server answered: no reason to back off further.
+                    self.backoff.reset();
                     opened
                         .connection
                         .connection
                         .close(0u32.into(), b"not needed");
+                    if self.liveness.state() != SessionState::Live && self.rounds == 0 {
+                        self.start_dialing();
+                    }
                     return;
                 }
                 self.adopt(*opened, now);
@@ -400,6 +412,8 @@ impl Driver {
     /// waits on it at once, so a resend goes to the next session).
     fn leave(&mut self, reason: &str) {
         tracing::debug!(%reason, "leaving the session");
+        // The server answered; look for the primary at once.
+        self.backoff.reset();
         self.link = None;
         *self.shared.lock_current() = None;
         self.liveness.disconnected(Instant::now());
@@ -541,15 +555,17 @@ async fn dial_round(
             }),
         }
     }
-    Err((worst_of(failures), alive))
+    Err((worst_of(failures, alive), alive))
 }
 
 /// A certificate or configuration problem outranks "unreachable": it will
-/// not go away by waiting.
-fn worst_of(mut failures: Vec<Error>) -> Error {
+/// not go away by waiting. Unless another server answered (`alive`): then
+/// an election is under way, and waiting is right.
+fn worst_of(mut failures: Vec<Error>, alive: bool) -> Error {
     let permanent = failures
         .iter()
-        .position(|e| matches!(e, Error::Tls { .. } | Error::Config { .. }));
+        .position(|e| matches!(e, Error::Tls { .. } | Error::Config { .. }))
+        .filter(|_| !alive);
     match permanent {
         Some(i) => failures.swap_remove(i),
         None => Error::Unavailable {
