@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde_json::{json, Value};
-use store_client::{Client, Error, WriteResult};
+use store_client::{Client, ClientConfig, Error, WriteResult};
+
+use crate::EVENT_DEADLINE;
 
 /// Upper bound on operations per client, so the loop ends even if the
 /// fault schedule misbehaves.
@@ -88,12 +90,7 @@ impl History {
 }
 
 /// Runs one client's operations until `stop`.
-pub async fn run_client(
-    process: usize,
-    client: Client,
-    history: Arc<History>,
-    stop: Arc<AtomicBool>,
-) {
+async fn run_client(process: usize, client: Client, history: Arc<History>, stop: Arc<AtomicBool>) {
     for n in 0..MAX_OPS_PER_CLIENT {
         if stop.load(Ordering::Relaxed) {
             return;
@@ -153,6 +150,57 @@ impl Default for History {
     }
 }
 
+/// Clients appending and incrementing into one [`History`] until stopped.
+pub struct Workload {
+    history: Arc<History>,
+    stop: Arc<AtomicBool>,
+    clients: Vec<Client>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workload {
+    /// Connects `clients` clients with `config` and starts them.
+    pub async fn start(clients: usize, config: ClientConfig) -> Workload {
+        let history = Arc::new(History::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workload = Workload {
+            history,
+            stop,
+            clients: Vec::new(),
+            tasks: Vec::new(),
+        };
+        for process in 0..clients {
+            let client = Client::connect(config.clone()).await.unwrap();
+            workload.clients.push(client.clone());
+            workload.tasks.push(tokio::spawn(run_client(
+                process,
+                client,
+                workload.history.clone(),
+                workload.stop.clone(),
+            )));
+        }
+        workload
+    }
+
+    /// Stops the clients, then checks their history against what `checker`
+    /// reads (every unknown outcome resolved first; any violation panics)
+    /// and keeps it as JSON in `json`.
+    pub async fn finish(self, checker: &Client, json: &Path) -> Report {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            tokio::time::timeout(EVENT_DEADLINE, task)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let report = check(&self.history, checker, json).await;
+        for client in self.clients {
+            client.close().await;
+        }
+        report
+    }
+}
+
 /// What the checker found; it has already asserted that nothing is wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Report {
@@ -173,7 +221,7 @@ pub struct Report {
 /// Checks `history` against the store as `checker` reads it (resolving
 /// every unknown outcome first), writes it as JSON to `json`, and panics
 /// on any violation.
-pub async fn check(history: &History, checker: &Client, json: &Path) -> Report {
+async fn check(history: &History, checker: &Client, json: &Path) -> Report {
     // Unknown outcomes: ask the server what happened to each.
     let ops = history.ops.lock().unwrap().clone();
     let mut resolved: HashMap<String, bool> = HashMap::new();

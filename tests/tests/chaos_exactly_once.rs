@@ -7,14 +7,12 @@
 //! JSON (invoke/ok/fail/info per operation) in the test's temp dir.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng as _;
-use store_client::{Client, ClientConfig};
-use store_tests::history::{check, run_client, History};
-use store_tests::{Direction, FaultProxy, LinkFault, ServerProcess, EVENT_DEADLINE};
+use store_client::ClientConfig;
+use store_tests::history::Workload;
+use store_tests::{Direction, FaultProxy, LinkFault, ServerProcess};
 
 const CLIENTS: usize = 4;
 const FAULT_CYCLES: usize = 20;
@@ -33,20 +31,7 @@ async fn chaos_never_loses_duplicates_or_invents_a_write() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::start(dir.path()).await;
     let proxy = FaultProxy::start(server.addr()).await;
-    let history = Arc::new(History::new());
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut clients = Vec::new();
-    let mut workers = Vec::new();
-    for process in 0..CLIENTS {
-        let client = Client::connect(config(&proxy, &server)).await.unwrap();
-        clients.push(client.clone());
-        workers.push(tokio::spawn(run_client(
-            process,
-            client,
-            history.clone(),
-            stop.clone(),
-        )));
-    }
+    let workload = Workload::start(CLIENTS, config(&proxy, &server)).await;
 
     let kill_at = rand::thread_rng().gen_range(5..FAULT_CYCLES - 5);
     for cycle in 0..FAULT_CYCLES {
@@ -82,19 +67,10 @@ async fn chaos_never_loses_duplicates_or_invents_a_write() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        tokio::time::timeout(EVENT_DEADLINE, worker)
-            .await
-            .unwrap()
-            .unwrap();
-    }
-
     let checker = server.client().await;
-    let report = check(&history, &checker, &dir.path().join("history.json")).await;
+    let report = workload
+        .finish(&checker, &dir.path().join("history.json"))
+        .await;
     eprintln!("chaos: {report:?}");
     checker.close().await;
-    for client in clients {
-        client.close().await;
-    }
 }

@@ -8,15 +8,12 @@
 //! kept as Jepsen-shaped JSON in the test's temp dir.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng as _;
-use store_client::Client;
-use store_tests::history::{check, run_client, History};
+use store_tests::history::Workload;
 use store_tests::session::fast;
-use store_tests::{Cluster, Direction, EVENT_DEADLINE};
+use store_tests::{Cluster, Direction};
 
 const CLIENTS: usize = 4;
 const FAULT_CYCLES: usize = 6;
@@ -26,24 +23,11 @@ async fn chaos_on_a_pair_never_loses_duplicates_or_invents_a_write() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start_with_link_proxies(dir.path()).await;
     cluster.wait_in_sync(0).await;
-    let history = Arc::new(History::new());
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut clients = Vec::new();
-    let mut workers = Vec::new();
-    for process in 0..CLIENTS {
-        let mut config = fast(cluster.client_config());
-        // Long enough to ride out most failovers, short enough that some
-        // operations end with an unknown outcome.
-        config.timeout = Duration::from_secs(4);
-        let client = Client::connect(config).await.unwrap();
-        clients.push(client.clone());
-        workers.push(tokio::spawn(run_client(
-            process,
-            client,
-            history.clone(),
-            stop.clone(),
-        )));
-    }
+    let mut config = fast(cluster.client_config());
+    // Long enough to ride out most failovers, short enough that some
+    // operations end with an unknown outcome.
+    config.timeout = Duration::from_secs(4);
+    let workload = Workload::start(CLIENTS, config).await;
 
     for cycle in 0..FAULT_CYCLES {
         let primary = cluster.wait_for_primary(None).await;
@@ -80,20 +64,11 @@ async fn chaos_on_a_pair_never_loses_duplicates_or_invents_a_write() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        tokio::time::timeout(EVENT_DEADLINE, worker)
-            .await
-            .unwrap()
-            .unwrap();
-    }
-
     let checker = cluster.client().await;
-    let report = check(&history, &checker, &dir.path().join("history.json")).await;
+    let report = workload
+        .finish(&checker, &dir.path().join("history.json"))
+        .await;
     eprintln!("chaos on a pair: {report:?}");
     assert!(report.oks > 100, "the clients made progress: {report:?}");
     checker.close().await;
-    for client in clients {
-        client.close().await;
-    }
 }
