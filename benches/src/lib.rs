@@ -14,11 +14,26 @@ pub use idle::{run_idle, IdleReport};
 pub use stats::{median_max, Summary};
 pub use workload::{run, BenchConfig, Workload};
 
-/// The runtime the measuring tools run on: two worker threads, like the
-/// machines the figures are quoted for.
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+/// Runs a measuring tool (`name` prefixes its errors on stderr) on two
+/// worker threads, like the machines the figures are quoted for; exits 1
+/// on an error.
+pub fn run_tool(
+    name: &str,
+    tool: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> std::process::ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()
+        .build();
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(tool),
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

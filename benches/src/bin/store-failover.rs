@@ -43,20 +43,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     store_client::cli::init_logging();
-    let runtime = match store_benches::runtime() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("store-failover: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(measure(&args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("store-failover: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    store_benches::run_tool("store-failover", measure(&args))
 }
 
 async fn measure(args: &Args) -> anyhow::Result<()> {

@@ -61,24 +61,14 @@ const PATIENCE: Duration = Duration::from_secs(120);
 fn main() -> ExitCode {
     let args = Args::parse();
     store_client::cli::init_logging();
-    let runtime = match store_benches::runtime() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("store-faults: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
+    store_benches::run_tool("store-faults", async {
         for fault in &args.fault {
-            match measure(*fault, args.trials).await {
-                Ok(trials) => report(*fault, &trials, args.json),
-                Err(e) => {
-                    eprintln!("store-faults: {fault:?}: {e:#}");
-                    return ExitCode::FAILURE;
-                }
-            }
+            let trials = measure(*fault, args.trials)
+                .await
+                .map_err(|e| e.context(format!("{fault:?}")))?;
+            report(*fault, &trials, args.json);
         }
-        ExitCode::SUCCESS
+        Ok(())
     })
 }
 
