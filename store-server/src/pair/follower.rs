@@ -35,19 +35,12 @@ pub(super) async fn run(pair: Arc<Pair>) {
             Ok(()) => {}
             Err(e) => tracing::info!(error = %e, "replication stream from the primary ended"),
         }
-        pair.set_replication(SyncState::Alone, 0);
+        pair.set_replication(SyncState::Alone);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 impl Pair {
-    fn set_replication(&self, state: SyncState, lag: u64) {
-        *self
-            .replication
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = (state, lag);
-    }
-
     fn still_following(&self) -> bool {
         let standing = self.standing();
         !standing.is_primary() && standing.primary() == Some(1 - standing.me())
@@ -169,7 +162,7 @@ async fn apply_stream(
             }
             other => return Err(format!("unexpected frame {other:?}")),
         };
-        pair.set_replication(SyncState::InSync, 0);
+        pair.set_replication(SyncState::InSync);
         write_frame(send, &ReplAck { lsn }, PEER_FRAME_LIMIT)
             .await
             .map_err(|e| e.to_string())?;

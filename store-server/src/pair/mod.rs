@@ -107,7 +107,9 @@ pub struct Pair {
     log: Mutex<ReplLog>,
     log_grew: tokio::sync::Notify,
     events: mpsc::UnboundedSender<ReplEvent>,
-    replication: Mutex<(SyncState, u64)>,
+    /// The backup's standing: on a primary, as its replicator sees it; on
+    /// a backup, whether it is following a primary's stream.
+    replication: Mutex<SyncState>,
     peer_last_tid: Mutex<Option<Tid>>,
     note: Mutex<String>,
     /// This node's history differs from the primary's: rejoin by snapshot.
@@ -148,7 +150,7 @@ impl Pair {
             log: Mutex::new(ReplLog::new(storage.history_end().lsn + 1)),
             log_grew: tokio::sync::Notify::new(),
             events: events_tx,
-            replication: Mutex::new((SyncState::Alone, 0)),
+            replication: Mutex::new(SyncState::Alone),
             peer_last_tid: Mutex::new(None),
             note: Mutex::new(String::new()),
             diverged: std::sync::atomic::AtomicBool::new(false),
@@ -216,7 +218,7 @@ impl Pair {
     /// What this node knows of the pair, for `status`.
     pub fn status(&self) -> PairStatus {
         let recent = self.config.lease.duration;
-        let (sync, lag) = *self
+        let sync = *self
             .replication
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -224,15 +226,13 @@ impl Pair {
             .peer_last_tid
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let primary = self.standing().is_primary();
         let last_tid = self.storage.last_tid();
         let lag_tids = peer_last_tid.map(|peer| last_tid.0.abs_diff(peer.0));
         PairStatus {
             peer: self.config.cluster[usize::from(1 - self.config.me)].to_string(),
             peer_reachable: self.peer.reachable(recent),
             peer_last_tid,
-            // On a backup: following a primary and caught up with it.
-            backup_in_sync: sync == SyncState::InSync && (primary || lag == 0),
+            backup_in_sync: sync == SyncState::InSync,
             witness_reachable: self.witness.reachable(recent),
             lag_tids,
             note: self
@@ -241,6 +241,13 @@ impl Pair {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone(),
         }
+    }
+
+    fn set_replication(&self, state: SyncState) {
+        *self
+            .replication
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = state;
     }
 
     fn set_peer_last_tid(&self, tid: Tid) {

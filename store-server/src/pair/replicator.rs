@@ -187,13 +187,9 @@ pub(super) async fn run(
         let before = replication.state();
         let ready = replication.ready(Instant::now());
         if replication.state() != before || ready.ask_witness.is_some() {
-            tracing::debug!(from = ?before, to = ?replication.state(), ask = ?ready.ask_witness, "replication state");
+            tracing::debug!(from = ?before, to = ?replication.state(), lag = replication.lag(), ask = ?ready.ask_witness, "replication state");
         }
-        *pair
-            .replication
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            (replication.state(), replication.lag());
+        pair.set_replication(replication.state());
         // Re-check the lease before answering: a primary that lost it says
         // NotPrimary, and the client's resend is answered by the new one.
         let refuse = (!pair.serving()).then(|| not_primary(&pair));
