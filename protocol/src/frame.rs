@@ -1,13 +1,17 @@
 //! Framing: a 4-byte big-endian length, then that many bytes of postcard.
 //!
 //! The length is checked against the limit before a byte of the body is
-//! allocated, so a peer announcing 4 GiB costs nothing.
+//! allocated, and the body grows only as its bytes arrive, so a peer
+//! announcing a large frame costs nothing until it sends it.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::FrameError;
+
+/// Most bytes of a frame body allocated before they arrive.
+const INITIAL_BODY_CAPACITY: usize = 64 << 10;
 
 /// Bytes in the length prefix.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
@@ -84,9 +88,14 @@ where
             limit,
         });
     }
-    let mut body = vec![0u8; len as usize];
-    let got = read_full(reader, &mut body).await?;
-    if got < body.len() {
+    // Grown as bytes arrive: a peer that announces a large frame and sends
+    // little holds little.
+    let mut body = Vec::with_capacity((len as usize).min(INITIAL_BODY_CAPACITY));
+    let got = (&mut *reader)
+        .take(u64::from(len))
+        .read_to_end(&mut body)
+        .await?;
+    if got < len as usize {
         return Err(FrameError::Truncated {
             expected: u64::from(len),
             got: got as u64,

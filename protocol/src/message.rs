@@ -229,6 +229,23 @@ pub enum Write {
     },
 }
 
+impl CommitRequest {
+    /// The bytes of keys and values it carries (what it costs to hold,
+    /// ship and apply, give or take a small envelope per operation).
+    pub fn payload_bytes(&self) -> usize {
+        let reads: usize = self.read_set.iter().map(|read| read.key.len()).sum();
+        let writes: usize = self
+            .writes
+            .iter()
+            .map(|write| match write {
+                Write::Put { key, value } | Write::Append { key, value } => key.len() + value.len(),
+                other => other.key().len(),
+            })
+            .sum();
+        reads + writes
+    }
+}
+
 impl Write {
     /// The key this write touches.
     pub fn key(&self) -> &Bytes {

@@ -22,35 +22,31 @@ pub const PEER_ALPN: &[u8] = b"zeolite-peer/1";
 pub type NodeId = u8;
 
 /// A request from one node to another.
+///
+/// No request names its sender: the sender is the node its verified
+/// certificate names (DESIGN §7), so no node can speak for another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerRequest {
     /// Primary → backup or witness: renew my lease for `epoch`.
     Lease {
         /// The primary's epoch.
         epoch: Epoch,
-        /// The primary.
-        node: NodeId,
     },
     /// Data node → witness: make me primary of the next epoch. Granted only
     /// once every lease of the current primary has run out, and only to a
     /// node recorded as holding every acknowledged commit (unless `force`).
     Elect {
-        /// The candidate.
-        node: NodeId,
-        /// The highest epoch the candidate knows.
+        /// The highest epoch the candidate knows; one the witness never
+        /// granted is refused.
         epoch: Epoch,
         /// Operator override of the in-sync rule (`store-cli promote --force`).
         force: bool,
     },
-    /// Primary → witness: durably record whether `peer` holds every
-    /// acknowledged commit.
+    /// Primary → witness: durably record whether the other data node holds
+    /// every acknowledged commit.
     SetInSync {
         /// The primary's epoch.
         epoch: Epoch,
-        /// The primary.
-        node: NodeId,
-        /// The backup.
-        peer: NodeId,
         /// In sync or not.
         in_sync: bool,
     },
@@ -58,24 +54,18 @@ pub enum PeerRequest {
     Release {
         /// The primary's epoch.
         epoch: Epoch,
-        /// The primary.
-        node: NodeId,
     },
     /// Backup → primary: stop serving so that I can take over, once I hold
     /// everything you acknowledged (`store-cli promote`).
     StepDown {
         /// The backup's epoch.
         epoch: Epoch,
-        /// The backup.
-        node: NodeId,
     },
     /// Anyone → anyone: what you know of the pair.
     Status,
     /// Backup → primary: send me your history from where mine ends. The
     /// stream becomes a replication stream.
     Join {
-        /// The backup.
-        node: NodeId,
         /// The backup's epoch.
         epoch: Epoch,
         /// The epoch of the last batch the backup applied.
@@ -225,7 +215,8 @@ pub enum ReplFrame {
     Batch(Batch),
 }
 
-/// Backup → primary: everything up to `lsn` is durable here.
+/// Backup → primary: everything up to `lsn` is durable here. An ack
+/// beyond the last batch the primary shipped ends the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplAck {
     /// The last durable batch.

@@ -31,6 +31,36 @@ pub enum Command {
     Run(RunArgs),
     /// Run the witness of an HA pair: the third vote, holding no data.
     Witness(WitnessArgs),
+    /// Manage certificates of the development CA.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+/// `store-server certs …`.
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Issue a client or node certificate from the development CA into
+    /// `--out` (`ca.pem` plus `client.pem`/`client.key` or
+    /// `node.pem`/`node.key`), valid for a year.
+    Issue(IssueArgs),
+}
+
+/// Flags of `store-server certs issue`.
+#[derive(Debug, Clone, Args)]
+pub struct IssueArgs {
+    /// A client's identity (what `--acl` names), or a node's address
+    /// (`ip:port`, its `--cluster` address or the witness's `--listen`).
+    #[arg(long)]
+    pub name: String,
+    /// `client` for an application, `node` for a data node or witness.
+    #[arg(long, value_enum)]
+    pub role: crate::certs::CertRole,
+    /// Directory to write the certificate into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// The development TLS directory holding `ca.pem` and `ca.key`.
+    #[arg(long, value_name = "DIR", default_value = "./zeolite-data/tls")]
+    pub tls_dir: PathBuf,
 }
 
 /// Flags of `store-server witness`.

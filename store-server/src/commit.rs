@@ -23,6 +23,10 @@ use crate::storage::{Applied, Op, OpResult, Stamp, Storage};
 
 /// Most operations in one batch: bounds the latency one batch adds to the next.
 const MAX_BATCH: usize = 512;
+/// A batch takes no more operations once it carries this many bytes of
+/// keys and values: bounds the memory of a batch and the size of the
+/// replication frame that ships it.
+pub const MAX_BATCH_BYTES: usize = 16 << 20;
 /// Operations waiting for the committer before senders are held back.
 const QUEUE_DEPTH: usize = 4096;
 /// How long a copy of an in-flight transaction waits for the first copy's
@@ -337,15 +341,21 @@ impl Pipeline {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while let Some(first) = jobs.blocking_recv() {
             let mut next = Some(first);
+            let mut bytes = 0usize;
             while let Some(job) = next.take() {
                 match job {
-                    Job::Decide(decision) => batch.push(decision),
+                    Job::Decide(decision) => {
+                        if let Work::Commit(request) = &decision.work {
+                            bytes = bytes.saturating_add(request.payload_bytes());
+                        }
+                        batch.push(decision);
+                    }
                     // Expiry runs in its own batch, between batches.
                     Job::Expire { retention, reply } => {
                         let _ = reply.send(self.expire(retention));
                     }
                 }
-                if batch.len() < MAX_BATCH {
+                if batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                     next = jobs.try_recv().ok();
                 }
             }

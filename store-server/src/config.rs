@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use store_protocol::Limits;
 
+use crate::error::ServerError;
 use crate::pair::PairConfig;
 use crate::tls::TlsFiles;
 
@@ -37,11 +38,24 @@ pub enum TlsSource {
 }
 
 impl TlsSource {
-    /// The files the server will load.
-    pub fn files(&self) -> TlsFiles {
+    /// The files a standalone server presents, made first in a
+    /// development directory.
+    pub fn server_files(&self) -> Result<TlsFiles, ServerError> {
         match self {
-            TlsSource::DevDir(dir) => TlsFiles::in_dir(dir),
-            TlsSource::Files(files) => files.clone(),
+            TlsSource::DevDir(dir) => {
+                crate::certs::ensure_dev_certs(dir)?;
+                Ok(TlsFiles::in_dir(dir))
+            }
+            TlsSource::Files(files) => Ok(files.clone()),
+        }
+    }
+
+    /// The files a pair member or witness at `addr` presents: a node
+    /// certificate naming `addr`, issued first in a development directory.
+    pub fn node_files(&self, addr: SocketAddr) -> Result<TlsFiles, ServerError> {
+        match self {
+            TlsSource::DevDir(dir) => crate::certs::ensure_dev_node_cert(dir, &addr.to_string()),
+            TlsSource::Files(files) => Ok(files.clone()),
         }
     }
 }

@@ -18,7 +18,9 @@
 //! * `invalidation`: fan-out of changed keys and the change log;
 //! * `storage`: redb tables and the rules of a commit (conflicts, `Incr`,
 //!   `Append`);
-//! * `tls`: development certificates and the rustls configuration;
+//! * `certs`: the development CA and the client and node certificates it
+//!   issues; `identity`: who a connection's certificate says it is;
+//! * `tls`: the rustls configuration;
 //! * [`pair`]: the HA pair: leases, elections, replication, the witness.
 //!
 //! ```no_run
@@ -28,10 +30,12 @@
 //! # Ok(()) }
 //! ```
 
+mod certs;
 mod cli;
 mod commit;
 mod config;
 mod error;
+mod identity;
 mod invalidation;
 mod outcomes;
 pub mod pair;
@@ -41,11 +45,13 @@ mod session;
 mod storage;
 mod tls;
 
-pub use cli::{Cli, Cluster, Command, RunArgs, TlsArgs, WitnessArgs};
+pub use certs::{ensure_dev_certs, issue, CertRole};
+pub use cli::{CertsCommand, Cli, Cluster, Command, IssueArgs, RunArgs, TlsArgs, WitnessArgs};
 pub use config::{
     ServerConfig, TlsSource, DEFAULT_DATA_DIR, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_LISTEN, DEFAULT_OUTCOME_RETENTION,
 };
 pub use error::{ServerError, StorageError};
+pub use identity::{Identity, CLOSE_NOT_A_NODE};
 pub use server::Server;
-pub use tls::{ensure_dev_certs, TlsFiles};
+pub use tls::TlsFiles;

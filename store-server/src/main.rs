@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use store_server::pair::witness::WitnessServer;
-use store_server::{Cli, Command, Server};
+use store_server::{CertsCommand, Cli, Command, Server};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -20,6 +20,7 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::Run(args)) => args,
         Some(Command::Witness(args)) => return run_witness(args),
+        Some(Command::Certs(CertsCommand::Issue(args))) => return issue(&args),
         None => cli.run,
     };
     let config = match args.into_config() {
@@ -30,6 +31,19 @@ fn main() -> ExitCode {
         }
     };
     serve(Server::bind(config), |server| server.run(shutdown_signal()))
+}
+
+fn issue(args: &store_server::IssueArgs) -> ExitCode {
+    match store_server::issue(&args.tls_dir, &args.name, args.role, &args.out) {
+        Ok(cert) => {
+            eprintln!("store-server: issued {}", cert.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("store-server: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn run_witness(args: store_server::WitnessArgs) -> ExitCode {

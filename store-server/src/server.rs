@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tracing::Instrument as _;
 
 use crate::commit::{CommitPipeline, Committer, Release, WriteEpoch};
-use crate::config::{ServerConfig, TlsSource};
+use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::invalidation::{Invalidations, DEFAULT_CHANGE_LOG_KEYS};
 use crate::pair::{Pair, PairTasks};
@@ -98,15 +98,16 @@ impl Server {
                 e,
             )
         })?;
-        if let TlsSource::DevDir(dir) = &config.tls {
-            tls::ensure_dev_certs(dir)?;
-        }
+        let tls_files = match &config.pair {
+            Some(pair) => config.tls.node_files(pair.cluster[usize::from(pair.me)])?,
+            None => config.tls.server_files()?,
+        };
         let alpn: &[&[u8]] = if config.pair.is_some() {
             &[ALPN, PEER_ALPN]
         } else {
             &[ALPN]
         };
-        let crypto = tls::quic_server_crypto(&config.tls.files(), alpn)?;
+        let crypto = tls::quic_server_crypto(&tls_files, alpn)?;
         let db_path = config.data_dir.join("store.redb");
         let storage = Arc::new(Storage::open(&db_path)?);
         let invalidations = Arc::new(Invalidations::new(
@@ -164,7 +165,7 @@ impl Server {
                     epoch = storage.epoch().0,
                     "member of an HA pair"
                 );
-                let peer_crypto = crate::pair::peer_client_config(&config.tls.files())?;
+                let peer_crypto = crate::pair::peer_client_config(&tls_files)?;
                 let (pair, tasks) = Pair::new(
                     pair_config,
                     storage.clone(),

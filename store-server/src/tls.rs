@@ -1,14 +1,9 @@
-//! TLS: the development CA made on first start, and the server's rustls and
-//! QUIC configuration with mandatory client certificates.
+//! TLS: the server's rustls and QUIC configuration with mandatory client
+//! certificates (the certificates themselves: [`crate::certs`]).
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
 use store_protocol::pem;
 
 use crate::error::ServerError;
@@ -33,112 +28,6 @@ impl TlsFiles {
             key: dir.join("server.key"),
         }
     }
-}
-
-/// Names the development certificates are valid for: loopback only.
-const DEV_SERVER_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
-
-/// Creates a development CA, a server certificate and a client certificate in
-/// `dir` unless `dir/ca.pem` already exists.
-///
-/// The files are made in a sibling temporary directory and renamed into place
-/// in one step, so two nodes started at once with the same `--tls-dir` end up
-/// sharing one complete set.
-pub fn ensure_dev_certs(dir: &Path) -> Result<(), ServerError> {
-    if dir.join("ca.pem").exists() {
-        return Ok(());
-    }
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(parent)
-        .map_err(|e| ServerError::io(format!("creating {}", parent.display()), e))?;
-    let staging = parent.join(format!(".tls-staging-{}", std::process::id()));
-    write_dev_certs(&staging)?;
-    match fs::rename(&staging, dir) {
-        Ok(()) => {
-            tracing::info!(dir = %dir.display(), "created development CA and certificates");
-            Ok(())
-        }
-        // Another node won the race, or the directory holds other files.
-        Err(_) if dir.join("ca.pem").exists() => {
-            let _ = fs::remove_dir_all(&staging);
-            Ok(())
-        }
-        Err(e) => {
-            let _ = fs::remove_dir_all(&staging);
-            Err(ServerError::io(
-                format!(
-                    "installing development certificates into {} (is it a non-empty directory without ca.pem?)",
-                    dir.display()
-                ),
-                e,
-            ))
-        }
-    }
-}
-
-fn write_dev_certs(dir: &Path) -> Result<(), ServerError> {
-    fs::create_dir_all(dir)
-        .map_err(|e| ServerError::io(format!("creating {}", dir.display()), e))?;
-
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Zeolite development CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate()?;
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-
-    let leaf = |names: Vec<String>, cn: &str, usages: &[ExtendedKeyUsagePurpose]| {
-        let mut params = CertificateParams::new(names)?;
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = usages.to_vec();
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
-        Ok::<_, rcgen::Error>((cert.pem(), key.serialize_pem()))
-    };
-    let names = DEV_SERVER_NAMES.iter().map(|s| s.to_string()).collect();
-    // Data nodes of a pair also present their certificate as clients.
-    let (server_pem, server_key) = leaf(
-        names,
-        "zeolite-server",
-        &[
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ],
-    )?;
-    let (client_pem, client_key) = leaf(
-        vec!["zeolite-client".to_string()],
-        "zeolite-client",
-        &[ExtendedKeyUsagePurpose::ClientAuth],
-    )?;
-
-    write_file(&dir.join("ca.pem"), ca_cert.pem().as_bytes(), false)?;
-    write_file(&dir.join("ca.key"), ca_key.serialize_pem().as_bytes(), true)?;
-    write_file(&dir.join("server.pem"), server_pem.as_bytes(), false)?;
-    write_file(&dir.join("server.key"), server_key.as_bytes(), true)?;
-    write_file(&dir.join("client.pem"), client_pem.as_bytes(), false)?;
-    write_file(&dir.join("client.key"), client_key.as_bytes(), true)?;
-    Ok(())
-}
-
-fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), ServerError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mode = if secret { 0o600 } else { 0o644 };
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| ServerError::io(format!("creating {}", path.display()), e))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| ServerError::io(format!("writing {}", path.display()), e))
 }
 
 /// The QUIC server crypto: TLS 1.3 only, the application protocols

@@ -194,6 +194,21 @@ impl Cluster {
         cli_with(&self.nodes[i].addr().to_string(), &self.tls_dir, args, None)
     }
 
+    /// The shared development TLS directory.
+    pub fn tls_dir(&self) -> &Path {
+        &self.tls_dir
+    }
+
+    /// The node certificate and key the development CA issued to the
+    /// member listening on `addr` (a data node or the witness).
+    pub fn node_cert(&self, addr: SocketAddr) -> (PathBuf, PathBuf) {
+        let dir = self
+            .tls_dir
+            .join("nodes")
+            .join(addr.to_string().replace(':', "_"));
+        (dir.join("node.pem"), dir.join("node.key"))
+    }
+
     /// Every member's log, for failure messages.
     pub fn logs(&self) -> String {
         let mut text = format!("--- witness\n{}", tail(&self.witness.log_text()));

@@ -11,7 +11,7 @@ use store_protocol::peer::{Batch, BatchOp, PeerRequest, PeerResponse, ReplAck, R
 use store_protocol::{read_frame, write_frame, Tid};
 use tokio::sync::mpsc;
 
-use super::link::PEER_FRAME_LIMIT;
+use super::link::{repl_frame_limit, PEER_FRAME_LIMIT};
 use super::replication::SyncState;
 use super::Pair;
 use crate::commit::invalidation;
@@ -51,7 +51,6 @@ async fn follow(pair: &Arc<Pair>) -> Result<(), String> {
     let end = pair.storage.history_end();
     let diverged = pair.diverged.load(Ordering::Acquire);
     let join = PeerRequest::Join {
-        node: pair.config.me,
         epoch: pair.epoch(),
         batch_epoch: end.batch_epoch,
         // A history known to differ asks for a snapshot.
@@ -82,9 +81,10 @@ async fn follow(pair: &Arc<Pair>) -> Result<(), String> {
     // that whatever arrived meanwhile is applied together: one fsync for
     // many batches when the backup is the slower side.
     let (frames_tx, mut frames) = mpsc::channel::<Result<ReplFrame, String>>(READ_AHEAD);
+    let limit = repl_frame_limit(&pair.limits);
     let reader = tokio::spawn(async move {
         loop {
-            let frame = match read_frame::<_, ReplFrame>(&mut recv, PEER_FRAME_LIMIT).await {
+            let frame = match read_frame::<_, ReplFrame>(&mut recv, limit).await {
                 Ok(Some(frame)) => Ok(frame),
                 Ok(None) => Err("the primary closed the stream".to_string()),
                 Err(e) => Err(e.to_string()),

@@ -7,12 +7,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use store_protocol::peer::{PeerRequest, PeerResponse};
-use store_protocol::{read_frame, write_frame};
+use store_protocol::{read_frame, write_frame, Limits};
 
-/// Largest frame on a node-to-node stream: a batch of commits can hold
-/// up to the commit pipeline's batch size of full frames, so the limit is
-/// generous; it only guards against a peer that sends garbage.
-pub const PEER_FRAME_LIMIT: u32 = 1 << 30;
+use crate::commit::MAX_BATCH_BYTES;
+
+/// Largest request or answer between nodes (leases, votes, status): a
+/// few dozen bytes, with room for a refusal's reason.
+pub const PEER_FRAME_LIMIT: u32 = 64 << 10;
+
+/// Largest replication frame: one commit batch (at most
+/// [`MAX_BATCH_BYTES`] of payload, plus the one commit that crossed it),
+/// or one chunk of snapshot rows. Bodies are read as they arrive, never
+/// allocated up front from the length a peer announces.
+pub fn repl_frame_limit(limits: &Limits) -> u32 {
+    let envelope = 1 << 20;
+    u32::try_from(MAX_BATCH_BYTES + limits.max_frame_bytes as usize + envelope).unwrap_or(u32::MAX)
+}
 
 /// A link whose peer has not answered anything for this long is redialed
 /// after its next unanswered request.

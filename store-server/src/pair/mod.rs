@@ -193,6 +193,11 @@ impl Pair {
         result
     }
 
+    /// The other data node.
+    fn peer_id(&self) -> NodeId {
+        1 - self.config.me
+    }
+
     /// Whether this node may answer as primary now.
     pub fn serving(&self) -> bool {
         self.standing().serving(Instant::now())

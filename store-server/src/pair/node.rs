@@ -12,6 +12,7 @@ use super::link::PEER_FRAME_LIMIT;
 use super::replicator::{serve_join, Joiner};
 use super::role::Action;
 use super::Pair;
+use crate::identity::admit_node;
 
 /// How often the standing is checked.
 const TICK: Duration = Duration::from_millis(25);
@@ -47,11 +48,8 @@ pub(super) async fn run(pair: Arc<Pair>) {
 /// Asks the backup and the witness to renew the lease; one grant is a
 /// majority with this node's own vote.
 async fn renew(pair: Arc<Pair>, sent_at: Instant) {
-    let (epoch, me) = {
-        let standing = pair.standing();
-        (standing.epoch(), standing.me())
-    };
-    let request = PeerRequest::Lease { epoch, node: me };
+    let epoch = pair.standing().epoch();
+    let request = PeerRequest::Lease { epoch };
     let timeout = pair.config.lease.renew_every * 2;
     let (peer, witness) = tokio::join!(
         pair.peer.request(&request, timeout),
@@ -81,15 +79,8 @@ async fn renew(pair: Arc<Pair>, sent_at: Instant) {
 
 /// Asks the witness to make this node primary of the next epoch.
 async fn campaign(pair: Arc<Pair>, sent_at: Instant, force: bool) {
-    let (epoch, me) = {
-        let standing = pair.standing();
-        (standing.epoch(), standing.me())
-    };
-    let request = PeerRequest::Elect {
-        node: me,
-        epoch,
-        force,
-    };
+    let epoch = pair.standing().epoch();
+    let request = PeerRequest::Elect { epoch, force };
     let answer = pair.witness.request(&request, Duration::from_secs(1)).await;
     let answer = match answer {
         Ok(PeerResponse::Elected { epoch, .. }) => {
@@ -189,7 +180,6 @@ impl Pair {
         if !force {
             let request = PeerRequest::StepDown {
                 epoch: self.epoch(),
-                node: self.config.me,
             };
             let answer = self
                 .peer
@@ -251,10 +241,7 @@ impl Pair {
             return self.denied("not the primary".into());
         };
         tracing::warn!("stepping down at the backup's request");
-        let release = PeerRequest::Release {
-            epoch,
-            node: self.config.me,
-        };
+        let release = PeerRequest::Release { epoch };
         let _ = self.witness.request(&release, Duration::from_secs(1)).await;
         PeerResponse::SteppedDown {
             lsn: self.storage.history_end().lsn,
@@ -276,8 +263,14 @@ async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Serves a connection from the other data node.
+/// Serves a connection from the other data node; any other certificate
+/// (a client's, the witness's, a node of another cluster) is closed with
+/// [`crate::identity::CLOSE_NOT_A_NODE`] right after the handshake.
 pub(crate) async fn serve(pair: Arc<Pair>, connection: quinn::Connection) {
+    let peer = pair.config.cluster[usize::from(pair.peer_id())];
+    if admit_node(&connection, &[peer]).is_none() {
+        return;
+    }
     while let Ok((send, recv)) = connection.accept_bi().await {
         tokio::spawn(serve_stream(pair.clone(), send, recv));
     }
@@ -293,16 +286,18 @@ async fn serve_stream(pair: Arc<Pair>, mut send: quinn::SendStream, mut recv: qu
         }
     };
     let answer = match request {
-        PeerRequest::Lease { epoch, node } => match pair.accept_epoch(epoch, Some(node)).await {
-            Ok(()) => pair.update(|s| s.lease_requested(Instant::now(), epoch, node)),
-            Err(reason) => pair.denied(reason),
-        },
+        PeerRequest::Lease { epoch } => {
+            let peer = pair.peer_id();
+            match pair.accept_epoch(epoch, Some(peer)).await {
+                Ok(()) => pair.update(|s| s.lease_requested(Instant::now(), epoch, peer)),
+                Err(reason) => pair.denied(reason),
+            }
+        }
         PeerRequest::Status => PeerResponse::Status(pair.peer_status()),
         PeerRequest::Join {
             epoch,
             batch_epoch,
             lsn,
-            ..
         } => {
             let joiner = Joiner {
                 epoch,

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use store_protocol::peer::{Batch, PeerRequest, PeerResponse, ReplAck, ReplFrame};
-use store_protocol::{read_frame, write_frame, Epoch, WireError, Write};
+use store_protocol::{read_frame, write_frame, Epoch, WireError};
 use tokio::sync::mpsc;
 
-use super::link::PEER_FRAME_LIMIT;
+use super::link::{repl_frame_limit, PEER_FRAME_LIMIT};
 use super::replication::Replication;
 use super::Pair;
 use crate::commit::{Durable, ToReplicator};
@@ -21,6 +21,8 @@ use crate::commit::{Durable, ToReplicator};
 const LOG_MAX_BATCHES: usize = 100_000;
 /// Most bytes of batches kept (approximately).
 const LOG_MAX_BYTES: usize = 256 << 20;
+/// Largest frame a backup sends back: an ack is a few bytes.
+const ACK_FRAME_LIMIT: u32 = 64;
 /// Snapshot rows per frame, in bytes (approximately).
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
@@ -70,18 +72,7 @@ fn batch_size(batch: &Batch) -> usize {
         .ops
         .iter()
         .map(|op| match op {
-            store_protocol::peer::BatchOp::Commit(request) => {
-                64 + request
-                    .writes
-                    .iter()
-                    .map(|w| match w {
-                        Write::Put { key, value } | Write::Append { key, value } => {
-                            key.len() + value.len()
-                        }
-                        other => other.key().len(),
-                    })
-                    .sum::<usize>()
-            }
+            store_protocol::peer::BatchOp::Commit(request) => 64 + request.payload_bytes(),
             _ => 32,
         })
         .sum()
@@ -247,13 +238,7 @@ fn not_primary(pair: &Pair) -> WireError {
 
 /// Asks the witness to record the backup in or out of sync.
 async fn record_backup(pair: Arc<Pair>, epoch: Epoch, in_sync: bool) {
-    let me = pair.config.me;
-    let request = PeerRequest::SetInSync {
-        epoch,
-        node: me,
-        peer: 1 - me,
-        in_sync,
-    };
+    let request = PeerRequest::SetInSync { epoch, in_sync };
     let answer = pair.witness.request(&request, Duration::from_secs(1)).await;
     tracing::debug!(?answer, in_sync, "witness answered");
     let recorded = match answer {
@@ -362,9 +347,22 @@ async fn stream_history(
         let reachable = joiner.lsn.saturating_add(1) >= log.first;
         joiner.lsn <= end.lsn && (same_end || in_log) && reachable
     };
+    // The last batch shipped on this stream: an ack beyond it claims
+    // durability of history the backup was never sent, and ends the stream.
+    let shipped = Arc::new(AtomicU64::new(if prefix { joiner.lsn } else { 0 }));
     let acks = pair.events.clone();
-    let ack_reader = tokio::spawn(async move {
-        while let Ok(Some(ack)) = read_frame::<_, ReplAck>(&mut recv, PEER_FRAME_LIMIT).await {
+    let shipped_so_far = shipped.clone();
+    let mut ack_reader = tokio::spawn(async move {
+        while let Ok(Some(ack)) = read_frame::<_, ReplAck>(&mut recv, ACK_FRAME_LIMIT).await {
+            let limit = shipped_so_far.load(Ordering::Acquire);
+            if ack.lsn > limit {
+                tracing::warn!(
+                    ack = ack.lsn,
+                    shipped = limit,
+                    "backup acked a batch never shipped; ending the stream"
+                );
+                break;
+            }
             let _ = acks.send(ReplEvent::Acked {
                 generation,
                 lsn: ack.lsn,
@@ -372,6 +370,7 @@ async fn stream_history(
         }
         let _ = acks.send(ReplEvent::Lost { generation });
     });
+    let repl_limit = repl_frame_limit(&pair.limits);
     let outcome = async {
         let mut next = if prefix {
             tracing::info!(from = joiner.lsn, "backup joined: shipping the log");
@@ -382,7 +381,7 @@ async fn stream_history(
             joiner.lsn + 1
         } else {
             let _ = pair.events.send(ReplEvent::Joined { generation, lsn: 0 });
-            send_snapshot(pair, send).await? + 1
+            send_snapshot(pair, send, &shipped).await? + 1
         };
         loop {
             let grew = pair.log_grew.notified();
@@ -395,7 +394,8 @@ async fn stream_history(
             };
             match batch {
                 Some(batch) => {
-                    write_frame(send, &ReplFrame::Batch((*batch).clone()), PEER_FRAME_LIMIT)
+                    shipped.fetch_max(batch.lsn, Ordering::AcqRel);
+                    write_frame(send, &ReplFrame::Batch((*batch).clone()), repl_limit)
                         .await
                         .map_err(|e| e.to_string())?;
                     next += 1;
@@ -408,14 +408,24 @@ async fn stream_history(
                 }
             }
         }
-    }
-    .await;
+    };
+    // The stream ends with whichever side ends first: a backup whose acks
+    // stop (or go beyond what it was sent) is shipped nothing more.
+    let outcome = tokio::select! {
+        outcome = outcome => outcome,
+        _ = &mut ack_reader => Err("the backup's acknowledgements ended".to_string()),
+    };
     ack_reader.abort();
     outcome
 }
 
-/// Streams a snapshot of the whole store; returns its LSN.
-async fn send_snapshot(pair: &Arc<Pair>, send: &mut quinn::SendStream) -> Result<u64, String> {
+/// Streams a snapshot of the whole store; returns its LSN (recorded in
+/// `shipped` before the snapshot's first frame goes out).
+async fn send_snapshot(
+    pair: &Arc<Pair>,
+    send: &mut quinn::SendStream,
+    shipped: &AtomicU64,
+) -> Result<u64, String> {
     let (frames_tx, mut frames) = mpsc::channel::<ReplFrame>(4);
     let storage = pair.storage.clone();
     let epoch = pair.epoch();
@@ -446,10 +456,14 @@ async fn send_snapshot(pair: &Arc<Pair>, send: &mut quinn::SendStream) -> Result
     let started = Instant::now();
     let mut rows = 0usize;
     while let Some(frame) = frames.recv().await {
-        if let ReplFrame::SnapshotRows(chunk) = &frame {
-            rows += chunk.len();
+        match &frame {
+            ReplFrame::SnapshotRows(chunk) => rows += chunk.len(),
+            ReplFrame::SnapshotBegin { lsn, .. } => {
+                shipped.store(*lsn, Ordering::Release);
+            }
+            _ => {}
         }
-        write_frame(send, &frame, PEER_FRAME_LIMIT)
+        write_frame(send, &frame, repl_frame_limit(&pair.limits))
             .await
             .map_err(|e| e.to_string())?;
     }

@@ -52,9 +52,15 @@ impl Witness {
         self.votes
     }
 
-    /// Answers `request` at `now`. When the answer changes the votes, the
+    /// Answers `request` from data node `sender` (the node its
+    /// certificate names) at `now`. When the answer changes the votes, the
     /// new votes come with it: persist them before answering.
-    pub fn handle(&mut self, now: Instant, request: &PeerRequest) -> (PeerResponse, Option<Votes>) {
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        sender: NodeId,
+        request: &PeerRequest,
+    ) -> (PeerResponse, Option<Votes>) {
         let votes = self.votes;
         let deny = |reason: &str| {
             (
@@ -66,12 +72,15 @@ impl Witness {
                 None,
             )
         };
-        let is_primary = |epoch: Epoch, node: NodeId| {
-            epoch == votes.epoch && votes.primary == Some(node) && votes.epoch > Epoch(0)
+        if usize::from(sender) >= votes.in_sync.len() {
+            return deny("no such data node");
+        }
+        let sender_is_primary_of = |epoch: Epoch| {
+            epoch == votes.epoch && votes.primary == Some(sender) && epoch > Epoch(0)
         };
         match *request {
-            PeerRequest::Lease { epoch, node } => {
-                if !is_primary(epoch, node) {
+            PeerRequest::Lease { epoch } => {
+                if !sender_is_primary_of(epoch) {
                     return deny("not the primary of the current epoch");
                 }
                 let lease = self.promise.grant(&self.config, now);
@@ -83,53 +92,53 @@ impl Witness {
                     None,
                 )
             }
-            PeerRequest::Elect { node, epoch, force } => {
-                if usize::from(node) >= votes.in_sync.len() {
-                    return deny("no such data node");
+            PeerRequest::Elect { epoch, force } => {
+                if epoch > votes.epoch {
+                    return deny(
+                        "the candidate claims an epoch this witness never granted \
+                         (were the witness's votes lost? restore its data directory)",
+                    );
                 }
                 if votes.epoch == Epoch(0) {
-                    if node != 0 && !force {
+                    if sender != 0 && !force {
                         return deny("a fresh cluster starts with the first --cluster address");
                     }
-                } else if votes.primary != Some(node) {
+                } else if votes.primary != Some(sender) {
                     if self.promise.binds(now) {
                         return deny("the primary's lease has not run out");
                     }
-                    if !votes.in_sync[usize::from(node)] && !force {
+                    if !votes.in_sync[usize::from(sender)] && !force {
                         return deny("not recorded as holding every acknowledged commit");
                     }
                 }
-                let epoch = Epoch(votes.epoch.0.max(epoch.0) + 1);
+                let Some(next) = votes.epoch.0.checked_add(1) else {
+                    return deny("the epoch space is exhausted");
+                };
                 let mut in_sync = [false; 2];
-                in_sync[usize::from(node)] = true;
+                in_sync[usize::from(sender)] = true;
                 self.votes = Votes {
-                    epoch,
-                    primary: Some(node),
+                    epoch: Epoch(next),
+                    primary: Some(sender),
                     in_sync,
                 };
                 let lease = self.promise.grant(&self.config, now);
                 (
                     PeerResponse::Elected {
-                        epoch,
+                        epoch: Epoch(next),
                         lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
                     },
                     Some(self.votes),
                 )
             }
-            PeerRequest::SetInSync {
-                epoch,
-                node,
-                peer,
-                in_sync,
-            } => {
-                if !is_primary(epoch, node) || peer == node || usize::from(peer) >= 2 {
+            PeerRequest::SetInSync { epoch, in_sync } => {
+                if !sender_is_primary_of(epoch) {
                     return deny("only the primary of the current epoch records its backup");
                 }
-                self.votes.in_sync[usize::from(peer)] = in_sync;
+                self.votes.in_sync[usize::from(1 - sender)] = in_sync;
                 (PeerResponse::Recorded, Some(self.votes))
             }
-            PeerRequest::Release { epoch, node } => {
-                if !is_primary(epoch, node) {
+            PeerRequest::Release { epoch } => {
+                if !sender_is_primary_of(epoch) {
                     return deny("not the primary of the current epoch");
                 }
                 self.promise.release();
@@ -159,10 +168,9 @@ mod tests {
 
     use super::*;
 
-    fn elect(node: NodeId) -> PeerRequest {
+    fn elect(epoch: u64) -> PeerRequest {
         PeerRequest::Elect {
-            node,
-            epoch: Epoch(0),
+            epoch: Epoch(epoch),
             force: false,
         }
     }
@@ -178,8 +186,8 @@ mod tests {
     fn a_fresh_cluster_starts_with_the_first_node() {
         let t0 = Instant::now();
         let mut witness = Witness::new(Votes::default(), LeaseConfig::default(), t0);
-        assert_eq!(elected(&witness.handle(t0, &elect(1)).0), None);
-        let (answer, votes) = witness.handle(t0, &elect(0));
+        assert_eq!(elected(&witness.handle(t0, 1, &elect(0)).0), None);
+        let (answer, votes) = witness.handle(t0, 0, &elect(0));
         assert_eq!(elected(&answer), Some(Epoch(1)));
         assert_eq!(
             votes,
@@ -196,33 +204,41 @@ mod tests {
         let config = LeaseConfig::default();
         let t0 = Instant::now();
         let mut witness = Witness::new(Votes::default(), config, t0);
-        witness.handle(t0, &elect(0));
+        witness.handle(t0, 0, &elect(0));
         // Not in sync yet.
         let later = t0 + Duration::from_secs(10);
-        assert_eq!(elected(&witness.handle(later, &elect(1)).0), None);
+        assert_eq!(elected(&witness.handle(later, 1, &elect(1)).0), None);
         let record = PeerRequest::SetInSync {
             epoch: Epoch(1),
-            node: 0,
-            peer: 1,
             in_sync: true,
         };
-        assert_eq!(witness.handle(later, &record).0, PeerResponse::Recorded);
-        // The primary renews: no election while its lease binds.
-        let renew = PeerRequest::Lease {
-            epoch: Epoch(1),
-            node: 0,
-        };
+        // Only the primary records its backup: the backup cannot.
         assert!(matches!(
-            witness.handle(later, &renew).0,
+            witness.handle(later, 1, &record).0,
+            PeerResponse::Denied { .. }
+        ));
+        assert_eq!(witness.handle(later, 0, &record).0, PeerResponse::Recorded);
+        // The primary renews: no election while its lease binds.
+        let renew = PeerRequest::Lease { epoch: Epoch(1) };
+        // The backup cannot renew the primary's lease for it.
+        assert!(matches!(
+            witness.handle(later, 1, &renew).0,
+            PeerResponse::Denied { .. }
+        ));
+        assert!(matches!(
+            witness.handle(later, 0, &renew).0,
             PeerResponse::Granted { .. }
         ));
         let during = later + config.duration;
-        assert_eq!(elected(&witness.handle(during, &elect(1)).0), None);
+        assert_eq!(elected(&witness.handle(during, 1, &elect(1)).0), None);
         let after = later + config.bound_for(config.duration);
-        assert_eq!(elected(&witness.handle(after, &elect(1)).0), Some(Epoch(2)));
+        assert_eq!(
+            elected(&witness.handle(after, 1, &elect(1)).0),
+            Some(Epoch(2))
+        );
         // The old primary is fenced: no renewal, no record.
         assert!(matches!(
-            witness.handle(after, &renew).0,
+            witness.handle(after, 0, &renew).0,
             PeerResponse::Denied {
                 epoch: Epoch(2),
                 primary: Some(1),
@@ -242,11 +258,55 @@ mod tests {
             in_sync: [true, true],
         };
         let mut witness = Witness::new(votes, config, t0);
-        assert_eq!(elected(&witness.handle(t0, &elect(1)).0), None);
+        assert_eq!(elected(&witness.handle(t0, 1, &elect(3)).0), None);
         // The recorded primary itself may be re-elected at once.
-        assert_eq!(elected(&witness.handle(t0, &elect(0)).0), Some(Epoch(4)));
+        assert_eq!(elected(&witness.handle(t0, 0, &elect(3)).0), Some(Epoch(4)));
         let mut witness = Witness::new(votes, config, t0);
         let after = t0 + config.bound_for(config.duration);
-        assert_eq!(elected(&witness.handle(after, &elect(1)).0), Some(Epoch(4)));
+        assert_eq!(
+            elected(&witness.handle(after, 1, &elect(3)).0),
+            Some(Epoch(4))
+        );
+    }
+
+    #[test]
+    fn an_epoch_the_witness_never_granted_is_refused_and_nothing_wraps() {
+        let config = LeaseConfig::default();
+        let t0 = Instant::now();
+        let votes = Votes {
+            epoch: Epoch(3),
+            primary: Some(0),
+            in_sync: [true, true],
+        };
+        let mut witness = Witness::new(votes, config, t0);
+        let after = t0 + config.bound_for(config.duration);
+        for claimed in [4, u64::MAX - 1, u64::MAX] {
+            let (answer, changed) = witness.handle(after, 1, &elect(claimed));
+            assert!(
+                matches!(
+                    answer,
+                    PeerResponse::Denied {
+                        epoch: Epoch(3),
+                        ..
+                    }
+                ),
+                "{claimed}"
+            );
+            assert_eq!(changed, None);
+        }
+        // A node index outside the pair is refused whatever it asks.
+        let (answer, _) = witness.handle(after, 2, &elect(3));
+        assert!(matches!(answer, PeerResponse::Denied { .. }));
+        // At the very top of the epoch space the witness refuses, never wraps.
+        let top = Votes {
+            epoch: Epoch(u64::MAX),
+            primary: Some(0),
+            in_sync: [true, true],
+        };
+        let mut witness = Witness::new(top, config, t0);
+        let (answer, changed) = witness.handle(after, 0, &elect(u64::MAX));
+        assert!(matches!(answer, PeerResponse::Denied { .. }));
+        assert_eq!(changed, None);
+        assert_eq!(witness.votes(), top);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use redb::{Database, TableDefinition};
-use store_protocol::peer::{PeerRequest, PEER_ALPN};
+use store_protocol::peer::{NodeId, PeerRequest, PEER_ALPN};
 use store_protocol::{read_frame, write_frame};
 
 use super::lease::LeaseConfig;
@@ -16,6 +16,7 @@ use super::link::PEER_FRAME_LIMIT;
 use super::votes::{Votes, Witness};
 use crate::config::TlsSource;
 use crate::error::{ServerError, StorageError};
+use crate::identity::admit_node;
 
 /// "votes" → postcard-encoded [`Votes`].
 const VOTES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("votes");
@@ -38,6 +39,7 @@ pub struct WitnessConfig {
 /// A bound witness; [`WitnessServer::run`] serves it.
 pub struct WitnessServer {
     endpoint: quinn::Endpoint,
+    cluster: [SocketAddr; 2],
     db: Arc<Database>,
     witness: Arc<Mutex<Witness>>,
 }
@@ -51,10 +53,8 @@ impl WitnessServer {
                 e,
             )
         })?;
-        if let TlsSource::DevDir(dir) = &config.tls {
-            crate::tls::ensure_dev_certs(dir)?;
-        }
-        let crypto = crate::tls::quic_server_crypto(&config.tls.files(), &[PEER_ALPN])?;
+        let files = config.tls.node_files(config.listen)?;
+        let crypto = crate::tls::quic_server_crypto(&files, &[PEER_ALPN])?;
         let db = open_votes(&config.data_dir.join("witness.redb"))?;
         let votes = read_votes(&db)?;
         tracing::info!(
@@ -68,6 +68,7 @@ impl WitnessServer {
             .map_err(|e| ServerError::io(format!("listening on {}", config.listen), e))?;
         Ok(WitnessServer {
             endpoint,
+            cluster: config.cluster,
             db: Arc::new(db),
             witness: Arc::new(Mutex::new(Witness::new(
                 votes,
@@ -83,12 +84,26 @@ impl WitnessServer {
         let accept = async {
             while let Some(incoming) = self.endpoint.accept().await {
                 let (db, witness) = (self.db.clone(), self.witness.clone());
+                let cluster = self.cluster;
                 tokio::spawn(async move {
                     let Ok(connection) = incoming.await else {
                         return;
                     };
+                    // Votes are taken only from the data nodes, each
+                    // speaking for itself as its certificate names it.
+                    let Some(sender) = admit_node(&connection, &cluster)
+                        .and_then(|index| NodeId::try_from(index).ok())
+                    else {
+                        return;
+                    };
                     while let Ok((send, recv)) = connection.accept_bi().await {
-                        tokio::spawn(serve_stream(db.clone(), witness.clone(), send, recv));
+                        tokio::spawn(serve_stream(
+                            db.clone(),
+                            witness.clone(),
+                            sender,
+                            send,
+                            recv,
+                        ));
                     }
                 });
             }
@@ -105,6 +120,7 @@ impl WitnessServer {
 async fn serve_stream(
     db: Arc<Database>,
     witness: Arc<Mutex<Witness>>,
+    sender: NodeId,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -118,7 +134,7 @@ async fn serve_stream(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = witness.clone();
-        let (answer, changed) = witness.handle(Instant::now(), &request);
+        let (answer, changed) = witness.handle(Instant::now(), sender, &request);
         if let Some(votes) = changed {
             if let Err(e) = write_votes(&db, &votes) {
                 tracing::error!(error = %e, "cannot persist votes; refusing");
