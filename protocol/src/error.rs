@@ -16,6 +16,8 @@ pub enum LimitKind {
     Frame,
     /// Reads plus writes in one transaction (`max_ops_per_txn`).
     Ops,
+    /// The bytes of the values one transaction creates (`max_txn_bytes`).
+    TxnBytes,
 }
 
 impl std::fmt::Display for LimitKind {
@@ -25,6 +27,7 @@ impl std::fmt::Display for LimitKind {
             LimitKind::Value => "value",
             LimitKind::Frame => "frame",
             LimitKind::Ops => "operation count",
+            LimitKind::TxnBytes => "bytes of new values in one transaction",
         })
     }
 }

@@ -80,7 +80,7 @@ pub use frame::{decode_body, encode_frame, read_frame, write_frame, LENGTH_PREFI
 pub use ids::{Epoch, ParseTxnIdError, Role, Tid, TxnId};
 pub use limits::{
     Limits, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_OPS_PER_TXN,
-    DEFAULT_MAX_VALUE_BYTES,
+    DEFAULT_MAX_TXN_BYTES, DEFAULT_MAX_VALUE_BYTES,
 };
 pub use message::{
     content_digest, CommitRequest, Committed, Entry, Hello, PairStatus, Pong, ReadCheck, Request,

@@ -14,6 +14,8 @@ pub const DEFAULT_MAX_VALUE_BYTES: u32 = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_FRAME_BYTES: u32 = 8 * 1024 * 1024;
 /// Default largest number of writes plus reads in one transaction.
 pub const DEFAULT_MAX_OPS_PER_TXN: u32 = 10_000;
+/// Default most bytes of new values one transaction may create: 64 MiB.
+pub const DEFAULT_MAX_TXN_BYTES: u32 = 64 * 1024 * 1024;
 
 /// The limits a server enforces. Every field is a hard upper bound, inclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +28,10 @@ pub struct Limits {
     pub max_frame_bytes: u32,
     /// Most reads plus writes in one transaction (default 10,000).
     pub max_ops_per_txn: u32,
+    /// Most bytes of new values one transaction may create (default
+    /// 64 MiB), counting each written key's final value once: an `Append`
+    /// costs the whole value it makes, however small its own bytes.
+    pub max_txn_bytes: u32,
 }
 
 impl Default for Limits {
@@ -35,6 +41,7 @@ impl Default for Limits {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_ops_per_txn: DEFAULT_MAX_OPS_PER_TXN,
+            max_txn_bytes: DEFAULT_MAX_TXN_BYTES,
         }
     }
 }
@@ -47,7 +54,18 @@ impl Limits {
 
     /// Refuses a value longer than `max_value_bytes`.
     pub fn check_value(&self, value: &[u8]) -> Result<(), WireError> {
-        check(LimitKind::Value, value.len(), self.max_value_bytes)
+        self.check_value_len(value.len())
+    }
+
+    /// Refuses a value length beyond `max_value_bytes`.
+    pub fn check_value_len(&self, len: usize) -> Result<(), WireError> {
+        check(LimitKind::Value, len, self.max_value_bytes)
+    }
+
+    /// Refuses a transaction whose new values total more than
+    /// `max_txn_bytes`.
+    pub fn check_txn_bytes(&self, bytes: usize) -> Result<(), WireError> {
+        check(LimitKind::TxnBytes, bytes, self.max_txn_bytes)
     }
 
     /// Checks every key, value and the operation count of a commit.

@@ -31,6 +31,9 @@ pub enum PeerRequest {
     Lease {
         /// The primary's epoch.
         epoch: Epoch,
+        /// The last batch the primary has acknowledged to clients (the
+        /// witness never elects a node whose history ends before it).
+        acked: LogPosition,
     },
     /// Data node → witness: make me primary of the next epoch. Granted only
     /// once every lease of the current primary has run out, and only to a
@@ -39,8 +42,13 @@ pub enum PeerRequest {
         /// The highest epoch the candidate knows; one the witness never
         /// granted is refused.
         epoch: Epoch,
-        /// Operator override of the in-sync rule (`store-cli promote --force`).
+        /// Operator override of the in-sync and history rules (`store-cli
+        /// promote --force`); never of the cluster rule.
         force: bool,
+        /// The cluster the candidate's store belongs to (0: none yet).
+        cluster_id: u64,
+        /// Where the candidate's history ends.
+        end: LogPosition,
     },
     /// Primary → witness: durably record whether the other data node holds
     /// every acknowledged commit.
@@ -73,7 +81,22 @@ pub enum PeerRequest {
         /// The last batch the backup applied; `u64::MAX` asks for a
         /// snapshot (the backup found its history differs).
         lsn: u64,
+        /// The cluster the backup's store belongs to (0: none yet, an
+        /// empty store joining with `--join`).
+        cluster_id: u64,
     },
+}
+
+/// A point in the replicated history: a batch's epoch and LSN, ordered as
+/// Raft orders logs (a later epoch is further along whatever the LSN).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct LogPosition {
+    /// The epoch of the batch.
+    pub epoch: Epoch,
+    /// Its log sequence number.
+    pub lsn: u64,
 }
 
 /// The answer to a [`PeerRequest`].
@@ -92,6 +115,13 @@ pub enum PeerResponse {
         epoch: Epoch,
         /// The first lease.
         lease_ms: u64,
+        /// The cluster's id (made at its first election).
+        cluster_id: u64,
+    },
+    /// A `Join` was accepted: frames of the replication stream follow.
+    Following {
+        /// The cluster's id, which a joining empty store takes.
+        cluster_id: u64,
     },
     /// Refused; `epoch` and `primary` are what the refuser knows.
     Denied {
@@ -129,6 +159,13 @@ pub struct PeerStatus {
     pub lsn: u64,
     /// The last TID applied (0 for a witness).
     pub last_tid: Tid,
+    /// The cluster's id (0 before its first election, or for a data node
+    /// whose store has none yet).
+    pub cluster_id: u64,
+    /// Per data node: has been a member (elected, or recorded in sync). The
+    /// witness's record: a member that comes back with an empty store has
+    /// lost its data, and must be told `--join`.
+    pub members: [bool; 2],
 }
 
 /// One operation of a replicated batch: what the primary decided, replayed

@@ -178,6 +178,11 @@ pub struct RunArgs {
     /// (a proxy or NAT in between).
     #[arg(long, value_name = "ADDR", requires = "cluster")]
     pub peer_address: Option<SocketAddr>,
+    /// Start a pair member whose store is empty although the cluster knows
+    /// it (its data was lost): it joins as a backup and copies the
+    /// primary's store. Harmless on a store that is not empty.
+    #[arg(long, requires = "cluster")]
+    pub join: bool,
     /// Lease duration in a pair: a dead primary is replaced about this long
     /// after its last renewal (renewals every lease/8).
     #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
@@ -194,6 +199,10 @@ pub struct RunArgs {
     /// Most reads plus writes in one transaction.
     #[arg(long, default_value_t = Limits::default().max_ops_per_txn)]
     pub max_txn_ops: u32,
+    /// Most bytes of new values one transaction may create, each written
+    /// key's final value counted once (an append counts the whole value).
+    #[arg(long, default_value_t = Limits::default().max_txn_bytes)]
+    pub max_txn_bytes: u32,
     /// How long an unacknowledged transaction outcome is kept for retries
     /// (e.g. 24h, 30m); a later retry is refused as expired.
     #[arg(long, value_name = "DUR", default_value = "24h", value_parser = parse_duration)]
@@ -212,6 +221,7 @@ impl RunArgs {
             max_value_bytes: self.max_value_bytes,
             max_frame_bytes: self.max_frame_bytes,
             max_ops_per_txn: self.max_txn_ops,
+            max_txn_bytes: self.max_txn_bytes,
         };
         let envelope = 64 * 1024;
         if u64::from(limits.max_frame_bytes)
@@ -226,6 +236,7 @@ impl RunArgs {
         config.listen = self.listen;
         config.limits = limits;
         config.outcome_retention = self.outcome_retention;
+        config.join = self.join;
         config.tls = self.tls.source(config.tls);
         if let (Some(cluster), Some(witness)) = (self.cluster, self.witness) {
             let mut pair = PairConfig::for_node(cluster.0, self.listen, witness)?;

@@ -27,6 +27,17 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// acknowledges it (DESIGN §6): a retry later than this gets `Expired`.
 pub const DEFAULT_OUTCOME_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// Creates a data directory readable by its owner only (0700), or checks
+/// that an existing one is a directory.
+pub(crate) fn create_data_dir(dir: &std::path::Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| ServerError::io(format!("creating data dir {}", dir.display()), e))
+}
+
 /// Where the server's certificates come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsSource {
@@ -79,6 +90,8 @@ pub struct ServerConfig {
     pub outcome_retention: Duration,
     /// Membership of an HA pair; `None` for a standalone server.
     pub pair: Option<PairConfig>,
+    /// A pair member with an empty store may join as a backup (`--join`).
+    pub join: bool,
 }
 
 impl ServerConfig {
@@ -95,6 +108,7 @@ impl ServerConfig {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             outcome_retention: DEFAULT_OUTCOME_RETENTION,
             pair: None,
+            join: false,
         }
     }
 }

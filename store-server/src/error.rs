@@ -42,6 +42,38 @@ pub enum StorageError {
     /// histories differ. Nothing was written.
     #[error("diverged: {0}")]
     Diverged(String),
+    /// The store file exists but cannot be what Zeolite wrote: empty,
+    /// truncated, zeroed, or not a store at all. Nothing was changed.
+    #[error(
+        "{path} is damaged: {detail}. Restore it from a backup, or move it away \
+         (a pair member then starts with --join and copies the primary's store)"
+    )]
+    Damaged {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The store belongs to another cluster than the one it was asked to
+    /// join.
+    #[error("this store belongs to cluster {ours:016x}, not {theirs:016x}")]
+    OtherCluster {
+        /// The store's cluster.
+        ours: u64,
+        /// The cluster it met.
+        theirs: u64,
+    },
+    /// The store belongs to another member of its cluster.
+    #[error(
+        "this store belongs to --cluster member {ours} (counting from 0), not {theirs}: \
+         is --data-dir or --listen swapped with the other node's?"
+    )]
+    OtherNode {
+        /// The member the store belongs to.
+        ours: u64,
+        /// The member this node is configured as.
+        theirs: u64,
+    },
 }
 
 impl StorageError {

@@ -37,6 +37,11 @@ const SESSION_BACKLOG: usize = 16_384;
 /// invalidation instead (tracking would cost more than it saves).
 const MAX_INTEREST_KEYS: usize = 100_000;
 
+/// Default keys tracked across all sessions (about 100 bytes each: some
+/// 100 MiB at most). A session whose reads would pass it gets every
+/// invalidation instead: correct, only chattier.
+pub const DEFAULT_INTEREST_BUDGET: usize = 1_000_000;
+
 /// Identifies a session to the router.
 pub type SessionId = u64;
 
@@ -50,8 +55,13 @@ pub struct Invalidations {
 struct State {
     log: ChangeLog,
     routes: HashMap<SessionId, Route>,
-    /// Key → sessions that read it (ids of closed sessions are pruned lazily).
+    /// Key → sessions that read it. A session's entries leave with it
+    /// (closed, too slow, or switched to every invalidation).
     interest: HashMap<Bytes, Vec<SessionId>>,
+    /// Entries in `interest`, over all keys.
+    interest_entries: usize,
+    /// Most entries `interest` may hold.
+    interest_budget: usize,
     next_id: SessionId,
 }
 
@@ -88,8 +98,9 @@ pub struct Subscription {
 
 impl Invalidations {
     /// An empty log whose history starts after `last_tid` (nothing before
-    /// a restart is remembered).
-    pub fn new(last_tid: Tid, capacity_keys: usize) -> Invalidations {
+    /// a restart is remembered), remembering `capacity_keys` changed keys
+    /// and tracking at most `interest_budget` keys read across sessions.
+    pub fn new(last_tid: Tid, capacity_keys: usize, interest_budget: usize) -> Invalidations {
         Invalidations {
             state: Mutex::new(State {
                 log: ChangeLog {
@@ -101,6 +112,8 @@ impl Invalidations {
                 },
                 routes: HashMap::new(),
                 interest: HashMap::new(),
+                interest_entries: 0,
+                interest_budget,
                 next_id: 1,
             }),
             published: watch::Sender::new(last_tid),
@@ -145,36 +158,28 @@ impl Invalidations {
     pub fn publish(&self, invalidation: Invalidation) {
         let invalidation = Arc::new(invalidation);
         let mut state = self.lock();
-        let State {
-            log,
-            routes,
-            interest,
-            ..
-        } = &mut *state;
-        log.push(invalidation.clone());
+        state.log.push(invalidation.clone());
         self.published.send_replace(invalidation.tid);
-        let mut targets: HashSet<SessionId> = routes
+        let mut targets: HashSet<SessionId> = state
+            .routes
             .iter()
             .filter(|(_, route)| route.keys.is_none())
             .map(|(id, _)| *id)
             .collect();
         for key in &invalidation.keys {
-            if let Some(sessions) = interest.get_mut(key) {
-                sessions.retain(|id| routes.contains_key(id));
+            if let Some(sessions) = state.interest.get(key) {
                 targets.extend(sessions.iter().copied());
-                if sessions.is_empty() {
-                    interest.remove(key);
-                }
             }
         }
         for id in targets {
-            let lagged = routes
+            let lagged = state
+                .routes
                 .get(&id)
                 .is_some_and(|route| route.queue.try_send(invalidation.clone()).is_err());
             if lagged {
                 // Dropping the sender ends the session's stream of
                 // invalidations: it closes, and its client revalidates.
-                routes.remove(&id);
+                state.remove_route(id);
             }
         }
     }
@@ -202,7 +207,11 @@ impl Invalidations {
     pub fn register(&self, id: SessionId, keys: &[Bytes]) {
         let mut state = self.lock();
         let State {
-            routes, interest, ..
+            routes,
+            interest,
+            interest_entries,
+            interest_budget,
+            ..
         } = &mut *state;
         let Some(Route {
             keys: Some(tracked),
@@ -211,38 +220,24 @@ impl Invalidations {
         else {
             return; // gets everything already, or closed
         };
+        let over = tracked.len().saturating_add(keys.len()) > MAX_INTEREST_KEYS
+            || interest_entries.saturating_add(keys.len()) > *interest_budget;
+        if over {
+            // Tracking would cost more than it saves: every invalidation.
+            state.track_everything(id);
+            return;
+        }
         for key in keys {
             if tracked.insert(key.clone()) {
                 interest.entry(key.clone()).or_default().push(id);
-            }
-        }
-        if tracked.len() > MAX_INTEREST_KEYS {
-            if let Some(route) = routes.get_mut(&id) {
-                route.keys = None;
+                *interest_entries += 1;
             }
         }
     }
 
-    /// Forgets a closed session.
+    /// Forgets a closed session, and every key it was tracked for.
     pub fn unsubscribe(&self, id: SessionId) {
-        let mut state = self.lock();
-        let State {
-            routes, interest, ..
-        } = &mut *state;
-        if let Some(Route {
-            keys: Some(tracked),
-            ..
-        }) = routes.remove(&id)
-        {
-            for key in tracked {
-                if let Some(sessions) = interest.get_mut(&key) {
-                    sessions.retain(|s| *s != id);
-                    if sessions.is_empty() {
-                        interest.remove(&key);
-                    }
-                }
-            }
-        }
+        self.lock().remove_route(id);
     }
 
     /// Everything routed to a session so far, and the last TID published:
@@ -258,6 +253,42 @@ impl Invalidations {
             pending.push(invalidation);
         }
         (pending, state.log.last)
+    }
+}
+
+impl State {
+    /// Removes session `id`'s entries from the interest map.
+    fn forget_interest(&mut self, id: SessionId, tracked: HashSet<Bytes>) {
+        for key in tracked {
+            if let Some(sessions) = self.interest.get_mut(&key) {
+                let before = sessions.len();
+                sessions.retain(|s| *s != id);
+                self.interest_entries -= before - sessions.len();
+                if sessions.is_empty() {
+                    self.interest.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Session `id` gets every invalidation from now on; its tracked keys
+    /// are forgotten.
+    fn track_everything(&mut self, id: SessionId) {
+        let tracked = self.routes.get_mut(&id).and_then(|route| route.keys.take());
+        if let Some(tracked) = tracked {
+            self.forget_interest(id, tracked);
+        }
+    }
+
+    /// Removes session `id`'s route and its interest.
+    fn remove_route(&mut self, id: SessionId) {
+        if let Some(Route {
+            keys: Some(tracked),
+            ..
+        }) = self.routes.remove(&id)
+        {
+            self.forget_interest(id, tracked);
+        }
     }
 }
 
@@ -311,7 +342,7 @@ mod tests {
 
     #[test]
     fn revalidation_lists_keys_changed_since_the_cached_tid() {
-        let hub = Invalidations::new(Tid(10), 100);
+        let hub = Invalidations::new(Tid(10), 100, DEFAULT_INTEREST_BUDGET);
         hub.publish(inv(11, &["a", "b"]));
         hub.publish(inv(12, &["b", "c"]));
         let sub = hub.subscribe(Tid(11), true);
@@ -325,7 +356,7 @@ mod tests {
 
     #[test]
     fn the_log_forgets_oldest_commits_past_its_capacity() {
-        let hub = Invalidations::new(Tid(0), 3);
+        let hub = Invalidations::new(Tid(0), 3, DEFAULT_INTEREST_BUDGET);
         hub.publish(inv(1, &["a", "b"]));
         hub.publish(inv(2, &["c"]));
         hub.publish(inv(3, &["d"]));
@@ -342,7 +373,7 @@ mod tests {
 
     #[test]
     fn sessions_get_invalidations_of_keys_they_read_in_order() {
-        let hub = Invalidations::new(Tid(0), 100);
+        let hub = Invalidations::new(Tid(0), 100, DEFAULT_INTEREST_BUDGET);
         let mut reader = hub.subscribe(Tid(0), false);
         let mut bystander = hub.subscribe(Tid(0), false);
         let mut warm = hub.subscribe(Tid(0), true);
@@ -371,7 +402,7 @@ mod tests {
 
     #[test]
     fn a_session_that_falls_behind_is_cut_off() {
-        let hub = Invalidations::new(Tid(0), 1_000_000);
+        let hub = Invalidations::new(Tid(0), 1_000_000, DEFAULT_INTEREST_BUDGET);
         let mut slow = hub.subscribe(Tid(0), true);
         for tid in 1..=(SESSION_BACKLOG as u64 + 1) {
             hub.publish(inv(tid, &["k"]));
@@ -383,5 +414,48 @@ mod tests {
             slow.receiver.is_closed(),
             "its stream of invalidations ended"
         );
+    }
+
+    /// Every interest entry a session made leaves with it, however it
+    /// goes: closed, cut off for falling behind, or switched to hearing
+    /// everything (per session or by the global budget).
+    #[test]
+    fn a_sessions_interest_leaves_with_it_and_the_total_is_bounded() {
+        let keys = |range: std::ops::Range<usize>| -> Vec<Bytes> {
+            range.map(|i| Bytes::from(format!("k{i}"))).collect()
+        };
+        let hub = Invalidations::new(Tid(0), 1_000, 250);
+        // Closed.
+        let a = hub.subscribe(Tid(0), false);
+        hub.register(a.id, &keys(0..100));
+        assert_eq!(hub.lock().interest_entries, 100);
+        hub.unsubscribe(a.id);
+        assert!(hub.lock().interest.is_empty());
+        assert_eq!(hub.lock().interest_entries, 0);
+        // Past the global budget: this session hears everything instead,
+        // and what it had tracked is freed.
+        let b = hub.subscribe(Tid(0), false);
+        let mut c = hub.subscribe(Tid(0), false);
+        hub.register(b.id, &keys(0..200));
+        hub.register(c.id, &keys(0..20));
+        hub.register(c.id, &keys(1_000..1_100));
+        assert_eq!(hub.lock().interest_entries, 200, "c switched to everything");
+        hub.publish(inv(1, &["unread"]));
+        let (pending, _) = hub.drain(&mut c.receiver);
+        assert_eq!(
+            pending.len(),
+            1,
+            "a session hearing everything hears unread keys"
+        );
+        // Cut off for falling behind.
+        for tid in 2..=(SESSION_BACKLOG as u64 + 2) {
+            hub.publish(inv(tid, &["k1"]));
+        }
+        assert!(
+            hub.lock().interest.is_empty(),
+            "b was cut off with its interest"
+        );
+        assert_eq!(hub.lock().interest_entries, 0);
+        drop((b, c));
     }
 }

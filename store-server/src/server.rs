@@ -15,7 +15,7 @@ use tracing::Instrument as _;
 use crate::commit::{CommitPipeline, Committer, Release, WriteEpoch};
 use crate::config::ServerConfig;
 use crate::error::ServerError;
-use crate::invalidation::{Invalidations, DEFAULT_CHANGE_LOG_KEYS};
+use crate::invalidation::{Invalidations, DEFAULT_CHANGE_LOG_KEYS, DEFAULT_INTEREST_BUDGET};
 use crate::pair::{Pair, PairTasks};
 use crate::storage::Storage;
 use crate::{session, tls};
@@ -92,12 +92,7 @@ impl Server {
     /// Creates the data directory (and development certificates) if needed,
     /// opens storage and binds the UDP socket.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            ServerError::io(
-                format!("creating data dir {}", config.data_dir.display()),
-                e,
-            )
-        })?;
+        crate::config::create_data_dir(&config.data_dir)?;
         let tls_files = match &config.pair {
             Some(pair) => config.tls.node_files(pair.cluster[usize::from(pair.me)])?,
             None => config.tls.server_files()?,
@@ -113,6 +108,7 @@ impl Server {
         let invalidations = Arc::new(Invalidations::new(
             storage.last_tid(),
             DEFAULT_CHANGE_LOG_KEYS,
+            DEFAULT_INTEREST_BUDGET,
         ));
         let (release, durable, write_epoch) = match config.pair {
             Some(_) => {
@@ -176,6 +172,7 @@ impl Server {
                     durable,
                     write_epoch,
                 );
+                pair.check_membership(config.join, &config.data_dir).await?;
                 (Some(pair), Some(tasks))
             }
             _ => (None, None),

@@ -5,13 +5,14 @@
 //! redb's default durability fsyncs it before `commit()` returns. The seam
 //! for crash tests is redb's own `StorageBackend`, which `Builder` accepts.
 
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use redb::{Database, ReadableTable, Table, TableDefinition};
-use store_protocol::peer::{BatchOp, SnapshotRow};
+use store_protocol::peer::{BatchOp, LogPosition, NodeId, SnapshotRow};
 use store_protocol::{
     CommitRequest, Committed, Entry, Epoch, Limits, ScanRequest, Tid, TxnId, Versioned, WireError,
     Write, WriteResult,
@@ -33,6 +34,11 @@ const LSN: &str = "lsn";
 const BATCH_EPOCH: &str = "batch_epoch";
 /// The highest epoch this node has accepted (fencing survives restarts).
 const EPOCH: &str = "epoch";
+/// The cluster this store belongs to (absent until it first takes part).
+const CLUSTER_ID: &str = "cluster_id";
+/// Which `--cluster` member this store belongs to, plus one (absent for a
+/// standalone store).
+const NODE: &str = "node";
 
 /// A number in the meta table (0 when absent).
 fn meta_number(
@@ -57,6 +63,59 @@ pub struct Storage {
     end: std::sync::Mutex<HistoryEnd>,
     /// The highest epoch accepted.
     epoch: AtomicU64,
+    /// The cluster this store belongs to (0: none yet).
+    cluster_id: AtomicU64,
+}
+
+/// Opens the redb file at `path`, creating it if it does not exist, and
+/// says whether it existed. A file that exists but is empty, truncated or
+/// otherwise damaged is refused with [`StorageError::Damaged`], never
+/// taken as new. The file is made readable by its owner only.
+pub fn open_database(path: &Path) -> Result<(Database, bool), StorageError> {
+    let damaged = |detail: String| StorageError::Damaged {
+        path: path.display().to_string(),
+        detail,
+    };
+    let exists = match std::fs::metadata(path) {
+        Ok(meta) if meta.len() == 0 => {
+            return Err(damaged(
+                "the file is empty (0 bytes), and a new store is never made over one".into(),
+            ))
+        }
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(damaged(e.to_string())),
+    };
+    // redb panics on some damaged files: a panic here is a damaged
+    // store, reported as one (and not also as a crash by the hook).
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(|| {
+        if exists {
+            Database::open(path)
+        } else {
+            Database::create(path)
+        }
+    });
+    std::panic::set_hook(hook);
+    let db = match opened {
+        Ok(Ok(db)) => db,
+        Ok(Err(e)) => return Err(damaged(e.to_string())),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "the storage engine panicked".into());
+            return Err(damaged(what));
+        }
+    };
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| damaged(format!("restricting its permissions: {e}")))?;
+    }
+    Ok((db, exists))
 }
 
 /// Where a storage's history ends: what a joining backup tells its primary.
@@ -68,6 +127,16 @@ pub struct HistoryEnd {
     pub batch_epoch: Epoch,
     /// The last TID.
     pub last_tid: Tid,
+}
+
+impl HistoryEnd {
+    /// The last batch as a point in the replicated history.
+    pub fn position(&self) -> LogPosition {
+        LogPosition {
+            epoch: self.batch_epoch,
+            lsn: self.lsn,
+        }
+    }
 }
 
 /// What stamps a batch: the decider's clock (outcome timestamps) and epoch.
@@ -100,9 +169,14 @@ pub struct Applied {
 }
 
 impl Storage {
-    /// Opens (or creates) the database file at `path`.
+    /// Opens the database file at `path`, creating it if it does not
+    /// exist; see [`open_database`].
     pub fn open(path: &Path) -> Result<Storage, StorageError> {
-        let db = Database::create(path)?;
+        let (db, exists) = open_database(path)?;
+        let damaged = |detail: String| StorageError::Damaged {
+            path: path.display().to_string(),
+            detail,
+        };
         let txn = db.begin_write()?;
         let (server_id, numbers) = {
             txn.open_table(DATA)?;
@@ -112,6 +186,11 @@ impl Storage {
             let existing = meta.get(SERVER_ID)?.map(|v| v.value());
             let server_id = match existing {
                 Some(id) => id,
+                None if exists => {
+                    return Err(damaged(
+                        "the file holds no server id: it is not a Zeolite store".into(),
+                    ))
+                }
                 None => {
                     let id = rand::random::<u64>();
                     meta.insert(SERVER_ID, id)?;
@@ -126,11 +205,12 @@ impl Storage {
                     read(LSN)?,
                     read(BATCH_EPOCH)?,
                     read(EPOCH)?,
+                    read(CLUSTER_ID)?,
                 ],
             )
         };
         txn.commit()?;
-        let [last_tid, lsn, batch_epoch, epoch] = numbers;
+        let [last_tid, lsn, batch_epoch, epoch, cluster_id] = numbers;
         Ok(Storage {
             db,
             server_id,
@@ -141,7 +221,58 @@ impl Storage {
                 last_tid: Tid(last_tid),
             }),
             epoch: AtomicU64::new(epoch),
+            cluster_id: AtomicU64::new(cluster_id),
         })
+    }
+
+    /// The cluster this store belongs to; 0 if it has not taken part in
+    /// one yet (a new store, or a standalone one).
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id.load(Ordering::Acquire)
+    }
+
+    /// Durably makes this store a member of `cluster_id`; refuses if it
+    /// already belongs to another.
+    pub fn adopt_cluster(&self, cluster_id: u64) -> Result<(), StorageError> {
+        let current = self.cluster_id();
+        if current == cluster_id || cluster_id == 0 {
+            return Ok(());
+        }
+        if current != 0 {
+            return Err(StorageError::OtherCluster {
+                ours: current,
+                theirs: cluster_id,
+            });
+        }
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?.insert(CLUSTER_ID, cluster_id)?;
+        txn.commit()?;
+        self.cluster_id.store(cluster_id, Ordering::Release);
+        Ok(())
+    }
+
+    /// Durably records that this store is `--cluster` member `node`, or
+    /// refuses if it is another member's.
+    pub fn claim_node(&self, node: NodeId) -> Result<(), StorageError> {
+        let wanted = u64::from(node) + 1;
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            match meta_number(&meta, NODE)? {
+                0 => {
+                    meta.insert(NODE, wanted)?;
+                }
+                stored if stored == wanted => {}
+                stored => {
+                    return Err(StorageError::OtherNode {
+                        ours: stored - 1,
+                        theirs: u64::from(node),
+                    })
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
     }
 
     /// Where this storage's history ends.
@@ -645,42 +776,62 @@ fn apply_commit(
             }));
         }
     }
-    // The new state of every written key, built before touching the table.
-    let mut staged: Vec<(Bytes, Option<Vec<u8>>)> = Vec::new();
+    // The new state of every written key, built before touching the
+    // table: one staged value per key, changed in place, so a transaction
+    // holds at most its keys' final values (bounded by `max_txn_bytes`)
+    // and takes time linear in its bytes.
+    let mut staged: HashMap<&Bytes, Option<Vec<u8>>> = HashMap::new();
+    let mut order: Vec<&Bytes> = Vec::new();
+    let mut staged_bytes = 0usize;
     let mut results = Vec::with_capacity(request.writes.len());
     for write in &request.writes {
         let key = write.key();
-        let current = match staged.iter().rev().find(|(k, _)| k == key) {
-            Some((_, value)) => value.clone(),
-            None => data.get(&key[..])?.map(|g| g.value().1.to_vec()),
+        let slot = match staged.entry(key) {
+            std::collections::hash_map::Entry::Occupied(slot) => slot.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                order.push(key);
+                let stored = data.get(&key[..])?.map(|g| g.value().1.to_vec());
+                staged_bytes += stored.as_ref().map_or(0, Vec::len);
+                slot.insert(stored)
+            }
         };
-        let (new, result) = match write {
-            Write::Put { value, .. } => (Some(value.to_vec()), WriteResult::Stored),
-            Write::Delete { .. } => (
-                None,
-                WriteResult::Deleted {
-                    existed: current.is_some(),
-                },
-            ),
-            Write::Incr { by, .. } => match increment(key, current.as_deref(), *by) {
-                Ok(n) => (Some(n.to_string().into_bytes()), WriteResult::Counter(n)),
+        let before = slot.as_ref().map_or(0, Vec::len);
+        let result = match write {
+            Write::Put { value, .. } => {
+                *slot = Some(value.to_vec());
+                WriteResult::Stored
+            }
+            Write::Delete { .. } => WriteResult::Deleted {
+                existed: slot.take().is_some(),
+            },
+            Write::Incr { by, .. } => match increment(key, slot.as_deref(), *by) {
+                Ok(n) => {
+                    *slot = Some(n.to_string().into_bytes());
+                    WriteResult::Counter(n)
+                }
                 Err(e) => return Ok(Err(e)),
             },
             Write::Append { value, .. } => {
-                let mut joined = current.unwrap_or_default();
-                joined.extend_from_slice(value);
-                if let Err(e) = limits.check_value(&joined) {
+                // Checked before a byte is copied.
+                if let Err(e) = limits.check_value_len(before.saturating_add(value.len())) {
                     return Ok(Err(e));
                 }
-                let len = joined.len() as u64;
-                (Some(joined), WriteResult::Appended { len })
+                let joined = slot.get_or_insert_with(Vec::new);
+                joined.extend_from_slice(value);
+                WriteResult::Appended {
+                    len: joined.len() as u64,
+                }
             }
         };
-        staged.push((key.clone(), new));
+        let after = slot.as_ref().map_or(0, Vec::len);
+        staged_bytes = staged_bytes.saturating_sub(before).saturating_add(after);
+        if let Err(e) = limits.check_txn_bytes(staged_bytes) {
+            return Ok(Err(e));
+        }
         results.push(result);
     }
-    for (key, value) in &staged {
-        match value {
+    for key in order {
+        match staged.get(key).and_then(Option::as_ref) {
             Some(value) => {
                 data.insert(&key[..], (tid.0, &value[..]))?;
             }
@@ -1021,6 +1172,67 @@ mod tests {
                 limit: 4
             })
         ));
+    }
+
+    #[test]
+    fn a_transaction_holds_one_staged_value_per_key_within_its_byte_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&dir.path().join("db")).unwrap();
+        let limits = Limits {
+            max_value_bytes: 100,
+            max_txn_bytes: 250,
+            ..Limits::default()
+        };
+        let big = "x".repeat(99);
+        for key in ["a", "b", "c"] {
+            let setup = commit(vec![], vec![put(key, &big)]);
+            assert!(commit_batch(&storage, &[&setup], &limits)[0].is_ok());
+        }
+        // Many appends to one key: one value, appended in place.
+        let mut appends = vec![put("n", "")];
+        appends.extend((0..5_000).map(|_| Write::Append {
+            key: b("n"),
+            value: b(""),
+        }));
+        appends.push(Write::Append {
+            key: b("n"),
+            value: b("tail"),
+        });
+        let many = commit(vec![], appends);
+        let results = commit_batch(&storage, &[&many], &limits);
+        assert!(results[0].is_ok(), "{:?}", results[0]);
+        assert_eq!(&storage.get(b"n").unwrap().0.unwrap().value[..], b"tail");
+        // One byte onto each of three 99-byte values makes 300 bytes of new
+        // values: over the transaction's 250, refused, nothing written.
+        let spread = commit(
+            vec![],
+            ["a", "b", "c"]
+                .iter()
+                .map(|k| Write::Append {
+                    key: b(k),
+                    value: b("y"),
+                })
+                .collect(),
+        );
+        let results = commit_batch(&storage, &[&spread], &limits);
+        assert!(
+            matches!(
+                results[0],
+                Err(WireError::TooLarge {
+                    what: LimitKind::TxnBytes,
+                    limit: 250,
+                    ..
+                })
+            ),
+            "{:?}",
+            results[0]
+        );
+        for key in ["a", "b", "c"] {
+            assert_eq!(
+                storage.get(key.as_bytes()).unwrap().0.unwrap().value.len(),
+                99
+            );
+        }
     }
 
     fn put(key: &str, value: &str) -> Write {

@@ -55,3 +55,77 @@ fn an_unusable_data_dir_is_a_clear_startup_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("creating data dir"), "{stderr}");
 }
+
+/// Runs a standalone server on `data_dir` until it listens, then stops it
+/// with SIGTERM.
+fn run_once(data_dir: &std::path::Path) {
+    let log = data_dir.with_extension("log");
+    let mut child = server()
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("listening")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server never listened"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "server exited early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    sigterm(child.id());
+    assert!(child.wait().unwrap().success());
+}
+
+fn sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn a_damaged_store_refuses_to_start_naming_the_file_and_no_store_is_world_readable() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    run_once(&data);
+    let store = data.join("store.redb");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "data directory");
+    assert_eq!(mode(&store), 0o600, "store file");
+    let good = std::fs::read(&store).unwrap();
+    assert!(good.len() > 8192, "a store of {} bytes", good.len());
+
+    let mut zero_paged = good.clone();
+    zero_paged[..4096].fill(0);
+    let damages: [(&str, Vec<u8>); 3] = [
+        ("empty", Vec::new()),
+        ("truncated", good[..good.len() / 3].to_vec()),
+        ("zero-paged", zero_paged),
+    ];
+    for (what, bytes) in damages {
+        std::fs::write(&store, &bytes).unwrap();
+        let out = server()
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{} is damaged", store.display())),
+            "{what}: {stderr}"
+        );
+        // Refused, not taken as new: the damaged bytes are still there.
+        assert_eq!(std::fs::read(&store).unwrap(), bytes, "{what}");
+    }
+}

@@ -253,6 +253,30 @@ impl ServerProcess {
         self.spawn();
     }
 
+    /// Adds `args` to the flags of every later start.
+    pub fn add_args(&mut self, args: &[&str]) {
+        self.extra_args.extend(args.iter().map(|a| a.to_string()));
+    }
+
+    /// Waits (up to the event deadline) for the process to exit by itself,
+    /// and returns its status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("the server was started");
+        let deadline = Instant::now() + EVENT_DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the server") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Everything the server logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -256,3 +256,44 @@ async fn wrong_ca_or_missing_client_certificate_fails_fast() {
     // The server still serves proper clients.
     server.client().await.put("still", "here").await.unwrap();
 }
+
+/// The server's peak resident memory, from /proc.
+fn peak_rss_kib(server: &ServerProcess) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", server.pid().unwrap())).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The reproduction: a commit of thousands of empty appends to a
+/// value near the limit once staged a copy of the value per append
+/// (quadratic, 40 GB for this one) and killed the server. One staged value
+/// per key makes it a few MiB.
+#[tokio::test]
+async fn ten_thousand_appends_in_one_commit_cost_one_value_of_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path()).await;
+    let client = server.client().await;
+    let near_limit = vec![b'x'; 4 * 1024 * 1024 - 64];
+    client.put("big", near_limit.clone()).await.unwrap();
+    let before = peak_rss_kib(&server);
+
+    let mut txn = client.txn();
+    for _ in 0..9_999 {
+        txn.append("big", "");
+    }
+    txn.append("big", "!");
+    txn.commit().await.unwrap();
+    let value = client.get("big").await.unwrap().unwrap();
+    assert_eq!(value.len(), near_limit.len() + 1);
+
+    // Against 40 GB staged before: a generous bound, far from the old cost.
+    let grown_mib = peak_rss_kib(&server).saturating_sub(before) / 1024;
+    assert!(grown_mib < 256, "peak RSS grew by {grown_mib} MiB");
+    // And the server keeps serving.
+    client.put("after", "1").await.unwrap();
+    client.close().await;
+}

@@ -6,12 +6,14 @@
 use std::time::{Duration, Instant};
 
 use store_client::Role;
-use store_protocol::peer::{PeerRequest, PeerResponse, ReplAck, ReplFrame, PEER_ALPN};
+use store_protocol::peer::{
+    LogPosition, PeerRequest, PeerResponse, PeerStatus, ReplAck, ReplFrame, PEER_ALPN,
+};
 use store_protocol::{read_frame, write_frame, Epoch};
 use store_tests::{raw, Cluster, EVENT_DEADLINE};
 
-/// The witness's votes, as it reports them to a node.
-async fn witness_votes(cluster: &Cluster, as_node: usize) -> (Epoch, Option<u8>, [bool; 2]) {
+/// The witness's record as it reports it to a node.
+async fn witness_status(cluster: &Cluster, as_node: usize) -> PeerStatus {
     let connection = raw::connect_as(
         cluster.witness.addr(),
         cluster.tls_dir(),
@@ -21,9 +23,15 @@ async fn witness_votes(cluster: &Cluster, as_node: usize) -> (Epoch, Option<u8>,
     .await
     .expect("a node reaches the witness");
     match raw::peer_request(&connection, &PeerRequest::Status).await {
-        Ok(PeerResponse::Status(status)) => (status.epoch, status.primary, status.in_sync),
+        Ok(PeerResponse::Status(status)) => status,
         other => panic!("expected the witness's status, got {other:?}"),
     }
+}
+
+/// The witness's votes: epoch, primary, in sync.
+async fn witness_votes(cluster: &Cluster, as_node: usize) -> (Epoch, Option<u8>, [bool; 2]) {
+    let status = witness_status(cluster, as_node).await;
+    (status.epoch, status.primary, status.in_sync)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,8 +40,9 @@ async fn the_peer_protocol_takes_only_the_pairs_nodes_each_speaking_for_itself()
     let cluster = Cluster::start(dir.path()).await;
     cluster.wait_in_sync(0).await;
     assert_eq!(cluster.cli(&["put", "k", "v1"]).code, 0);
-    let (epoch, primary, in_sync) = witness_votes(&cluster, 0).await;
-    assert_eq!((primary, in_sync), (Some(0), [true, true]));
+    let status = witness_status(&cluster, 0).await;
+    let (epoch, cluster_id) = (status.epoch, status.cluster_id);
+    assert_eq!((status.primary, status.in_sync), (Some(0), [true, true]));
 
     // The development client certificate, which every application holds,
     // is closed right after the handshake by every member.
@@ -79,8 +88,12 @@ async fn the_peer_protocol_takes_only_the_pairs_nodes_each_speaking_for_itself()
     )
     .await
     .expect("node 1 reaches the witness");
+    let far = LogPosition {
+        epoch,
+        lsn: u64::MAX,
+    };
     let forged = [
-        PeerRequest::Lease { epoch },
+        PeerRequest::Lease { epoch, acked: far },
         PeerRequest::SetInSync {
             epoch,
             in_sync: false,
@@ -89,10 +102,14 @@ async fn the_peer_protocol_takes_only_the_pairs_nodes_each_speaking_for_itself()
         PeerRequest::Elect {
             epoch: Epoch(u64::MAX - 1),
             force: true,
+            cluster_id,
+            end: far,
         },
         PeerRequest::Elect {
             epoch: Epoch(epoch.0 + 1),
             force: true,
+            cluster_id,
+            end: far,
         },
     ];
     for request in &forged {
@@ -133,17 +150,18 @@ async fn a_fake_backup_cannot_acknowledge_history_it_was_never_sent() {
     )
     .await
     .expect("the fake backup connects");
-    let (epoch, _, _) = witness_votes(&cluster, 0).await;
+    let status = witness_status(&cluster, 0).await;
     let (mut send, mut recv) = fake.open_bi().await.unwrap();
     let join = PeerRequest::Join {
-        epoch,
+        epoch: status.epoch,
+        cluster_id: status.cluster_id,
         batch_epoch: Epoch(0),
         lsn: u64::MAX,
     };
     write_frame(&mut send, &join, 1 << 16).await.unwrap();
     let accepted = read_frame::<_, PeerResponse>(&mut recv, 1 << 16).await;
     assert!(
-        matches!(accepted, Ok(Some(PeerResponse::Recorded))),
+        matches!(accepted, Ok(Some(PeerResponse::Following { .. }))),
         "{accepted:?}"
     );
     // Take the snapshot's first frame, then acknowledge far beyond it.

@@ -51,6 +51,7 @@ async fn follow(pair: &Arc<Pair>) -> Result<(), String> {
     let end = pair.storage.history_end();
     let diverged = pair.diverged.load(Ordering::Acquire);
     let join = PeerRequest::Join {
+        cluster_id: pair.storage.cluster_id(),
         epoch: pair.epoch(),
         batch_epoch: end.batch_epoch,
         // A history known to differ asks for a snapshot.
@@ -65,7 +66,14 @@ async fn follow(pair: &Arc<Pair>) -> Result<(), String> {
     .map_err(|_| "no answer to Join".to_string())?
     .map_err(|e| e.to_string())?;
     match answer {
-        Some(PeerResponse::Recorded) => {}
+        Some(PeerResponse::Following { cluster_id }) => {
+            // An empty store joining (`--join`) becomes the cluster's.
+            let storage = pair.storage.clone();
+            tokio::task::spawn_blocking(move || storage.adopt_cluster(cluster_id))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+        }
         Some(PeerResponse::Denied {
             epoch,
             primary,

@@ -18,6 +18,7 @@
 mod follower;
 mod lease;
 mod link;
+mod membership;
 mod node;
 mod replication;
 mod replicator;
@@ -29,7 +30,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use store_protocol::peer::NodeId;
+use store_protocol::peer::{LogPosition, NodeId};
 use store_protocol::{Epoch, Limits, PairStatus, Role, Tid};
 use tokio::sync::{mpsc, watch};
 
@@ -116,6 +117,8 @@ pub struct Pair {
     diverged: std::sync::atomic::AtomicBool,
     /// The epoch the commit pipeline stamps batches with (set while primary).
     write_epoch: WriteEpoch,
+    /// The last batch acknowledged to clients, reported to the witness.
+    acked: Mutex<LogPosition>,
 }
 
 /// The receiving ends the pair's tasks run on, made with [`Pair::new`].
@@ -155,6 +158,7 @@ impl Pair {
             note: Mutex::new(String::new()),
             diverged: std::sync::atomic::AtomicBool::new(false),
             write_epoch,
+            acked: Mutex::new(LogPosition::default()),
             config,
             storage,
             invalidations,
@@ -253,6 +257,22 @@ impl Pair {
             .replication
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = state;
+    }
+
+    /// The last batch acknowledged to clients (by this node as primary).
+    fn acked(&self) -> LogPosition {
+        *self
+            .acked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set_acked(&self, position: LogPosition) {
+        let mut acked = self
+            .acked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *acked = (*acked).max(position);
     }
 
     fn set_peer_last_tid(&self, tid: Tid) {

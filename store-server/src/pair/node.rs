@@ -49,7 +49,10 @@ pub(super) async fn run(pair: Arc<Pair>) {
 /// majority with this node's own vote.
 async fn renew(pair: Arc<Pair>, sent_at: Instant) {
     let epoch = pair.standing().epoch();
-    let request = PeerRequest::Lease { epoch };
+    let request = PeerRequest::Lease {
+        epoch,
+        acked: pair.acked(),
+    };
     let timeout = pair.config.lease.renew_every * 2;
     let (peer, witness) = tokio::join!(
         pair.peer.request(&request, timeout),
@@ -80,15 +83,32 @@ async fn renew(pair: Arc<Pair>, sent_at: Instant) {
 /// Asks the witness to make this node primary of the next epoch.
 async fn campaign(pair: Arc<Pair>, sent_at: Instant, force: bool) {
     let epoch = pair.standing().epoch();
-    let request = PeerRequest::Elect { epoch, force };
+    let request = PeerRequest::Elect {
+        epoch,
+        force,
+        cluster_id: pair.storage.cluster_id(),
+        end: pair.storage.history_end().position(),
+    };
     let answer = pair.witness.request(&request, Duration::from_secs(1)).await;
     let answer = match answer {
-        Ok(PeerResponse::Elected { epoch, .. }) => {
-            // The new epoch is durable here before this node acts on it.
+        Ok(PeerResponse::Elected {
+            epoch, cluster_id, ..
+        }) => {
+            // The new epoch (and, on a fresh cluster, its id) is durable
+            // here before this node acts on it.
             let storage = pair.storage.clone();
-            match tokio::task::spawn_blocking(move || storage.raise_epoch(epoch)).await {
+            let recorded = tokio::task::spawn_blocking(move || {
+                storage.adopt_cluster(cluster_id)?;
+                storage.raise_epoch(epoch)
+            })
+            .await;
+            match recorded {
                 Ok(Ok(())) => answer.ok(),
-                _ => None,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "elected, but cannot record it");
+                    None
+                }
+                Err(_) => None,
             }
         }
         Ok(PeerResponse::Denied {
@@ -164,6 +184,8 @@ impl Pair {
             in_sync,
             lsn: end.lsn,
             last_tid: end.last_tid,
+            cluster_id: self.storage.cluster_id(),
+            members: [false; 2],
         }
     }
 
@@ -286,7 +308,7 @@ async fn serve_stream(pair: Arc<Pair>, mut send: quinn::SendStream, mut recv: qu
         }
     };
     let answer = match request {
-        PeerRequest::Lease { epoch } => {
+        PeerRequest::Lease { epoch, .. } => {
             let peer = pair.peer_id();
             match pair.accept_epoch(epoch, Some(peer)).await {
                 Ok(()) => pair.update(|s| s.lease_requested(Instant::now(), epoch, peer)),
@@ -298,11 +320,13 @@ async fn serve_stream(pair: Arc<Pair>, mut send: quinn::SendStream, mut recv: qu
             epoch,
             batch_epoch,
             lsn,
+            cluster_id,
         } => {
             let joiner = Joiner {
                 epoch,
                 batch_epoch,
                 lsn,
+                cluster_id,
             };
             return serve_join(pair, send, recv, joiner).await;
         }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use store_protocol::peer::{Batch, PeerRequest, PeerResponse, ReplAck, ReplFrame};
+use store_protocol::peer::{Batch, LogPosition, PeerRequest, PeerResponse, ReplAck, ReplFrame};
 use store_protocol::{read_frame, write_frame, Epoch, WireError};
 use tokio::sync::mpsc;
 
@@ -185,6 +185,12 @@ pub(super) async fn run(
         // NotPrimary, and the client's resend is answered by the new one.
         let refuse = (!pair.serving()).then(|| not_primary(&pair));
         for batch in waiting.drain(..ready.release) {
+            if let (None, Some(shipped)) = (&refuse, &batch.batch) {
+                pair.set_acked(LogPosition {
+                    epoch: shipped.epoch,
+                    lsn: shipped.lsn,
+                });
+            }
             batch.release(&pair.invalidations, refuse.as_ref());
         }
         if let Some(in_sync) = ready.ask_witness {
@@ -293,6 +299,8 @@ pub(super) struct Joiner {
     pub epoch: Epoch,
     pub batch_epoch: Epoch,
     pub lsn: u64,
+    /// The cluster of the joiner's store (0: an empty store).
+    pub cluster_id: u64,
 }
 
 /// Serves a backup's `Join`: a snapshot if its history is not a prefix of
@@ -309,6 +317,8 @@ pub(super) async fn serve_join(
         Some("not the primary")
     } else if joiner.epoch > epoch {
         Some("the backup knows a later epoch")
+    } else if joiner.cluster_id != 0 && joiner.cluster_id != pair.storage.cluster_id() {
+        Some("the backup's store belongs to another cluster")
     } else {
         None
     };
@@ -334,7 +344,10 @@ async fn stream_history(
     generation: u64,
 ) -> Result<(), String> {
     let _ = send.set_priority(-1);
-    write_frame(send, &PeerResponse::Recorded, PEER_FRAME_LIMIT)
+    let following = PeerResponse::Following {
+        cluster_id: pair.storage.cluster_id(),
+    };
+    write_frame(send, &following, PEER_FRAME_LIMIT)
         .await
         .map_err(|e| e.to_string())?;
     let end = pair.storage.history_end();

@@ -176,7 +176,9 @@ impl Standing {
         self.campaigning = false;
         self.next_campaign = now + CAMPAIGN_RETRY;
         match answer {
-            Some(&PeerResponse::Elected { epoch, lease_ms }) => {
+            Some(&PeerResponse::Elected {
+                epoch, lease_ms, ..
+            }) => {
                 self.primary_role = true;
                 self.epoch = epoch;
                 self.primary = Some(self.me);
@@ -259,6 +261,7 @@ mod tests {
         PeerResponse::Elected {
             epoch: Epoch(epoch),
             lease_ms: 2000,
+            cluster_id: 1,
         }
     }
 

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use store_protocol::peer::{NodeId, PeerRequest, PeerResponse, PeerStatus};
+use store_protocol::peer::{LogPosition, NodeId, PeerRequest, PeerResponse, PeerStatus};
 use store_protocol::{Epoch, Role, Tid};
 
 use super::lease::{LeaseConfig, Promise};
@@ -20,6 +20,13 @@ pub struct Votes {
     pub primary: Option<NodeId>,
     /// Per data node: holds every acknowledged commit.
     pub in_sync: [bool; 2],
+    /// The cluster's id, made at its first election (0 before).
+    pub cluster_id: u64,
+    /// Per data node: has been a member (elected, or recorded in sync).
+    pub members: [bool; 2],
+    /// The furthest point of history any primary reported acknowledged:
+    /// no node whose history ends before it is elected (unless forced).
+    pub acked: LogPosition,
 }
 
 /// The witness's state machine.
@@ -79,25 +86,42 @@ impl Witness {
             epoch == votes.epoch && votes.primary == Some(sender) && epoch > Epoch(0)
         };
         match *request {
-            PeerRequest::Lease { epoch } => {
+            PeerRequest::Lease { epoch, acked } => {
                 if !sender_is_primary_of(epoch) {
                     return deny("not the primary of the current epoch");
                 }
                 let lease = self.promise.grant(&self.config, now);
-                (
-                    PeerResponse::Granted {
-                        epoch,
-                        lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
-                    },
-                    None,
-                )
+                let answer = PeerResponse::Granted {
+                    epoch,
+                    lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+                };
+                // Only the primary's own reports move the record, and only on.
+                if acked > self.votes.acked && acked.epoch <= epoch {
+                    self.votes.acked = acked;
+                    return (answer, Some(self.votes));
+                }
+                (answer, None)
             }
-            PeerRequest::Elect { epoch, force } => {
+            PeerRequest::Elect {
+                epoch,
+                force,
+                cluster_id,
+                end,
+            } => {
                 if epoch > votes.epoch {
                     return deny(
                         "the candidate claims an epoch this witness never granted \
                          (were the witness's votes lost? restore its data directory)",
                     );
+                }
+                if votes.cluster_id != 0 && cluster_id != votes.cluster_id {
+                    return deny(
+                        "the candidate's store is empty or belongs to another cluster \
+                         (start it with --join to copy the primary's)",
+                    );
+                }
+                if end < votes.acked && !force {
+                    return deny("its history ends before what the cluster acknowledged");
                 }
                 if votes.epoch == Epoch(0) {
                     if sender != 0 && !force {
@@ -116,16 +140,26 @@ impl Witness {
                 };
                 let mut in_sync = [false; 2];
                 in_sync[usize::from(sender)] = true;
+                let mut members = votes.members;
+                members[usize::from(sender)] = true;
+                let cluster_id = match votes.cluster_id {
+                    0 => new_cluster_id(),
+                    id => id,
+                };
                 self.votes = Votes {
                     epoch: Epoch(next),
                     primary: Some(sender),
                     in_sync,
+                    cluster_id,
+                    members,
+                    acked: votes.acked,
                 };
                 let lease = self.promise.grant(&self.config, now);
                 (
                     PeerResponse::Elected {
                         epoch: Epoch(next),
                         lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+                        cluster_id,
                     },
                     Some(self.votes),
                 )
@@ -134,7 +168,9 @@ impl Witness {
                 if !sender_is_primary_of(epoch) {
                     return deny("only the primary of the current epoch records its backup");
                 }
-                self.votes.in_sync[usize::from(1 - sender)] = in_sync;
+                let backup = usize::from(1 - sender);
+                self.votes.in_sync[backup] = in_sync;
+                self.votes.members[backup] |= in_sync;
                 (PeerResponse::Recorded, Some(self.votes))
             }
             PeerRequest::Release { epoch } => {
@@ -152,6 +188,8 @@ impl Witness {
                     in_sync: votes.in_sync,
                     lsn: 0,
                     last_tid: Tid(0),
+                    cluster_id: votes.cluster_id,
+                    members: votes.members,
                 }),
                 None,
             ),
@@ -162,16 +200,39 @@ impl Witness {
     }
 }
 
+/// A fresh cluster's id: random, never 0 (which means "none").
+fn new_cluster_id() -> u64 {
+    rand::random::<u64>().max(1)
+}
+
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::expect_used)]
+
     use std::time::Duration;
 
     use super::*;
 
+    /// The cluster of the votes these tests start from.
+    const CLUSTER: u64 = 0x5eed;
+
     fn elect(epoch: u64) -> PeerRequest {
+        elect_from(epoch, CLUSTER, LogPosition::default())
+    }
+
+    fn elect_from(epoch: u64, cluster_id: u64, end: LogPosition) -> PeerRequest {
         PeerRequest::Elect {
             epoch: Epoch(epoch),
             force: false,
+            cluster_id,
+            end,
+        }
+    }
+
+    fn at(epoch: u64, lsn: u64) -> LogPosition {
+        LogPosition {
+            epoch: Epoch(epoch),
+            lsn,
         }
     }
 
@@ -186,16 +247,19 @@ mod tests {
     fn a_fresh_cluster_starts_with_the_first_node() {
         let t0 = Instant::now();
         let mut witness = Witness::new(Votes::default(), LeaseConfig::default(), t0);
-        assert_eq!(elected(&witness.handle(t0, 1, &elect(0)).0), None);
-        let (answer, votes) = witness.handle(t0, 0, &elect(0));
+        let fresh = elect_from(0, 0, LogPosition::default());
+        assert_eq!(elected(&witness.handle(t0, 1, &fresh).0), None);
+        let (answer, votes) = witness.handle(t0, 0, &fresh);
         assert_eq!(elected(&answer), Some(Epoch(1)));
+        let votes = votes.expect("the election is recorded");
         assert_eq!(
-            votes,
-            Some(Votes {
-                epoch: Epoch(1),
-                primary: Some(0),
-                in_sync: [true, false],
-            })
+            (votes.epoch, votes.primary, votes.in_sync, votes.members),
+            (Epoch(1), Some(0), [true, false], [true, false])
+        );
+        // The cluster gets its id, which the elected node is told.
+        assert_ne!(votes.cluster_id, 0);
+        assert!(
+            matches!(answer, PeerResponse::Elected { cluster_id, .. } if cluster_id == votes.cluster_id)
         );
     }
 
@@ -203,7 +267,14 @@ mod tests {
     fn a_backup_is_elected_only_in_sync_and_after_the_lease() {
         let config = LeaseConfig::default();
         let t0 = Instant::now();
-        let mut witness = Witness::new(Votes::default(), config, t0);
+        let mut witness = Witness::new(
+            Votes {
+                cluster_id: CLUSTER,
+                ..Votes::default()
+            },
+            config,
+            t0,
+        );
         witness.handle(t0, 0, &elect(0));
         // Not in sync yet.
         let later = t0 + Duration::from_secs(10);
@@ -219,7 +290,10 @@ mod tests {
         ));
         assert_eq!(witness.handle(later, 0, &record).0, PeerResponse::Recorded);
         // The primary renews: no election while its lease binds.
-        let renew = PeerRequest::Lease { epoch: Epoch(1) };
+        let renew = PeerRequest::Lease {
+            epoch: Epoch(1),
+            acked: LogPosition::default(),
+        };
         // The backup cannot renew the primary's lease for it.
         assert!(matches!(
             witness.handle(later, 1, &renew).0,
@@ -256,6 +330,9 @@ mod tests {
             epoch: Epoch(3),
             primary: Some(0),
             in_sync: [true, true],
+            cluster_id: CLUSTER,
+            members: [true, true],
+            acked: LogPosition::default(),
         };
         let mut witness = Witness::new(votes, config, t0);
         assert_eq!(elected(&witness.handle(t0, 1, &elect(3)).0), None);
@@ -277,6 +354,9 @@ mod tests {
             epoch: Epoch(3),
             primary: Some(0),
             in_sync: [true, true],
+            cluster_id: CLUSTER,
+            members: [true, true],
+            acked: LogPosition::default(),
         };
         let mut witness = Witness::new(votes, config, t0);
         let after = t0 + config.bound_for(config.duration);
@@ -300,13 +380,64 @@ mod tests {
         // At the very top of the epoch space the witness refuses, never wraps.
         let top = Votes {
             epoch: Epoch(u64::MAX),
-            primary: Some(0),
-            in_sync: [true, true],
+            ..votes
         };
         let mut witness = Witness::new(top, config, t0);
         let (answer, changed) = witness.handle(after, 0, &elect(u64::MAX));
         assert!(matches!(answer, PeerResponse::Denied { .. }));
         assert_eq!(changed, None);
         assert_eq!(witness.votes(), top);
+    }
+
+    #[test]
+    fn no_node_behind_the_acknowledged_history_or_from_another_cluster_is_elected() {
+        let config = LeaseConfig::default();
+        let t0 = Instant::now();
+        let votes = Votes {
+            epoch: Epoch(2),
+            primary: Some(0),
+            in_sync: [true, true],
+            cluster_id: CLUSTER,
+            members: [true, true],
+            acked: LogPosition::default(),
+        };
+        let mut witness = Witness::new(votes, config, t0);
+        // The primary reports what it acknowledged; only it moves the record.
+        let report = |acked| PeerRequest::Lease {
+            epoch: Epoch(2),
+            acked,
+        };
+        let (_, changed) = witness.handle(t0, 1, &report(at(2, 90)));
+        assert_eq!(changed, None);
+        let (answer, changed) = witness.handle(t0, 0, &report(at(2, 100)));
+        assert!(matches!(answer, PeerResponse::Granted { .. }));
+        assert_eq!(changed.map(|v| v.acked), Some(at(2, 100)));
+        // An older report never moves it back.
+        let (_, changed) = witness.handle(t0, 0, &report(at(1, 500)));
+        assert_eq!(changed, None);
+
+        let after = t0 + config.bound_for(config.duration);
+        // The primary itself, come back with an empty store: refused.
+        let empty = elect_from(2, 0, LogPosition::default());
+        assert_eq!(elected(&witness.handle(after, 0, &empty).0), None);
+        // Its store from another cluster, however far along: refused, even forced.
+        let foreign = PeerRequest::Elect {
+            epoch: Epoch(2),
+            force: true,
+            cluster_id: 0xf0f0,
+            end: at(9, 9_999),
+        };
+        assert_eq!(elected(&witness.handle(after, 0, &foreign).0), None);
+        // The backup, in sync by the record but behind what was acked
+        // (say, its directory restored from an old copy): refused.
+        let behind = elect_from(2, CLUSTER, at(2, 99));
+        assert_eq!(elected(&witness.handle(after, 1, &behind).0), None);
+        // A later epoch's batch is further along whatever its LSN.
+        let earlier_epoch = elect_from(2, CLUSTER, at(1, 5_000));
+        assert_eq!(elected(&witness.handle(after, 1, &earlier_epoch).0), None);
+        // Holding all of it: elected.
+        let whole = elect_from(2, CLUSTER, at(2, 100));
+        assert_eq!(elected(&witness.handle(after, 1, &whole).0), Some(Epoch(3)));
+        assert_eq!(witness.votes().members, [true, true]);
     }
 }

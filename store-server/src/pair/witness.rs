@@ -47,12 +47,7 @@ pub struct WitnessServer {
 impl WitnessServer {
     /// Opens the votes file and binds the socket.
     pub async fn bind(config: WitnessConfig) -> Result<WitnessServer, ServerError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            ServerError::io(
-                format!("creating data dir {}", config.data_dir.display()),
-                e,
-            )
-        })?;
+        crate::config::create_data_dir(&config.data_dir)?;
         let files = config.tls.node_files(config.listen)?;
         let crypto = crate::tls::quic_server_crypto(&files, &[PEER_ALPN])?;
         let db = open_votes(&config.data_dir.join("witness.redb"))?;
@@ -159,7 +154,7 @@ async fn serve_stream(
 }
 
 fn open_votes(path: &Path) -> Result<Database, StorageError> {
-    let db = Database::create(path)?;
+    let (db, _) = crate::storage::open_database(path)?;
     let txn = db.begin_write()?;
     txn.open_table(VOTES)?;
     txn.commit()?;
