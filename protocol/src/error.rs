@@ -140,6 +140,15 @@ pub enum WireError {
         /// Why, and what would make it possible.
         reason: String,
     },
+    /// The certificate's identity may not do this (`--acl`), or named a
+    /// transaction id outside its own space. Nothing was read or applied.
+    #[error("permission denied: {identity} may not {what}")]
+    PermissionDenied {
+        /// The identity the client's certificate names.
+        identity: String,
+        /// What it was refused, naming the key where there is one.
+        what: String,
+    },
 }
 
 /// Why a frame could not be read or written.

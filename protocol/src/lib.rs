@@ -68,6 +68,8 @@
 
 mod error;
 mod frame;
+#[cfg(feature = "tls")]
+pub mod identity;
 mod ids;
 mod limits;
 mod message;
@@ -77,7 +79,9 @@ pub mod pem;
 
 pub use error::{FrameError, LimitKind, WireError};
 pub use frame::{decode_body, encode_frame, read_frame, write_frame, LENGTH_PREFIX_BYTES};
-pub use ids::{Epoch, ParseTxnIdError, Role, Tid, TxnId};
+#[cfg(feature = "tls")]
+pub use identity::Identity;
+pub use ids::{client_id_space, space_of, Epoch, ParseTxnIdError, Role, Tid, TxnId};
 pub use limits::{
     Limits, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_OPS_PER_TXN,
     DEFAULT_MAX_TXN_BYTES, DEFAULT_MAX_VALUE_BYTES,

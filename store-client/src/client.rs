@@ -116,7 +116,7 @@ impl Client {
             detail: format!("binding a UDP socket: {e}"),
         })?;
         let shared = Arc::new(SessionShared::new(Cache::new(config.cache_bytes)));
-        let client_id = rand::random();
+        let client_id = crate::tls::new_client_id(&config.tls)?;
         let commands = driver::spawn(
             config.clone(),
             endpoint.clone(),
@@ -146,7 +146,9 @@ impl Client {
         }
     }
 
-    /// This client instance's random id (the `client_id` of its [`TxnId`](crate::TxnId)s).
+    /// This client instance's id (the `client_id` of its
+    /// [`TxnId`](crate::TxnId)s): random, in the space of its certificate's
+    /// identity.
     pub fn client_id(&self) -> u128 {
         self.inner.txn_ids.client_id()
     }

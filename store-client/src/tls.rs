@@ -49,6 +49,24 @@ fn rustls_config(paths: &TlsPaths) -> Result<rustls::ClientConfig, Error> {
     Ok(tls)
 }
 
+/// A fresh `client_id` for this instance: random, inside the space of the
+/// identity its certificate names ([`store_protocol::client_id_space`]),
+/// the only space a server lets it commit or resolve in.
+pub(crate) fn new_client_id(paths: &TlsPaths) -> Result<u128, Error> {
+    let certs = pem::load_certs(&paths.cert).map_err(|e| Error::Config {
+        detail: e.to_string(),
+    })?;
+    let leaf = certs.first().ok_or_else(|| Error::Config {
+        detail: format!("{}: no certificate", paths.cert.display()),
+    })?;
+    let identity =
+        store_protocol::Identity::of_certificate(leaf).map_err(|detail| Error::Config {
+            detail: format!("{}: {detail}", paths.cert.display()),
+        })?;
+    let space = store_protocol::client_id_space(&identity.name());
+    Ok((u128::from(space) << 64) | u128::from(rand::random::<u64>()))
+}
+
 /// True when a connection ended because of a TLS alert (codes 0x100–0x1ff):
 /// a certificate problem that retrying cannot fix.
 pub(crate) fn is_tls_failure(error: &quinn::ConnectionError) -> bool {

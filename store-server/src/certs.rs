@@ -26,8 +26,8 @@ use rcgen::{
 };
 
 use crate::error::ServerError;
-use crate::identity::NODE_URI_SCHEME;
 use crate::tls::TlsFiles;
+use store_protocol::identity::NODE_URI_SCHEME;
 
 /// How long a development certificate is valid.
 const VALIDITY: time::Duration = time::Duration::days(365);

@@ -203,6 +203,11 @@ pub struct RunArgs {
     /// key's final value counted once (an append counts the whole value).
     #[arg(long, default_value_t = Limits::default().max_txn_bytes)]
     pub max_txn_bytes: u32,
+    /// Access rules (TOML): identities (client certificate names) → role
+    /// (read, readwrite, admin) and key prefixes. Without it every
+    /// certificate of the CA is admin.
+    #[arg(long, value_name = "FILE")]
+    pub acl: Option<PathBuf>,
     /// How long an unacknowledged transaction outcome is kept for retries
     /// (e.g. 24h, 30m); a later retry is refused as expired.
     #[arg(long, value_name = "DUR", default_value = "24h", value_parser = parse_duration)]
@@ -237,6 +242,7 @@ impl RunArgs {
         config.limits = limits;
         config.outcome_retention = self.outcome_retention;
         config.join = self.join;
+        config.acl = self.acl;
         config.tls = self.tls.source(config.tls);
         if let (Some(cluster), Some(witness)) = (self.cluster, self.witness) {
             let mut pair = PairConfig::for_node(cluster.0, self.listen, witness)?;

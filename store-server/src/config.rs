@@ -92,6 +92,8 @@ pub struct ServerConfig {
     pub pair: Option<PairConfig>,
     /// A pair member with an empty store may join as a backup (`--join`).
     pub join: bool,
+    /// Access rules (`--acl`); `None`: every certificate is `admin`.
+    pub acl: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -109,6 +111,7 @@ impl ServerConfig {
             outcome_retention: DEFAULT_OUTCOME_RETENTION,
             pair: None,
             join: false,
+            acl: None,
         }
     }
 }

@@ -11,7 +11,8 @@
 //! * `server`: the QUIC endpoint, connections, drain on shutdown;
 //! * `session`: `Hello`/`Welcome` with cache revalidation, then pings,
 //!   pongs and invalidations in TID order;
-//! * `request`: one request stream, limits checked before any work;
+//! * `request`: one request stream, limits and access (`acl`) checked
+//!   before any work;
 //! * `commit`: the group-commit pipeline, and copies of in-flight
 //!   transactions waiting for the first;
 //! * `outcomes`: exactly-once, *was this transaction already applied?*;
@@ -30,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+mod acl;
 mod certs;
 mod cli;
 mod commit;

@@ -6,6 +6,7 @@ use store_protocol::{
     content_digest, encode_frame, read_frame, LimitKind, Request, Response, StatusInfo, WireError,
 };
 
+use crate::acl::Grant;
 use crate::invalidation::SessionId;
 use crate::server::Shared;
 
@@ -19,10 +20,11 @@ pub async fn serve(
     mut recv: quinn::RecvStream,
     shared: &Shared,
     session: SessionId,
+    grant: &Grant,
 ) {
     let limit = shared.limits.max_frame_bytes;
     let response = match read_frame::<_, Request>(&mut recv, limit).await {
-        Ok(Some(request)) => answer(request, shared, session).await,
+        Ok(Some(request)) => answer(request, shared, session, grant).await,
         Ok(None) => Response::Error(WireError::Malformed {
             detail: "request stream closed before a request".into(),
         }),
@@ -44,8 +46,8 @@ pub async fn serve(
     }
 }
 
-async fn answer(request: Request, shared: &Shared, session: SessionId) -> Response {
-    match decide(request, shared, session).await {
+async fn answer(request: Request, shared: &Shared, session: SessionId, grant: &Grant) -> Response {
+    match decide(request, shared, session, grant).await {
         Ok(response) => response,
         Err(error) => Response::Error(error),
     }
@@ -55,12 +57,14 @@ async fn decide(
     request: Request,
     shared: &Shared,
     session: SessionId,
+    grant: &Grant,
 ) -> Result<Response, WireError> {
     let limits = &shared.limits;
     match request {
         Request::Get { key } => {
             serving(shared)?;
             limits.check_key(&key)?;
+            grant.read(&key)?;
             // The client may cache what it reads: route the key's future
             // invalidations to it, registered before the snapshot is taken.
             shared
@@ -80,6 +84,7 @@ async fn decide(
             }
             for key in &keys {
                 limits.check_key(key)?;
+                grant.read(key)?;
             }
             serving(shared)?;
             shared.invalidations.register(session, &keys);
@@ -93,6 +98,7 @@ async fn decide(
             if let Some(end) = &scan.end {
                 limits.check_key(end)?;
             }
+            grant.scan(&scan)?;
             // Leave room in the frame for the envelope and per-entry lengths.
             let budget = (limits.max_frame_bytes as usize) / 2;
             let (entries, more, read_tid) = shared
@@ -105,6 +111,13 @@ async fn decide(
         Request::Commit(commit) => {
             accepting_writes(shared)?;
             limits.check_commit(&commit)?;
+            for read in &commit.read_set {
+                grant.read(&read.key)?;
+            }
+            for write in &commit.writes {
+                grant.write(write.key())?;
+            }
+            grant.transaction(commit.txn_id.client_id)?;
             if content_digest(&commit.read_set, &commit.writes) != commit.digest {
                 return Err(WireError::DigestMismatch);
             }
@@ -117,10 +130,12 @@ async fn decide(
         }
         Request::Resolve { txn_id } => {
             accepting_writes(shared)?;
+            grant.transaction(txn_id.client_id)?;
             Ok(Response::Committed(shared.committer.resolve(txn_id).await?))
         }
         Request::Status => Ok(Response::Status(status(shared))),
         Request::Promote { force } => {
+            grant.admin()?;
             let Some(pair) = &shared.pair else {
                 return Err(WireError::PromoteRefused {
                     reason: "a standalone server is always writable".into(),

@@ -12,9 +12,11 @@ use store_protocol::{Epoch, Limits, Role, ALPN};
 use tokio::sync::Notify;
 use tracing::Instrument as _;
 
+use crate::acl::Acl;
 use crate::commit::{CommitPipeline, Committer, Release, WriteEpoch};
 use crate::config::ServerConfig;
 use crate::error::ServerError;
+use crate::identity::identity_of;
 use crate::invalidation::{Invalidations, DEFAULT_CHANGE_LOG_KEYS, DEFAULT_INTEREST_BUDGET};
 use crate::pair::{Pair, PairTasks};
 use crate::storage::Storage;
@@ -35,6 +37,8 @@ pub struct Shared {
     pub(crate) limits: Limits,
     /// Membership of an HA pair, if any.
     pub(crate) pair: Option<Arc<Pair>>,
+    /// Who may do what.
+    pub(crate) acl: Acl,
     pub(crate) sessions: AtomicU64,
     pub(crate) draining: AtomicBool,
     in_flight: AtomicUsize,
@@ -103,6 +107,10 @@ impl Server {
             &[ALPN]
         };
         let crypto = tls::quic_server_crypto(&tls_files, alpn)?;
+        let acl = match &config.acl {
+            Some(path) => Acl::load(path)?,
+            None => Acl::open(),
+        };
         let db_path = config.data_dir.join("store.redb");
         let storage = Arc::new(Storage::open(&db_path)?);
         let invalidations = Arc::new(Invalidations::new(
@@ -183,6 +191,7 @@ impl Server {
             invalidations,
             limits: config.limits,
             pair,
+            acl,
             sessions: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -298,7 +307,20 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         }
         return;
     }
-    let span = tracing::info_span!("session", %remote, client = tracing::field::Empty);
+    let grant = match identity_of(&connection) {
+        Ok(identity) => Arc::new(shared.acl.grant(&identity.name())),
+        Err(error) => {
+            tracing::info!(%remote, %error, "connection refused: no identity");
+            connection.close(CLOSE_REFUSED.into(), error.as_bytes());
+            return;
+        }
+    };
+    let span = tracing::info_span!(
+        "session",
+        %remote,
+        identity = %grant.identity,
+        client = tracing::field::Empty
+    );
     async move {
         let Ok((send, recv)) = connection.accept_bi().await else {
             return;
@@ -317,9 +339,10 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         let pings = tokio::spawn(session.serve().in_current_span());
         while let Ok((send, recv)) = connection.accept_bi().await {
             let in_flight = InFlight::start(shared.clone());
+            let grant = grant.clone();
             tokio::spawn(
                 async move {
-                    crate::request::serve(send, recv, &in_flight.0, session_id).await;
+                    crate::request::serve(send, recv, &in_flight.0, session_id, &grant).await;
                 }
                 .in_current_span(),
             );

@@ -84,6 +84,12 @@ pub async fn closed_with_code(connection: &quinn::Connection) -> Option<u64> {
     }
 }
 
+/// A `client_id` the development client certificate may use: `low` in the
+/// space of its identity, `zeolite-client`.
+pub fn dev_client_id(low: u64) -> u128 {
+    (u128::from(store_protocol::client_id_space("zeolite-client")) << 64) | u128::from(low)
+}
+
 /// Opens the session stream with a valid `Hello` and returns it with the
 /// `Welcome`.
 pub async fn open_session(

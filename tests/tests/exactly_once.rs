@@ -119,7 +119,12 @@ async fn copies_in_flight_wait_for_the_first_and_get_its_outcome() {
     let _session = raw::open_session(&connection).await;
     // A large value keeps the first copy busy while the others arrive.
     let token = vec![b'x'; 1024 * 1024];
-    let request = Request::Commit(append_request(42, 1, "dup", token.clone()));
+    let request = Request::Commit(append_request(
+        raw::dev_client_id(42),
+        1,
+        "dup",
+        token.clone(),
+    ));
     let copies: Vec<_> = (0..5)
         .map(|_| {
             let (connection, request) = (connection.clone(), request.clone());
@@ -155,12 +160,12 @@ async fn a_reused_id_abandoned_id_and_expired_id_are_refused() {
     let reader = server.client().await;
 
     // Same id, different content: refused, nothing of it applied.
-    let original = Request::Commit(append_request(7, 1, "k", b"A".to_vec()));
+    let original = Request::Commit(append_request(raw::dev_client_id(7), 1, "k", b"A".to_vec()));
     assert!(matches!(
         raw::request(&connection, &original).await,
         Response::Committed(_)
     ));
-    let reused = Request::Commit(append_request(7, 1, "k", b"B".to_vec()));
+    let reused = Request::Commit(append_request(raw::dev_client_id(7), 1, "k", b"B".to_vec()));
     assert_eq!(
         raw::request(&connection, &reused).await,
         Response::Error(WireError::TxnIdReused)
@@ -169,7 +174,7 @@ async fn a_reused_id_abandoned_id_and_expired_id_are_refused() {
 
     // Resolve of an id never seen abandons it; a late copy is refused.
     let never_seen = TxnId {
-        client_id: 7,
+        client_id: raw::dev_client_id(7),
         seq: 2,
     };
     let resolved = reader.resolve(never_seen).await.unwrap_err();
@@ -177,7 +182,12 @@ async fn a_reused_id_abandoned_id_and_expired_id_are_refused() {
         matches!(resolved, Error::Abandoned { txn_id } if txn_id == never_seen),
         "{resolved}"
     );
-    let late = Request::Commit(append_request(7, 2, "k", b"late".to_vec()));
+    let late = Request::Commit(append_request(
+        raw::dev_client_id(7),
+        2,
+        "k",
+        b"late".to_vec(),
+    ));
     assert_eq!(
         raw::request(&connection, &late).await,
         Response::Error(WireError::Abandoned)
@@ -254,10 +264,16 @@ async fn the_cli_reports_an_unknown_outcome_with_its_id_and_resolve_finds_it() {
         "{}",
         resolved.stdout
     );
-    let never = store_tests::cli(
+    // An id of this identity's space nobody used is abandoned; one of
+    // another identity's space is not this certificate's to touch.
+    let unused = format!("{:032x}:1", raw::dev_client_id(1));
+    let never = store_tests::cli(&server, &["resolve", &unused], None);
+    assert_eq!((never.code, never.stdout.as_str()), (0, "abandoned\n"));
+    let foreign = store_tests::cli(
         &server,
         &["resolve", "00000000000000000000000000000001:1"],
         None,
     );
-    assert_eq!((never.code, never.stdout.as_str()), (0, "abandoned\n"));
+    assert_eq!(foreign.code, 3, "{foreign:?}");
+    assert!(foreign.stderr.contains("permission denied"), "{foreign:?}");
 }
