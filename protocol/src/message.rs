@@ -229,20 +229,38 @@ pub enum Write {
     },
 }
 
+/// Most bytes one read or write adds to an encoding besides its key and
+/// value: a tag, two length varints, and a serial or counter varint.
+pub const OP_ENVELOPE_BYTES: usize = 24;
+/// Most bytes a commit adds besides its operations: the id, watermark,
+/// digest and two list lengths, as varints.
+pub const COMMIT_ENVELOPE_BYTES: usize = 96;
+
 impl CommitRequest {
-    /// The bytes of keys and values it carries (what it costs to hold,
-    /// ship and apply, give or take a small envelope per operation).
-    pub fn payload_bytes(&self) -> usize {
-        let reads: usize = self.read_set.iter().map(|read| read.key.len()).sum();
+    /// An upper bound on its encoded size: its keys and values, plus
+    /// [`OP_ENVELOPE_BYTES`] per read or write (lengths, tags, serials,
+    /// counters) and [`COMMIT_ENVELOPE_BYTES`] for the rest. What it costs
+    /// to hold, ship and apply.
+    pub fn size_bound(&self) -> usize {
+        let reads: usize = self
+            .read_set
+            .iter()
+            .map(|read| read.key.len() + OP_ENVELOPE_BYTES)
+            .sum();
         let writes: usize = self
             .writes
             .iter()
-            .map(|write| match write {
-                Write::Put { key, value } | Write::Append { key, value } => key.len() + value.len(),
-                other => other.key().len(),
+            .map(|write| {
+                OP_ENVELOPE_BYTES
+                    + match write {
+                        Write::Put { key, value } | Write::Append { key, value } => {
+                            key.len() + value.len()
+                        }
+                        other => other.key().len(),
+                    }
             })
             .sum();
-        reads + writes
+        COMMIT_ENVELOPE_BYTES + reads + writes
     }
 }
 

@@ -122,6 +122,9 @@ pub enum PeerResponse {
     Following {
         /// The cluster's id, which a joining empty store takes.
         cluster_id: u64,
+        /// The primary's limits: the backup replays its batches under
+        /// them, so both decide every `Append` and budget alike.
+        limits: crate::Limits,
     },
     /// Refused; `epoch` and `primary` are what the refuser knows.
     Denied {

@@ -23,9 +23,9 @@ use crate::storage::{Applied, Op, OpResult, Stamp, Storage};
 
 /// Most operations in one batch: bounds the latency one batch adds to the next.
 const MAX_BATCH: usize = 512;
-/// A batch takes no more operations once it carries this many bytes of
-/// keys and values: bounds the memory of a batch and the size of the
-/// replication frame that ships it.
+/// A batch takes no more operations once its commits' size bounds add up
+/// to this: bounds the memory of a batch and the size of the replication
+/// frame that ships it (see `pair::link::repl_frame_limit`).
 pub const MAX_BATCH_BYTES: usize = 16 << 20;
 /// Operations waiting for the committer before senders are held back.
 const QUEUE_DEPTH: usize = 4096;
@@ -346,7 +346,7 @@ impl Pipeline {
                 match job {
                     Job::Decide(decision) => {
                         if let Work::Commit(request) = &decision.work {
-                            bytes = bytes.saturating_add(request.payload_bytes());
+                            bytes = bytes.saturating_add(request.size_bound());
                         }
                         batch.push(decision);
                     }

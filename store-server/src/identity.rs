@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 
 pub use store_protocol::Identity;
 
+use crate::error::ServerError;
+
 /// QUIC close code for a `zeolite-peer/1` connection whose certificate is
 /// not a node certificate of this cluster.
 pub const CLOSE_NOT_A_NODE: u32 = 3;
@@ -22,6 +24,43 @@ pub fn identity_of(connection: &quinn::Connection) -> Result<Identity, String> {
         .ok_or("the peer presented no certificate")?;
     let leaf = chain.first().ok_or("the peer presented no certificate")?;
     Identity::of_certificate(leaf)
+}
+
+/// Refuses to start a pair member or witness at `addr` whose certificate
+/// `cert` is not the node certificate of `addr`: a member presenting
+/// another's certificate would vote and replicate under its name.
+pub fn require_own_node_cert(cert: &std::path::Path, addr: SocketAddr) -> Result<(), ServerError> {
+    let certs = store_protocol::pem::load_certs(cert)?;
+    let named = certs
+        .first()
+        .map(|leaf| Identity::of_certificate(leaf))
+        .transpose()
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", cert.display())))?;
+    match named {
+        Some(Identity::Node(named)) if named == addr => Ok(()),
+        other => Err(ServerError::Config(format!(
+            "{} names {}, not node {addr}: each member needs its own node certificate \
+             (store-server certs issue --role node --name {addr})",
+            cert.display(),
+            other.map_or_else(|| "nothing".to_string(), |identity| identity.to_string()),
+        ))),
+    }
+}
+
+/// The node `connection`'s certificate names, if it is `expected`; else
+/// closes it (an answer from anyone but the node dialed is never heard).
+pub fn require_node(connection: &quinn::Connection, expected: SocketAddr) -> Result<(), String> {
+    match identity_of(connection) {
+        Ok(Identity::Node(addr)) if addr == expected => Ok(()),
+        other => {
+            connection.close(CLOSE_NOT_A_NODE.into(), b"not the node dialed");
+            Err(format!(
+                "{} answered as {}, not as node {expected}",
+                connection.remote_address(),
+                other.map_or_else(|e| e, |identity| identity.to_string())
+            ))
+        }
+    }
 }
 
 /// Admits a `zeolite-peer/1` connection only from one of `nodes`: the

@@ -163,10 +163,10 @@ pub(crate) fn expiries_before(
         }
         // Rows come in key order: one client's rows are adjacent.
         match expiries.last_mut() {
-            Some(last) if last.client_id == client_id => last.below = seq + 1,
+            Some(last) if last.client_id == client_id => last.below = seq.saturating_add(1),
             _ => expiries.push(Expiry {
                 client_id,
-                below: seq + 1,
+                below: seq.saturating_add(1),
             }),
         }
     }

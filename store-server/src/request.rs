@@ -121,6 +121,11 @@ async fn decide(
             if content_digest(&commit.read_set, &commit.writes) != commit.digest {
                 return Err(WireError::DigestMismatch);
             }
+            if commit.txn_id.seq == u64::MAX {
+                return Err(WireError::Malformed {
+                    detail: "seq u64::MAX is reserved".into(),
+                });
+            }
             if commit.acked_below > commit.txn_id.seq {
                 return Err(WireError::Malformed {
                     detail: "acked_below is past the transaction's own seq".into(),

@@ -98,7 +98,12 @@ impl Server {
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
         crate::config::create_data_dir(&config.data_dir)?;
         let tls_files = match &config.pair {
-            Some(pair) => config.tls.node_files(pair.cluster[usize::from(pair.me)])?,
+            Some(pair) => {
+                let me = pair.cluster[usize::from(pair.me)];
+                let files = config.tls.node_files(me)?;
+                crate::identity::require_own_node_cert(&files.cert, me)?;
+                files
+            }
             None => config.tls.server_files()?,
         };
         let alpn: &[&[u8]] = if config.pair.is_some() {

@@ -129,3 +129,37 @@ fn a_damaged_store_refuses_to_start_naming_the_file_and_no_store_is_world_readab
         assert_eq!(std::fs::read(&store).unwrap(), bytes, "{what}");
     }
 }
+
+#[test]
+fn a_member_refuses_to_start_with_another_members_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    store_server::ensure_dev_certs(&ca).unwrap();
+    let other = dir.path().join("other");
+    store_server::issue(&ca, "127.0.0.1:7601", store_server::CertRole::Node, &other).unwrap();
+    let out = server()
+        .args(["--data-dir"])
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen",
+            "127.0.0.1:7602",
+            "--cluster",
+            "127.0.0.1:7601,127.0.0.1:7602",
+            "--witness",
+            "127.0.0.1:7603",
+            "--ca",
+        ])
+        .arg(ca.join("ca.pem"))
+        .arg("--cert")
+        .arg(other.join("node.pem"))
+        .arg("--key")
+        .arg(other.join("node.key"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("names node 127.0.0.1:7601, not node 127.0.0.1:7602"),
+        "{stderr}"
+    );
+}

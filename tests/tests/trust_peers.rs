@@ -101,13 +101,13 @@ async fn the_peer_protocol_takes_only_the_pairs_nodes_each_speaking_for_itself()
         PeerRequest::Release { epoch },
         PeerRequest::Elect {
             epoch: Epoch(u64::MAX - 1),
-            force: true,
+            force: false,
             cluster_id,
             end: far,
         },
         PeerRequest::Elect {
             epoch: Epoch(epoch.0 + 1),
-            force: true,
+            force: false,
             cluster_id,
             end: far,
         },

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use store_protocol::peer::{Batch, BatchOp, PeerRequest, PeerResponse, ReplAck, ReplFrame};
-use store_protocol::{read_frame, write_frame, Tid};
+use store_protocol::{read_frame, write_frame, Limits, Tid};
 use tokio::sync::mpsc;
 
 use super::link::{repl_frame_limit, PEER_FRAME_LIMIT};
@@ -65,14 +65,15 @@ async fn follow(pair: &Arc<Pair>) -> Result<(), String> {
     .await
     .map_err(|_| "no answer to Join".to_string())?
     .map_err(|e| e.to_string())?;
-    match answer {
-        Some(PeerResponse::Following { cluster_id }) => {
+    let limits = match answer {
+        Some(PeerResponse::Following { cluster_id, limits }) => {
             // An empty store joining (`--join`) becomes the cluster's.
             let storage = pair.storage.clone();
             tokio::task::spawn_blocking(move || storage.adopt_cluster(cluster_id))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
+            limits
         }
         Some(PeerResponse::Denied {
             epoch,
@@ -83,13 +84,13 @@ async fn follow(pair: &Arc<Pair>) -> Result<(), String> {
             return Err(format!("join refused: {reason}"));
         }
         other => return Err(format!("unexpected answer to Join: {other:?}")),
-    }
+    };
     tracing::info!(lsn = end.lsn, "following the primary");
     // A reader task keeps frames coming while batches are applied, so
     // that whatever arrived meanwhile is applied together: one fsync for
     // many batches when the backup is the slower side.
     let (frames_tx, mut frames) = mpsc::channel::<Result<ReplFrame, String>>(READ_AHEAD);
-    let limit = repl_frame_limit(&pair.limits);
+    let limit = repl_frame_limit(&limits);
     let reader = tokio::spawn(async move {
         loop {
             let frame = match read_frame::<_, ReplFrame>(&mut recv, limit).await {
@@ -103,7 +104,7 @@ async fn follow(pair: &Arc<Pair>) -> Result<(), String> {
             }
         }
     });
-    let result = apply_stream(pair, &mut send, &mut frames).await;
+    let result = apply_stream(pair, &mut send, &mut frames, limits).await;
     reader.abort();
     result
 }
@@ -117,6 +118,7 @@ async fn apply_stream(
     pair: &Arc<Pair>,
     send: &mut quinn::SendStream,
     frames: &mut mpsc::Receiver<Result<ReplFrame, String>>,
+    limits: Limits,
 ) -> Result<(), String> {
     let mut next: Option<ReplFrame> = None;
     loop {
@@ -166,7 +168,7 @@ async fn apply_stream(
                 }
                 let epoch = group.iter().map(|b| b.epoch).max().unwrap_or_default();
                 pair.accept_epoch(epoch, Some(1 - pair.config.me)).await?;
-                apply(pair, group).await?
+                apply(pair, group, limits).await?
             }
             other => return Err(format!("unexpected frame {other:?}")),
         };
@@ -245,11 +247,11 @@ async fn install_snapshot(
 /// Applies batches that arrived together, in one transaction, through
 /// the primary's apply path; they must land exactly where they did on the
 /// primary, or nothing is written and the node asks for a snapshot.
-/// Returns the last LSN.
-async fn apply(pair: &Arc<Pair>, group: Vec<Batch>) -> Result<u64, String> {
+/// Returns the last LSN. `limits` are the primary's.
+async fn apply(pair: &Arc<Pair>, group: Vec<Batch>, limits: Limits) -> Result<u64, String> {
     let end = pair.storage.history_end();
     for (i, batch) in group.iter().enumerate() {
-        let expected = end.lsn + 1 + i as u64;
+        let expected = end.lsn.saturating_add(1).saturating_add(i as u64);
         if batch.lsn != expected {
             // A stream starts right after this node's history; anything
             // else means the histories differ.
@@ -265,7 +267,6 @@ async fn apply(pair: &Arc<Pair>, group: Vec<Batch>) -> Result<u64, String> {
     };
     let last_lsn = last.lsn;
     let storage = pair.storage.clone();
-    let limits = pair.limits;
     let group = Arc::new(group);
     let applying = group.clone();
     let applied = tokio::task::spawn_blocking(move || {

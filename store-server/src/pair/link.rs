@@ -36,8 +36,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// does not abandon it (on a loaded machine a handshake can take longer
 /// than one lease renewal waits).
 pub struct Link {
-    /// The peer's address.
+    /// Where the peer is reached.
     pub addr: SocketAddr,
+    /// The node its certificate must name (its `--cluster` or witness
+    /// address, which `addr` differs from behind a proxy).
+    expected: SocketAddr,
     endpoint: quinn::Endpoint,
     crypto: quinn::ClientConfig,
     slot: Mutex<Slot>,
@@ -53,10 +56,16 @@ struct Slot {
 }
 
 impl Link {
-    /// A link to `addr` through `endpoint`.
-    pub fn new(addr: SocketAddr, endpoint: quinn::Endpoint, crypto: quinn::ClientConfig) -> Link {
+    /// A link to node `expected`, reached at `addr` through `endpoint`.
+    pub fn new(
+        addr: SocketAddr,
+        expected: SocketAddr,
+        endpoint: quinn::Endpoint,
+        crypto: quinn::ClientConfig,
+    ) -> Link {
         Link {
             addr,
+            expected,
             endpoint,
             crypto,
             slot: Mutex::default(),
@@ -123,7 +132,9 @@ impl Link {
             .connect_with(self.crypto.clone(), self.addr, &name)
         {
             Ok(connecting) => match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-                Ok(Ok(connection)) => Ok(connection),
+                Ok(Ok(connection)) => {
+                    crate::identity::require_node(&connection, self.expected).map(|()| connection)
+                }
                 Ok(Err(e)) => Err(format!("{}: {e}", self.addr)),
                 Err(_) => Err(format!("{}: handshake timed out", self.addr)),
             },

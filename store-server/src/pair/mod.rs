@@ -146,11 +146,21 @@ impl Pair {
         let now = Instant::now();
         let standing = Standing::new(config.me, storage.epoch(), config.lease, now);
         let pair = Pair {
-            peer: Arc::new(Link::new(config.peer_via, endpoint.clone(), crypto.clone())),
-            witness: Arc::new(Link::new(config.witness, endpoint.clone(), crypto)),
+            peer: Arc::new(Link::new(
+                config.peer_via,
+                config.cluster[usize::from(1 - config.me)],
+                endpoint.clone(),
+                crypto.clone(),
+            )),
+            witness: Arc::new(Link::new(
+                config.witness,
+                config.witness,
+                endpoint.clone(),
+                crypto,
+            )),
             standing: Mutex::new(standing),
             changed: watch::Sender::new(0),
-            log: Mutex::new(ReplLog::new(storage.history_end().lsn + 1)),
+            log: Mutex::new(ReplLog::new(storage.history_end().lsn.saturating_add(1))),
             log_grew: tokio::sync::Notify::new(),
             events: events_tx,
             replication: Mutex::new(SyncState::Alone),

@@ -49,10 +49,9 @@ pub(super) async fn run(pair: Arc<Pair>) {
 /// majority with this node's own vote.
 async fn renew(pair: Arc<Pair>, sent_at: Instant) {
     let epoch = pair.standing().epoch();
-    let request = PeerRequest::Lease {
-        epoch,
-        acked: pair.acked(),
-    };
+    // Never more than this node holds (a snapshot may have replaced it).
+    let acked = pair.acked().min(pair.storage.history_end().position());
+    let request = PeerRequest::Lease { epoch, acked };
     let timeout = pair.config.lease.renew_every * 2;
     let (peer, witness) = tokio::join!(
         pair.peer.request(&request, timeout),

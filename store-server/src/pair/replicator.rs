@@ -72,7 +72,7 @@ fn batch_size(batch: &Batch) -> usize {
         .ops
         .iter()
         .map(|op| match op {
-            store_protocol::peer::BatchOp::Commit(request) => 64 + request.payload_bytes(),
+            store_protocol::peer::BatchOp::Commit(request) => request.size_bound(),
             _ => 32,
         })
         .sum()
@@ -225,7 +225,7 @@ fn follow_standing(
     }
     *machine = is_primary.then(|| {
         let end = pair.storage.history_end().lsn;
-        *pair.lock_log() = ReplLog::new(end + 1);
+        *pair.lock_log() = ReplLog::new(end.saturating_add(1));
         tracing::info!(epoch = epoch.0, lsn = end, "replicating as primary");
         let mut replication = Replication::new(end, pair.config.lease.replication_timeout);
         // A backup that joined before this node took office.
@@ -346,6 +346,7 @@ async fn stream_history(
     let _ = send.set_priority(-1);
     let following = PeerResponse::Following {
         cluster_id: pair.storage.cluster_id(),
+        limits: pair.limits,
     };
     write_frame(send, &following, PEER_FRAME_LIMIT)
         .await
@@ -391,10 +392,10 @@ async fn stream_history(
                 generation,
                 lsn: joiner.lsn,
             });
-            joiner.lsn + 1
+            joiner.lsn.saturating_add(1)
         } else {
             let _ = pair.events.send(ReplEvent::Joined { generation, lsn: 0 });
-            send_snapshot(pair, send, &shipped).await? + 1
+            send_snapshot(pair, send, &shipped).await?.saturating_add(1)
         };
         loop {
             let grew = pair.log_grew.notified();

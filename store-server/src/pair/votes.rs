@@ -108,10 +108,14 @@ impl Witness {
                 cluster_id,
                 end,
             } => {
-                if epoch > votes.epoch {
+                // A node knows only epochs this witness granted, unless the
+                // witness lost its votes: then only an operator's forced
+                // promotion (of the node known to hold the data) goes on.
+                if (epoch > votes.epoch || end.epoch > votes.epoch) && !force {
                     return deny(
                         "the candidate claims an epoch this witness never granted \
-                         (were the witness's votes lost? restore its data directory)",
+                         (were the witness's votes lost? restore its data directory, or \
+                         `store-cli promote --force` the node that holds the data)",
                     );
                 }
                 if votes.cluster_id != 0 && cluster_id != votes.cluster_id {
@@ -135,16 +139,19 @@ impl Witness {
                         return deny("not recorded as holding every acknowledged commit");
                     }
                 }
-                let Some(next) = votes.epoch.0.checked_add(1) else {
+                let Some(next) = votes.epoch.max(epoch).0.checked_add(1) else {
                     return deny("the epoch space is exhausted");
                 };
                 let mut in_sync = [false; 2];
                 in_sync[usize::from(sender)] = true;
                 let mut members = votes.members;
                 members[usize::from(sender)] = true;
-                let cluster_id = match votes.cluster_id {
-                    0 => new_cluster_id(),
-                    id => id,
+                // A witness without a cluster (fresh, or its votes lost)
+                // takes the candidate's, or makes one for a fresh cluster.
+                let cluster_id = match (votes.cluster_id, cluster_id) {
+                    (0, 0) => new_cluster_id(),
+                    (0, theirs) => theirs,
+                    (ours, _) => ours,
                 };
                 self.votes = Votes {
                     epoch: Epoch(next),
@@ -152,7 +159,9 @@ impl Witness {
                     in_sync,
                     cluster_id,
                     members,
-                    acked: votes.acked,
+                    // A forced election starts the record afresh from what
+                    // the new primary holds (the operator accepted the loss).
+                    acked: if force { end } else { votes.acked },
                 };
                 let lease = self.promise.grant(&self.config, now);
                 (
@@ -439,5 +448,26 @@ mod tests {
         let whole = elect_from(2, CLUSTER, at(2, 100));
         assert_eq!(elected(&witness.handle(after, 1, &whole).0), Some(Epoch(3)));
         assert_eq!(witness.votes().members, [true, true]);
+    }
+
+    #[test]
+    fn a_witness_that_lost_its_votes_follows_only_a_forced_promotion() {
+        let config = LeaseConfig::default();
+        let t0 = Instant::now();
+        let mut witness = Witness::new(Votes::default(), config, t0);
+        let holder = |force| PeerRequest::Elect {
+            epoch: Epoch(7),
+            force,
+            cluster_id: CLUSTER,
+            end: at(7, 500),
+        };
+        assert_eq!(elected(&witness.handle(t0, 1, &holder(false)).0), None);
+        let (answer, votes) = witness.handle(t0, 1, &holder(true));
+        assert_eq!(elected(&answer), Some(Epoch(8)));
+        let votes = votes.expect("recorded");
+        assert_eq!(
+            (votes.cluster_id, votes.acked, votes.primary),
+            (CLUSTER, at(7, 500), Some(1))
+        );
     }
 }

@@ -49,12 +49,13 @@ impl WitnessServer {
     pub async fn bind(config: WitnessConfig) -> Result<WitnessServer, ServerError> {
         crate::config::create_data_dir(&config.data_dir)?;
         let files = config.tls.node_files(config.listen)?;
+        crate::identity::require_own_node_cert(&files.cert, config.listen)?;
         let crypto = crate::tls::quic_server_crypto(&files, &[PEER_ALPN])?;
         let db = open_votes(&config.data_dir.join("witness.redb"))?;
         let votes = read_votes(&db)?;
         tracing::info!(
             epoch = votes.epoch.0,
-            primary = ?votes.primary.map(|n| config.cluster[usize::from(n)]),
+            primary = ?votes.primary.and_then(|n| config.cluster.get(usize::from(n))),
             in_sync = ?votes.in_sync,
             "witness votes loaded"
         );
@@ -132,6 +133,13 @@ async fn serve_stream(
         let (answer, changed) = witness.handle(Instant::now(), sender, &request);
         if let Some(votes) = changed {
             if let Err(e) = write_votes(&db, &votes) {
+                if matches!(request, PeerRequest::Lease { .. }) {
+                    // A renewal's report of the acknowledged end is kept
+                    // in memory and saved with the next record; the
+                    // lease itself needs no disk.
+                    tracing::warn!(error = %e, "cannot persist the acknowledged end; granting");
+                    return Some(answer);
+                }
                 tracing::error!(error = %e, "cannot persist votes; refusing");
                 *witness = before;
                 return None;
@@ -161,13 +169,34 @@ fn open_votes(path: &Path) -> Result<Database, StorageError> {
     Ok(db)
 }
 
+/// The votes of a witness from before clusters had ids and the witness
+/// recorded the acknowledged end: read, and carried over.
+#[derive(serde::Deserialize)]
+struct VotesV1 {
+    epoch: store_protocol::Epoch,
+    primary: Option<NodeId>,
+    in_sync: [bool; 2],
+}
+
 fn read_votes(db: &Database) -> Result<Votes, StorageError> {
     let txn = db.begin_read()?;
     let table = txn.open_table(VOTES)?;
-    match table.get("votes")? {
-        Some(bytes) => postcard::from_bytes(bytes.value())
-            .map_err(|e| StorageError::corrupt(format!("votes do not decode: {e}"))),
-        None => Ok(Votes::default()),
+    let Some(bytes) = table.get("votes")? else {
+        return Ok(Votes::default());
+    };
+    let bytes = bytes.value();
+    if let Ok(votes) = postcard::from_bytes::<Votes>(bytes) {
+        return Ok(votes);
+    }
+    match postcard::from_bytes::<VotesV1>(bytes) {
+        Ok(old) => Ok(Votes {
+            epoch: old.epoch,
+            primary: old.primary,
+            in_sync: old.in_sync,
+            members: old.in_sync,
+            ..Votes::default()
+        }),
+        Err(e) => Err(StorageError::corrupt(format!("votes do not decode: {e}"))),
     }
 }
 
