@@ -203,6 +203,16 @@ pub struct RunArgs {
     /// key's final value counted once (an append counts the whole value).
     #[arg(long, default_value_t = Limits::default().max_txn_bytes)]
     pub max_txn_bytes: u32,
+    /// Most client sessions at once; past it a session is refused as
+    /// overloaded and its client retries with backoff.
+    #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_MAX_SESSIONS)]
+    pub max_sessions: usize,
+    /// Most request streams one client connection may have open at once.
+    #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_MAX_STREAMS)]
+    pub max_streams: u32,
+    /// Most bytes one client connection may have in flight to the server.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::config::DEFAULT_MAX_CONNECTION_BYTES)]
+    pub max_connection_bytes: u64,
     /// Access rules (TOML): identities (client certificate names) → role
     /// (read, readwrite, admin) and key prefixes. Without it every
     /// certificate of the CA is admin.
@@ -243,6 +253,9 @@ impl RunArgs {
         config.outcome_retention = self.outcome_retention;
         config.join = self.join;
         config.acl = self.acl;
+        config.max_sessions = self.max_sessions;
+        config.max_streams = self.max_streams;
+        config.max_connection_bytes = self.max_connection_bytes;
         config.tls = self.tls.source(config.tls);
         if let (Some(cluster), Some(witness)) = (self.cluster, self.witness) {
             let mut pair = PairConfig::for_node(cluster.0, self.listen, witness)?;

@@ -274,7 +274,7 @@ pub enum Release {
     /// Answer at once (a standalone server).
     Now,
     /// To the replicator, which answers once the backup has them.
-    Replicated(mpsc::UnboundedSender<ToReplicator>),
+    Replicated(mpsc::Sender<ToReplicator>),
 }
 
 /// What the committer hands the replicator of a pair.
@@ -383,7 +383,7 @@ impl Pipeline {
                 last_tid,
                 ops: ops.iter().map(|op| op.to_batch_op()).collect(),
             });
-            let _ = replicator.send(ToReplicator::Ship(batch.clone()));
+            let _ = replicator.blocking_send(ToReplicator::Ship(batch.clone()));
             shipped = Some(batch);
         };
         match self.storage.apply_batch(ops, &self.limits, stamp, ship) {
@@ -408,7 +408,7 @@ impl Pipeline {
         match &self.release {
             Release::Now => durable.release(&self.invalidations, None),
             Release::Replicated(replicator) => {
-                if let Err(unsent) = replicator.send(ToReplicator::Durable(durable)) {
+                if let Err(unsent) = replicator.blocking_send(ToReplicator::Durable(durable)) {
                     let ToReplicator::Durable(durable) = unsent.0 else {
                         return;
                     };

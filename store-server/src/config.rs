@@ -38,6 +38,15 @@ pub(crate) fn create_data_dir(dir: &std::path::Path) -> Result<(), ServerError> 
         .map_err(|e| ServerError::io(format!("creating data dir {}", dir.display()), e))
 }
 
+/// Default most client sessions (and connections) at once.
+pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
+/// Default most request streams a client may have open at once on one
+/// connection.
+pub const DEFAULT_MAX_STREAMS: u32 = 256;
+/// Default most bytes a client may have in flight to the server on one
+/// connection (its QUIC receive window): two full frames.
+pub const DEFAULT_MAX_CONNECTION_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Where the server's certificates come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsSource {
@@ -94,6 +103,13 @@ pub struct ServerConfig {
     pub join: bool,
     /// Access rules (`--acl`); `None`: every certificate is `admin`.
     pub acl: Option<PathBuf>,
+    /// See [`DEFAULT_MAX_SESSIONS`]; past it a session is refused with
+    /// `Overloaded` (clients retry with backoff).
+    pub max_sessions: usize,
+    /// See [`DEFAULT_MAX_STREAMS`].
+    pub max_streams: u32,
+    /// See [`DEFAULT_MAX_CONNECTION_BYTES`].
+    pub max_connection_bytes: u64,
 }
 
 impl ServerConfig {
@@ -112,6 +128,9 @@ impl ServerConfig {
             pair: None,
             join: false,
             acl: None,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            max_streams: DEFAULT_MAX_STREAMS,
+            max_connection_bytes: DEFAULT_MAX_CONNECTION_BYTES,
         }
     }
 }

@@ -26,8 +26,12 @@ use crate::{session, tls};
 const CLOSE_REFUSED: u32 = 1;
 /// QUIC close code sent to every connection on shutdown.
 const CLOSE_SHUTDOWN: u32 = 2;
-/// Most request streams a client may have open at once on one connection.
-const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// Client connections beyond `--max-sessions` still accepted: room for
+/// clients between sessions. (The pair's own links are never counted, so
+/// no client can crowd them out.)
+const CONNECTION_SLACK: usize = 64;
+/// QUIC close code for a client connection past the connection cap.
+const CLOSE_OVERLOADED: u32 = 4;
 
 /// State every connection task reads.
 pub struct Shared {
@@ -40,6 +44,9 @@ pub struct Shared {
     /// Who may do what.
     pub(crate) acl: Acl,
     pub(crate) sessions: AtomicU64,
+    /// See [`ServerConfig::max_sessions`].
+    pub(crate) max_sessions: usize,
+    connections: AtomicUsize,
     pub(crate) draining: AtomicBool,
     in_flight: AtomicUsize,
     idle: Notify,
@@ -125,7 +132,8 @@ impl Server {
         ));
         let (release, durable, write_epoch) = match config.pair {
             Some(_) => {
-                let (to_replicator, durable) = tokio::sync::mpsc::unbounded_channel();
+                let (to_replicator, durable) =
+                    tokio::sync::mpsc::channel(crate::pair::REPLICATOR_QUEUE);
                 let write_epoch = WriteEpoch::default();
                 (
                     Release::Replicated(to_replicator),
@@ -152,8 +160,13 @@ impl Server {
                     .try_into()
                     .map_err(|_| ServerError::Config("idle timeout out of range".into()))?,
             ))
-            .max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into())
-            .max_concurrent_uni_streams(0u32.into());
+            .max_concurrent_bidi_streams(config.max_streams.into())
+            .max_concurrent_uni_streams(0u32.into())
+            .receive_window(
+                quinn::VarInt::from_u64(config.max_connection_bytes).map_err(|_| {
+                    ServerError::Config("--max-connection-bytes out of range".into())
+                })?,
+            );
         let mut server_config = quinn::ServerConfig::with_crypto(crypto);
         server_config.transport_config(Arc::new(transport));
         let endpoint = quinn::Endpoint::server(server_config, config.listen)
@@ -198,6 +211,8 @@ impl Server {
             pair,
             acl,
             sessions: AtomicU64::new(0),
+            max_sessions: config.max_sessions,
+            connections: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -292,6 +307,28 @@ async fn accept_loop(endpoint: &quinn::Endpoint, shared: &Arc<Shared>) {
     }
 }
 
+/// One client connection, counted against the cap until dropped.
+struct Counted(Arc<Shared>);
+
+impl Counted {
+    fn connection(shared: &Arc<Shared>) -> Option<Counted> {
+        let cap = shared.max_sessions.saturating_add(CONNECTION_SLACK);
+        shared
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Counted(shared.clone()))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let remote = incoming.remote_address();
     let connection = match incoming.await {
@@ -312,6 +349,15 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         }
         return;
     }
+    let Some(_counted) = Counted::connection(&shared) else {
+        tracing::warn!(
+            %remote,
+            limit = shared.max_sessions + CONNECTION_SLACK,
+            "connection refused: too many client connections"
+        );
+        connection.close(CLOSE_OVERLOADED.into(), b"server overloaded");
+        return;
+    };
     let grant = match identity_of(&connection) {
         Ok(identity) => Arc::new(shared.acl.grant(&identity.name())),
         Err(error) => {

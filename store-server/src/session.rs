@@ -56,15 +56,34 @@ struct Registered {
 }
 
 impl Registered {
-    fn new(shared: Arc<Shared>, id: SessionId) -> Registered {
-        shared.sessions.fetch_add(1, Ordering::Relaxed);
-        Registered { shared, id }
+    /// Counts a new session, or refuses it as `Overloaded` past
+    /// `--max-sessions`.
+    fn admit(shared: &Arc<Shared>) -> Result<Registered, WireError> {
+        let cap = shared.max_sessions as u64;
+        shared
+            .sessions
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .map_err(|n| {
+                tracing::warn!(
+                    sessions = n,
+                    limit = cap,
+                    "session refused: --max-sessions reached"
+                );
+                WireError::Overloaded
+            })?;
+        // Its route is added, and its id set, once it is admitted.
+        Ok(Registered {
+            shared: shared.clone(),
+            id: SessionId::default(),
+        })
     }
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
+        self.shared.sessions.fetch_sub(1, Ordering::AcqRel);
         self.shared.invalidations.unsubscribe(self.id);
     }
 }
@@ -84,12 +103,14 @@ pub async fn open(
     // Pongs and invalidations must never wait behind request data.
     let _ = send.set_priority(i32::MAX);
     let hello = match read_frame::<_, SessionRequest>(&mut recv, CLIENT_SESSION_FRAME_LIMIT).await {
-        Ok(Some(SessionRequest::Hello(hello))) => admit(&hello, &shared).map(|()| hello),
+        Ok(Some(SessionRequest::Hello(hello))) => admit(&hello, &shared)
+            .and_then(|()| Registered::admit(&shared))
+            .map(|registered| (hello, registered)),
         Ok(Some(SessionRequest::Ping { .. })) | Ok(None) => Err(WireError::NoSession),
         Err(e) => Err(e.to_wire()),
     };
-    let hello = match hello {
-        Ok(hello) => hello,
+    let (hello, mut registered) = match hello {
+        Ok(admitted) => admitted,
         Err(error) => {
             let refusal = SessionEvent::Refused {
                 error: error.clone(),
@@ -103,7 +124,7 @@ pub async fn open(
     let subscription = shared
         .invalidations
         .subscribe(hello.cached_tid, hello.holds_cache);
-    let registered = Registered::new(shared.clone(), subscription.id);
+    registered.id = subscription.id;
     let changed = subscription
         .changed
         .filter(|keys| keys.iter().map(Bytes::len).sum::<usize>() <= MAX_REVALIDATION_BYTES);

@@ -46,6 +46,10 @@ use replication::SyncState;
 use replicator::{ReplEvent, ReplLog};
 use role::Standing;
 
+/// Messages queued for the replicator (batches from the committer, events
+/// from replication streams) before their senders wait.
+pub const REPLICATOR_QUEUE: usize = 1024;
+
 /// How a data node takes part in a pair.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PairConfig {
@@ -107,7 +111,7 @@ pub struct Pair {
     limits: Limits,
     log: Mutex<ReplLog>,
     log_grew: tokio::sync::Notify,
-    events: mpsc::UnboundedSender<ReplEvent>,
+    events: mpsc::Sender<ReplEvent>,
     /// The backup's standing: on a primary, as its replicator sees it; on
     /// a backup, whether it is following a primary's stream.
     replication: Mutex<SyncState>,
@@ -123,8 +127,8 @@ pub struct Pair {
 
 /// The receiving ends the pair's tasks run on, made with [`Pair::new`].
 pub struct PairTasks {
-    committer: mpsc::UnboundedReceiver<ToReplicator>,
-    events: mpsc::UnboundedReceiver<ReplEvent>,
+    committer: mpsc::Receiver<ToReplicator>,
+    events: mpsc::Receiver<ReplEvent>,
 }
 
 impl Pair {
@@ -139,10 +143,10 @@ impl Pair {
         limits: Limits,
         endpoint: &quinn::Endpoint,
         crypto: quinn::ClientConfig,
-        committer: mpsc::UnboundedReceiver<ToReplicator>,
+        committer: mpsc::Receiver<ToReplicator>,
         write_epoch: WriteEpoch,
     ) -> (Arc<Pair>, PairTasks) {
-        let (events_tx, events) = mpsc::unbounded_channel();
+        let (events_tx, events) = mpsc::channel(REPLICATOR_QUEUE);
         let now = Instant::now();
         let standing = Standing::new(config.me, storage.epoch(), config.lease, now);
         let pair = Pair {

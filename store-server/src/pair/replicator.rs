@@ -100,8 +100,8 @@ static GENERATION: AtomicU64 = AtomicU64::new(1);
 /// Runs the replicator until the pipeline stops.
 pub(super) async fn run(
     pair: Arc<Pair>,
-    mut committer: mpsc::UnboundedReceiver<ToReplicator>,
-    mut events: mpsc::UnboundedReceiver<ReplEvent>,
+    mut committer: mpsc::Receiver<ToReplicator>,
+    mut events: mpsc::Receiver<ReplEvent>,
 ) {
     let mut machine: Term = None;
     let mut waiting: VecDeque<Durable> = VecDeque::new();
@@ -283,7 +283,10 @@ async fn record_backup(pair: Arc<Pair>, epoch: Epoch, in_sync: bool) {
         // Do not hammer an unreachable witness.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = pair.events.send(ReplEvent::Witness { epoch, recorded });
+    let _ = pair
+        .events
+        .send(ReplEvent::Witness { epoch, recorded })
+        .await;
 }
 
 impl Pair {
@@ -333,7 +336,7 @@ pub(super) async fn serve_join(
     if let Err(e) = result {
         tracing::info!(error = %e, "replication stream ended");
     }
-    let _ = pair.events.send(ReplEvent::Lost { generation });
+    let _ = pair.events.send(ReplEvent::Lost { generation }).await;
 }
 
 async fn stream_history(
@@ -377,24 +380,32 @@ async fn stream_history(
                 );
                 break;
             }
-            let _ = acks.send(ReplEvent::Acked {
-                generation,
-                lsn: ack.lsn,
-            });
+            let _ = acks
+                .send(ReplEvent::Acked {
+                    generation,
+                    lsn: ack.lsn,
+                })
+                .await;
         }
-        let _ = acks.send(ReplEvent::Lost { generation });
+        let _ = acks.send(ReplEvent::Lost { generation }).await;
     });
     let repl_limit = repl_frame_limit(&pair.limits);
     let outcome = async {
         let mut next = if prefix {
             tracing::info!(from = joiner.lsn, "backup joined: shipping the log");
-            let _ = pair.events.send(ReplEvent::Joined {
-                generation,
-                lsn: joiner.lsn,
-            });
+            let _ = pair
+                .events
+                .send(ReplEvent::Joined {
+                    generation,
+                    lsn: joiner.lsn,
+                })
+                .await;
             joiner.lsn.saturating_add(1)
         } else {
-            let _ = pair.events.send(ReplEvent::Joined { generation, lsn: 0 });
+            let _ = pair
+                .events
+                .send(ReplEvent::Joined { generation, lsn: 0 })
+                .await;
             send_snapshot(pair, send, &shipped).await?.saturating_add(1)
         };
         loop {
