@@ -7,9 +7,10 @@ use store_protocol::{TxnId, WireError};
 ///
 /// * [`Error::Unavailable`]: no server could be reached or the server refused
 ///   before deciding; a write was **not applied**.
-/// * [`Error::Conflict`], [`Error::Rejected`], [`Error::Abandoned`],
-///   [`Error::Expired`]: a definite failure; this write was **not applied**.
-/// * [`Error::OutcomeUnknown`]: a write may or may not have been applied.
+/// * [`Error::Conflict`], [`Error::Rejected`], [`Error::Abandoned`]: a
+///   definite failure; this write was **not applied**.
+/// * [`Error::OutcomeUnknown`], [`Error::Expired`]: a write may or may not
+///   have been applied ([`Error::unknown_txn_id`] names it).
 /// * [`Error::Config`], [`Error::Tls`]: fix the configuration; nothing was sent.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -59,10 +60,13 @@ pub enum Error {
         /// The transaction.
         txn_id: TxnId,
     },
-    /// The server has forgotten this transaction id (its outcome was
-    /// acknowledged, or is older than the retention period): this copy was
-    /// not applied, and no copy ever will be.
-    #[error("transaction txn={txn_id} expired: its outcome is no longer kept")]
+    /// The server has forgotten this transaction id (its outcome is older
+    /// than the retention period): an earlier copy **may have been
+    /// applied**; no copy will ever be applied again. Only ever the answer
+    /// to a resend, so never proof that nothing happened.
+    #[error(
+        "transaction txn={txn_id} expired: its outcome is no longer kept, it may have been applied"
+    )]
     Expired {
         /// The transaction.
         txn_id: TxnId,
@@ -87,13 +91,17 @@ pub enum Error {
 impl Error {
     /// True when the operation is known not to have been applied.
     pub fn is_not_applied(&self) -> bool {
-        !matches!(self, Error::OutcomeUnknown { .. } | Error::Protocol { .. })
+        !matches!(
+            self,
+            Error::OutcomeUnknown { .. } | Error::Expired { .. } | Error::Protocol { .. }
+        )
     }
 
-    /// The transaction id, when the outcome of a commit is unknown.
+    /// The transaction id, when the outcome of a commit is unknown (never
+    /// learned, or forgotten by the server).
     pub fn unknown_txn_id(&self) -> Option<TxnId> {
         match self {
-            Error::OutcomeUnknown { txn_id, .. } => Some(*txn_id),
+            Error::OutcomeUnknown { txn_id, .. } | Error::Expired { txn_id } => Some(*txn_id),
             _ => None,
         }
     }

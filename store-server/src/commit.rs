@@ -392,15 +392,9 @@ impl Pipeline {
             Err(StorageError::Fenced { accepted, .. }) => Err(WireError::NotPrimary {
                 epoch: Epoch(accepted),
             }),
-            Err(e) if shipped.is_some() => {
-                // The backup may already hold a batch this disk refused:
-                // this node's history can no longer be trusted to match.
-                // Stop, and let the backup (which holds everything
-                // acknowledged) take over.
-                tracing::error!(error = %e, "a shipped batch failed to commit here; stopping");
-                std::process::exit(70);
-            }
-            Err(e) => Err(internal(e)),
+            // The disk refused the batch (and the backup may already hold
+            // it): fail-stop.
+            Err(e) => crate::storage::fail_stop(&e),
         }
     }
 

@@ -118,6 +118,25 @@ pub fn open_database(path: &Path) -> Result<(Database, bool), StorageError> {
     Ok((db, exists))
 }
 
+/// Exit status of a node that stopped because its disk refused a write
+/// (`EX_IOERR`).
+pub const EXIT_DISK_FAILED: i32 = 74;
+
+/// A write the disk refused (no space, an I/O error, a failed fsync):
+/// stop at once. After a failed write the engine's state and the disk's
+/// may differ, so no answer may rest on this store any more; a standalone
+/// server is restarted once the disk is fixed (clients resend, and the
+/// outcome table answers every resend exactly once), and in a pair the
+/// backup, which holds everything acknowledged, takes over.
+pub fn fail_stop(error: &StorageError) -> ! {
+    tracing::error!(
+        %error,
+        exit = EXIT_DISK_FAILED,
+        "the disk refused a write; stopping. Free space or fix the disk, then restart"
+    );
+    std::process::exit(EXIT_DISK_FAILED)
+}
+
 /// Where a storage's history ends: what a joining backup tells its primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryEnd {

@@ -206,6 +206,19 @@ async fn a_reused_id_abandoned_id_and_expired_id_are_refused() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(reader.get("k").await.unwrap().as_deref(), Some(&b"A"[..]));
+    // The transaction did commit: a forgotten outcome is reported as
+    // unknown (exit 4), never as "nothing applied".
+    let committed = TxnId {
+        client_id: raw::dev_client_id(7),
+        seq: 1,
+    };
+    let forgotten = store_tests::cli(&server, &["resolve", &committed.to_string()], None);
+    assert_eq!(forgotten.code, 4, "{forgotten:?}");
+    assert!(
+        forgotten.stderr.contains(&format!("txn={committed}"))
+            && forgotten.stderr.contains("may have been applied"),
+        "{forgotten:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -227,10 +227,10 @@ async fn install_snapshot(
         }
     };
     drop(rows_tx);
-    let installed = installer
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let installed = match installer.await.map_err(|e| e.to_string())? {
+        Ok(installed) => installed,
+        Err(e) => crate::storage::fail_stop(&e),
+    };
     received?;
     if !installed {
         return Err("snapshot cut short".into());
@@ -309,7 +309,8 @@ async fn apply(pair: &Arc<Pair>, group: Vec<Batch>, limits: Limits) -> Result<u6
             pair.diverged.store(true, Ordering::Release);
             return Err(e.to_string());
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e @ StorageError::Fenced { .. }) => return Err(e.to_string()),
+        Err(e) => crate::storage::fail_stop(&e),
     };
     // Keep the change log warm: after a failover, clients revalidate here.
     for (batch, applied) in group.iter().zip(&applied) {

@@ -253,11 +253,9 @@ fn source_name(read: &Read) -> &'static str {
 
 fn exit_for(error: &Error) -> Exit {
     match error {
-        Error::Conflict { .. }
-        | Error::Rejected(_)
-        | Error::Abandoned { .. }
-        | Error::Expired { .. } => Exit::Definite,
-        Error::OutcomeUnknown { .. } => Exit::Unknown,
+        Error::Conflict { .. } | Error::Rejected(_) | Error::Abandoned { .. } => Exit::Definite,
+        // A forgotten outcome is an unknown one: a copy may have landed.
+        Error::OutcomeUnknown { .. } | Error::Expired { .. } => Exit::Unknown,
         Error::Config { .. } | Error::Tls { .. } => Exit::Usage,
         _ => Exit::Unavailable,
     }
