@@ -9,7 +9,9 @@
 //! promise ends, and a granter keeps its promise a clock-rate margin past
 //! its end.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::clock::Instant;
 
 /// The timing of an HA pair.
 #[derive(Debug, Clone, Copy, PartialEq)]

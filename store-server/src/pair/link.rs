@@ -4,7 +4,9 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::clock::Instant;
 
 use store_protocol::peer::{PeerRequest, PeerResponse};
 use store_protocol::{read_frame, write_frame, Limits};

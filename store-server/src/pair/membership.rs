@@ -2,7 +2,9 @@
 //! that comes back with an empty store has lost its data and must not pass
 //! for a new node; a store of another cluster or another member is refused.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::clock::Instant;
 
 use store_protocol::peer::{PeerRequest, PeerResponse};
 

@@ -3,6 +3,8 @@
 //!
 //! Pure state machines decide; thin tasks carry out:
 //!
+//! * `clock`: the boot clock every lease and timer counts on (it keeps
+//!   counting through a suspend);
 //! * `lease`: leases from both ends, with clock-rate and safety margins;
 //! * `role`: a data node's standing (primary or not, when to renew, when
 //!   to stand for election) and the leases it grants;
@@ -15,6 +17,7 @@
 //!   joined backup; `follower`: a backup applying them; `link`: outgoing
 //!   peer connections; `witness`: the witness server.
 
+mod clock;
 mod follower;
 mod lease;
 mod link;
@@ -26,9 +29,9 @@ mod role;
 mod votes;
 pub mod witness;
 
+use clock::Instant;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use store_protocol::peer::{LogPosition, NodeId};
 use store_protocol::{Epoch, Limits, PairStatus, Role, Tid};

@@ -3,7 +3,9 @@
 //! failover.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::clock::Instant;
 
 use store_protocol::peer::{PeerRequest, PeerResponse, PeerStatus};
 use store_protocol::{read_frame, write_frame, WireError};

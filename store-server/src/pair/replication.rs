@@ -9,7 +9,9 @@
 //! sync (then the backup cannot be elected until it has caught up).
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::clock::Instant;
 
 /// Where the backup stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,9 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::clock::Instant;
 
 use store_protocol::peer::{Batch, LogPosition, PeerRequest, PeerResponse, ReplAck, ReplFrame};
 use store_protocol::{read_frame, write_frame, Epoch, WireError};

@@ -3,7 +3,9 @@
 //! election. The shell (`node`) carries out the [`Action`]s and reports the
 //! answers; every rule about time is here, tested with simulated time.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::clock::Instant;
 
 use store_protocol::peer::{NodeId, PeerResponse};
 use store_protocol::{Epoch, Role};

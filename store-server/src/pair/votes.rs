@@ -3,7 +3,7 @@
 //! primary. The shell (`witness`) makes [`Votes`] durable before it
 //! answers.
 
-use std::time::Instant;
+use super::clock::Instant;
 
 use serde::{Deserialize, Serialize};
 use store_protocol::peer::{LogPosition, NodeId, PeerRequest, PeerResponse, PeerStatus};

@@ -2,10 +2,10 @@
 //! It holds no data, only its [`Votes`], made durable in a small redb file
 //! before any answer that depends on them.
 
+use super::clock::Instant;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use redb::{Database, TableDefinition};
 use store_protocol::peer::{NodeId, PeerRequest, PEER_ALPN};
