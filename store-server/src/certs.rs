@@ -11,11 +11,13 @@
 //! * a **client** certificate names its identity in its common name and
 //!   allows client authentication only; it is refused on `zeolite-peer/1`.
 //!
-//! Development certificates live a year. The development directory holds
-//! `ca.pem` and `ca.key` (the CA), `server.pem`/`server.key` (a standalone
-//! server), `client.pem`/`client.key` (the development client), and
-//! `nodes/HOST_PORT/` (one node certificate per pair member, made when the
-//! member first starts).
+//! Development certificates live a year. The development directory `TLS`
+//! is what clients are told to use: `ca.pem`, `client.pem`/`client.key`
+//! (the development client) and `server.pem`/`server.key` (a standalone
+//! server, server authentication only). What must never reach a client
+//! lives beside it in `TLS-private/` (0700): the CA's key, named by the
+//! CA certificate it belongs to (`ca-HASH.key`), and `nodes/HOST_PORT/`
+//! (one node certificate per pair member, made when it first starts).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -45,20 +47,56 @@ pub enum CertRole {
 }
 
 /// Creates a development CA, a server certificate and a client certificate in
-/// `dir` unless `dir/ca.pem` already exists.
+/// `dir` unless `dir/ca.pem` already exists, and the CA's key in
+/// [`private_dir`].
 ///
 /// The files are made in a sibling temporary directory and renamed into place
 /// in one step, so two nodes started at once with the same `--tls-dir` end up
-/// sharing one complete set.
+/// sharing one complete set; each CA's key is named by its certificate, so
+/// the key of the set that won is the one found.
 pub fn ensure_dev_certs(dir: &Path) -> Result<(), ServerError> {
     if dir.join("ca.pem").exists() {
         return Ok(());
     }
     let staging = staging_beside(dir)?;
-    let made = write_dev_certs(&staging);
-    install(made, &staging, dir, "ca.pem")?;
+    let made = write_dev_certs(&staging, &private_dir(dir));
+    let ours = made.as_ref().ok().cloned();
+    install(made.map(|_| ()), &staging, dir, "ca.pem")?;
+    // Another process's set won: our CA's key names nothing installed.
+    if let Some(our_key) = ours.filter(|key| Some(key) != ca_key_path(dir).ok().as_ref()) {
+        let _ = fs::remove_file(our_key);
+    }
     tracing::info!(dir = %dir.display(), "created development CA and certificates");
     Ok(())
+}
+
+/// Where the secrets of development directory `dir` live: its sibling
+/// `NAME-private`, never inside the directory clients are given.
+pub fn private_dir(dir: &Path) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map_or_else(|| "tls".into(), |n| n.to_string_lossy().into_owned());
+    dir.with_file_name(format!("{name}-private"))
+}
+
+/// The key of the CA whose certificate is `dir/ca.pem`.
+fn ca_key_path(dir: &Path) -> Result<PathBuf, ServerError> {
+    let ca_pem = read_to_string(&dir.join("ca.pem"))?;
+    let named = private_dir(dir).join(ca_key_name(&ca_pem));
+    // A development directory from before the private one kept it inside.
+    let legacy = dir.join("ca.key");
+    Ok(if !named.exists() && legacy.exists() {
+        legacy
+    } else {
+        named
+    })
+}
+
+fn ca_key_name(ca_pem: &str) -> String {
+    format!(
+        "ca-{:016x}.key",
+        xxhash_rust::xxh3::xxh3_64(ca_pem.as_bytes())
+    )
 }
 
 /// The node certificate of `name` (an address) in development directory
@@ -75,7 +113,7 @@ pub fn ensure_dev_node_cert(dir: &Path, name: &str) -> Result<TlsFiles, ServerEr
             }
         })
         .collect();
-    let node_dir = dir.join("nodes").join(safe);
+    let node_dir = private_dir(dir).join("nodes").join(safe);
     if !node_dir.join("node.pem").exists() {
         let staging = staging_beside(&node_dir)?;
         let made = issue(dir, name, CertRole::Node, &staging);
@@ -89,12 +127,28 @@ pub fn ensure_dev_node_cert(dir: &Path, name: &str) -> Result<TlsFiles, ServerEr
     })
 }
 
-/// Issues a `role` certificate for `name` from the CA in `ca_dir`
-/// (`ca.pem`, `ca.key`) into `out`: `ca.pem`, and `client.pem`/`client.key`
-/// or `node.pem`/`node.key`, so that `out` serves as a client's or node's
-/// TLS directory. Refuses to overwrite an existing certificate.
+/// Issues a `role` certificate for `name` from the development CA of
+/// `ca_dir` (its `ca.pem`, and the key in [`private_dir`]) into `out`:
+/// `ca.pem`, and `client.pem`/`client.key` or `node.pem`/`node.key`, so that
+/// `out` serves as a client's or node's TLS directory. Refuses to overwrite
+/// an existing certificate.
 pub fn issue(
     ca_dir: &Path,
+    name: &str,
+    role: CertRole,
+    out: &Path,
+) -> Result<PathBuf, ServerError> {
+    let ca_pem = read_to_string(&ca_dir.join("ca.pem"))?;
+    let ca_key = KeyPair::from_pem(&read_to_string(&ca_key_path(ca_dir)?)?)?;
+    let ca_params = CertificateParams::from_ca_cert_pem(&ca_pem)?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    issue_from(&ca_cert, &ca_key, &ca_pem, name, role, out)
+}
+
+fn issue_from(
+    ca_cert: &rcgen::Certificate,
+    ca_key: &KeyPair,
+    ca_pem: &str,
     name: &str,
     role: CertRole,
     out: &Path,
@@ -104,10 +158,6 @@ pub fn issue(
             "certificate name {name:?} must be 1 to 200 printable characters"
         )));
     }
-    let ca_pem = read_to_string(&ca_dir.join("ca.pem"))?;
-    let ca_key = KeyPair::from_pem(&read_to_string(&ca_dir.join("ca.key"))?)?;
-    let ca_params = CertificateParams::from_ca_cert_pem(&ca_pem)?;
-    let ca_cert = ca_params.self_signed(&ca_key)?;
 
     let (stem, params) = match role {
         CertRole::Client => {
@@ -139,7 +189,7 @@ pub fn issue(
     };
     let mut params = params;
     params.distinguished_name.push(DnType::CommonName, name);
-    let (pem, key) = sign(params, &ca_cert, &ca_key)?;
+    let (pem, key) = sign(params, ca_cert, ca_key)?;
     fs::create_dir_all(out)
         .map_err(|e| ServerError::io(format!("creating {}", out.display()), e))?;
     let cert_path = out.join(format!("{stem}.pem"));
@@ -170,9 +220,19 @@ fn set_validity(params: &mut CertificateParams) {
     params.not_after = now + VALIDITY;
 }
 
-fn write_dev_certs(dir: &Path) -> Result<(), ServerError> {
+/// Makes a development set in `dir` and its CA's key in `private`;
+/// returns the key's path.
+fn write_dev_certs(dir: &Path, private: &Path) -> Result<PathBuf, ServerError> {
     fs::create_dir_all(dir)
         .map_err(|e| ServerError::io(format!("creating {}", dir.display()), e))?;
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(private)
+            .map_err(|e| ServerError::io(format!("creating {}", private.display()), e))?;
+    }
 
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -187,8 +247,10 @@ fn write_dev_certs(dir: &Path) -> Result<(), ServerError> {
     set_validity(&mut ca_params);
     let ca_key = KeyPair::generate()?;
     let ca_cert = ca_params.self_signed(&ca_key)?;
-    write_file(&dir.join("ca.pem"), ca_cert.pem().as_bytes(), false)?;
-    write_file(&dir.join("ca.key"), ca_key.serialize_pem().as_bytes(), true)?;
+    let ca_pem = ca_cert.pem();
+    let key_path = private.join(ca_key_name(&ca_pem));
+    write_file(&key_path, ca_key.serialize_pem().as_bytes(), true)?;
+    write_file(&dir.join("ca.pem"), ca_pem.as_bytes(), false)?;
 
     // A standalone server's certificate: server authentication only, so
     // it can never pass for a node or a client.
@@ -201,8 +263,15 @@ fn write_dev_certs(dir: &Path) -> Result<(), ServerError> {
     let (server_pem, server_key) = sign(params, &ca_cert, &ca_key)?;
     write_file(&dir.join("server.pem"), server_pem.as_bytes(), false)?;
     write_file(&dir.join("server.key"), server_key.as_bytes(), true)?;
-    issue(dir, "zeolite-client", CertRole::Client, dir)?;
-    Ok(())
+    issue_from(
+        &ca_cert,
+        &ca_key,
+        &ca_pem,
+        "zeolite-client",
+        CertRole::Client,
+        dir,
+    )?;
+    Ok(key_path)
 }
 
 /// A fresh staging directory beside `dir`, its parent created.

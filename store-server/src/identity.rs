@@ -109,6 +109,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = dir.path().join("ca");
         crate::certs::ensure_dev_certs(&ca).expect("dev CA");
+        // The CA's key is never in the directory clients are given.
+        assert!(!ca.join("ca.key").exists());
+        let private = crate::certs::private_dir(&ca);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&private)
+                .expect("private dir")
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o700);
         let node = issue(&ca, "127.0.0.1:7447", CertRole::Node, &dir.path().join("n"))
             .expect("node certificate");
         let client = issue(&ca, "billing", CertRole::Client, &dir.path().join("c"))

@@ -204,6 +204,7 @@ impl Cluster {
     pub fn node_cert(&self, addr: SocketAddr) -> (PathBuf, PathBuf) {
         let dir = self
             .tls_dir
+            .with_file_name("tls-private")
             .join("nodes")
             .join(addr.to_string().replace(':', "_"));
         (dir.join("node.pem"), dir.join("node.key"))
