@@ -140,6 +140,15 @@ pub enum WireError {
         /// Why, and what would make it possible.
         reason: String,
     },
+    /// The commit was decided and made durable here, but this server lost
+    /// its primaryship (or is shutting down) before it could confirm it:
+    /// it **may have been applied**. Resend the same bytes to the primary,
+    /// whose outcome table answers exactly once.
+    #[error("unconfirmed: decided, but this server stopped being primary at epoch {epoch} before confirming it; it may have been applied")]
+    Unconfirmed {
+        /// The epoch this server knows.
+        epoch: Epoch,
+    },
     /// The certificate's identity may not do this (`--acl`), or named a
     /// transaction id outside its own space. Nothing was read or applied.
     #[error("permission denied: {identity} may not {what}")]

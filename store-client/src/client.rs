@@ -479,7 +479,10 @@ impl Client {
                     return Err(commit_error(txn_id, e))
                 }
                 Ok(Response::Error(e)) => {
-                    if matches!(e, WireError::NotPrimary { .. }) {
+                    if matches!(
+                        e,
+                        WireError::NotPrimary { .. } | WireError::Unconfirmed { .. }
+                    ) {
                         self.not_primary(&connection);
                         failed = Some(connection);
                     }
@@ -530,6 +533,13 @@ impl Client {
                     match e {
                         // Refused before deciding: try the next session.
                         WireError::NotPrimary { .. } | WireError::ShuttingDown => {
+                            self.not_primary(&connection);
+                            failed = Some(connection);
+                        }
+                        // Decided there, unconfirmed: it may have been
+                        // applied; the primary answers the resend.
+                        WireError::Unconfirmed { .. } => {
+                            sent = true;
                             self.not_primary(&connection);
                             failed = Some(connection);
                         }
@@ -740,6 +750,7 @@ fn is_retry_signal(error: &WireError) -> bool {
             | WireError::Overloaded
             | WireError::InProgress
             | WireError::Internal { .. }
+            | WireError::Unconfirmed { .. }
     )
 }
 

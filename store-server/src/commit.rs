@@ -406,7 +406,11 @@ impl Pipeline {
                     let ToReplicator::Durable(durable) = unsent.0 else {
                         return;
                     };
-                    durable.release(&self.invalidations, Some(&WireError::ShuttingDown));
+                    // Durable here, never confirmed: it may have been applied.
+                    let unconfirmed = WireError::Unconfirmed {
+                        epoch: self.storage.epoch(),
+                    };
+                    durable.release(&self.invalidations, Some(&unconfirmed));
                 }
             }
         }

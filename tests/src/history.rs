@@ -182,6 +182,30 @@ impl Workload {
         workload
     }
 
+    /// Waits (up to the event deadline) until at least `oks` operations
+    /// were acknowledged.
+    pub async fn wait_for_oks(&self, oks: usize) {
+        let deadline = std::time::Instant::now() + EVENT_DEADLINE;
+        loop {
+            let done = self
+                .history
+                .ops
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|op| matches!(op.kind, Kind::Ok { .. }))
+                .count();
+            if done >= oks {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {done} of {oks} operations acknowledged"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// Stops the clients, then checks their history against what `checker`
     /// reads (every unknown outcome resolved first; any violation panics)
     /// and keeps it as JSON in `json`.
@@ -305,6 +329,8 @@ async fn check(history: &History, checker: &Client, json: &Path) -> Report {
             }
         }
     }
+    // Kept before any verdict: a failing history is the one to read.
+    std::fs::write(json, serde_json::to_vec_pretty(&history.to_json()).unwrap()).unwrap();
     for (key, (applied, _)) in &counted {
         assert_eq!(
             counters[*key], *applied,
@@ -322,7 +348,6 @@ async fn check(history: &History, checker: &Client, json: &Path) -> Report {
         );
     }
 
-    std::fs::write(json, serde_json::to_vec_pretty(&history.to_json()).unwrap()).unwrap();
     let oks = ops
         .iter()
         .filter(|o| matches!(o.kind, Kind::Ok { .. }))

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::link::{repl_frame_limit, PEER_FRAME_LIMIT};
 use super::replication::SyncState;
-use super::Pair;
+use super::{Pair, Voucher};
 use crate::commit::invalidation;
 use crate::error::StorageError;
 use crate::storage::{Applied, HistoryEnd, Op, SnapshotPiece, Stamp};
@@ -80,7 +80,7 @@ async fn follow(pair: &Arc<Pair>) -> Result<(), String> {
             primary,
             reason,
         }) => {
-            pair.accept_epoch(epoch, primary).await?;
+            pair.accept_epoch(epoch, primary, Voucher::Peer).await?;
             return Err(format!("join refused: {reason}"));
         }
         other => return Err(format!("unexpected answer to Join: {other:?}")),
@@ -140,7 +140,8 @@ async fn apply_stream(
                 batch_epoch,
                 last_tid,
             } => {
-                pair.accept_epoch(epoch, Some(1 - pair.config.me)).await?;
+                pair.accept_epoch(epoch, Some(pair.peer_id()), Voucher::Peer)
+                    .await?;
                 let end = HistoryEnd {
                     lsn,
                     batch_epoch,
@@ -167,7 +168,8 @@ async fn apply_stream(
                     }
                 }
                 let epoch = group.iter().map(|b| b.epoch).max().unwrap_or_default();
-                pair.accept_epoch(epoch, Some(1 - pair.config.me)).await?;
+                pair.accept_epoch(epoch, Some(pair.peer_id()), Voucher::Peer)
+                    .await?;
                 apply(pair, group, limits).await?
             }
             other => return Err(format!("unexpected frame {other:?}")),

@@ -33,7 +33,9 @@ use clock::Instant;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use store_protocol::peer::{LogPosition, NodeId};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use store_protocol::peer::{LogPosition, NodeId, PeerRequest, PeerResponse};
 use store_protocol::{Epoch, Limits, PairStatus, Role, Tid};
 use tokio::sync::{mpsc, watch};
 
@@ -126,6 +128,18 @@ pub struct Pair {
     write_epoch: WriteEpoch,
     /// The last batch acknowledged to clients, reported to the witness.
     acked: Mutex<LogPosition>,
+    /// The highest epoch the witness has vouched for (or this node held
+    /// durably at start).
+    confirmed: AtomicU64,
+}
+
+/// Who vouches for an epoch a node is asked to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Voucher {
+    /// The witness, which grants every epoch.
+    Witness,
+    /// The other data node: taken only once the witness confirms it.
+    Peer,
 }
 
 /// The receiving ends the pair's tasks run on, made with [`Pair::new`].
@@ -176,6 +190,7 @@ impl Pair {
             diverged: std::sync::atomic::AtomicBool::new(false),
             write_epoch,
             acked: Mutex::new(LogPosition::default()),
+            confirmed: AtomicU64::new(storage.epoch().0),
             config,
             storage,
             invalidations,
@@ -292,6 +307,21 @@ impl Pair {
         *acked = (*acked).max(position);
     }
 
+    /// Asks the witness whether it has granted `epoch` (or a later one).
+    async fn witness_confirms(&self, epoch: Epoch) -> bool {
+        let answer = self
+            .witness
+            .request(&PeerRequest::Status, self.config.lease.renew_every * 2)
+            .await;
+        match answer {
+            Ok(PeerResponse::Status(status)) => {
+                self.confirmed.fetch_max(status.epoch.0, Ordering::AcqRel);
+                status.epoch >= epoch
+            }
+            _ => false,
+        }
+    }
+
     fn set_peer_last_tid(&self, tid: Tid) {
         *self
             .peer_last_tid
@@ -300,11 +330,30 @@ impl Pair {
     }
 
     /// Records a higher epoch durably, then in the standing; refuses a
-    /// lower one (fencing: a deposed primary's messages are refused).
-    async fn accept_epoch(&self, epoch: Epoch, primary: Option<NodeId>) -> Result<(), String> {
+    /// lower one (fencing: a deposed primary's messages are refused). Only
+    /// the witness grants epochs: one the other node vouches for is taken
+    /// once the witness confirms it, so no peer can push this node to an
+    /// epoch nobody granted.
+    async fn accept_epoch(
+        &self,
+        epoch: Epoch,
+        primary: Option<NodeId>,
+        voucher: Voucher,
+    ) -> Result<(), String> {
         let known = self.storage.epoch();
         if epoch < known {
             return Err(format!("epoch {epoch} is older than this node's {known}"));
+        }
+        match voucher {
+            Voucher::Witness => {
+                self.confirmed.fetch_max(epoch.0, Ordering::AcqRel);
+            }
+            Voucher::Peer if epoch.0 > self.confirmed.load(Ordering::Acquire) => {
+                if !self.witness_confirms(epoch).await {
+                    return Err(format!("epoch {epoch} is not confirmed by the witness"));
+                }
+            }
+            Voucher::Peer => {}
         }
         if epoch > known {
             let storage = self.storage.clone();

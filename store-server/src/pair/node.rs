@@ -13,7 +13,7 @@ use store_protocol::{read_frame, write_frame, WireError};
 use super::link::PEER_FRAME_LIMIT;
 use super::replicator::{serve_join, Joiner};
 use super::role::Action;
-use super::Pair;
+use super::{Pair, Voucher};
 use crate::identity::admit_node;
 
 /// How often the standing is checked.
@@ -60,13 +60,25 @@ async fn renew(pair: Arc<Pair>, sent_at: Instant) {
         pair.witness.request(&request, timeout)
     );
     let mut unreachable = Vec::new();
-    for (who, answer) in [("backup", peer), ("witness", witness)] {
+    for (who, voucher, answer) in [
+        ("backup", Voucher::Peer, peer),
+        ("witness", Voucher::Witness, witness),
+    ] {
         match answer {
             Ok(answer) => {
-                let deposed = pair.update(|s| s.renewal_answered(sent_at, &answer));
-                if let (Some(epoch), PeerResponse::Denied { primary, .. }) = (deposed, &answer) {
-                    tracing::warn!(epoch = epoch.0, ?primary, "deposed: a later epoch exists");
-                    let _ = pair.accept_epoch(epoch, *primary).await;
+                // A later epoch deposes this node once it is recorded; one
+                // nobody granted deposes no one.
+                match &answer {
+                    PeerResponse::Denied { epoch, primary, .. } if *epoch > pair.epoch() => {
+                        if pair.accept_epoch(*epoch, *primary, voucher).await.is_ok() {
+                            tracing::warn!(
+                                epoch = epoch.0,
+                                ?primary,
+                                "deposed: a later epoch exists"
+                            );
+                        }
+                    }
+                    _ => pair.update(|s| s.renewal_answered(sent_at, &answer)),
                 }
             }
             Err(e) => unreachable.push(format!("{who}: {e}")),
@@ -117,7 +129,7 @@ async fn campaign(pair: Arc<Pair>, sent_at: Instant, force: bool) {
             primary,
             ref reason,
         }) => {
-            let _ = pair.accept_epoch(epoch, primary).await;
+            let _ = pair.accept_epoch(epoch, primary, Voucher::Witness).await;
             pair.set_note(format!("not taking over: {reason}"));
             answer.ok()
         }
@@ -150,12 +162,14 @@ async fn probe_peer(pair: Arc<Pair>) {
     if let Ok(PeerResponse::Status(status)) = &peer {
         pair.set_peer_last_tid(status.last_tid);
     }
-    for answer in [peer, witness] {
+    for (voucher, answer) in [(Voucher::Peer, peer), (Voucher::Witness, witness)] {
         if let Ok(PeerResponse::Status(status)) = answer {
             let known = pair.epoch();
             let unknown = pair.standing().primary().is_none();
             if status.epoch > known || (status.epoch == known && unknown) {
-                let _ = pair.accept_epoch(status.epoch, status.primary).await;
+                let _ = pair
+                    .accept_epoch(status.epoch, status.primary, voucher)
+                    .await;
             }
         }
     }
@@ -311,7 +325,7 @@ async fn serve_stream(pair: Arc<Pair>, mut send: quinn::SendStream, mut recv: qu
     let answer = match request {
         PeerRequest::Lease { epoch, .. } => {
             let peer = pair.peer_id();
-            match pair.accept_epoch(epoch, Some(peer)).await {
+            match pair.accept_epoch(epoch, Some(peer), Voucher::Peer).await {
                 Ok(()) => pair.update(|s| s.lease_requested(Instant::now(), epoch, peer)),
                 Err(reason) => pair.denied(reason),
             }

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::link::{repl_frame_limit, PEER_FRAME_LIMIT};
 use super::replication::Replication;
-use super::Pair;
+use super::{Pair, Voucher};
 use crate::commit::{Durable, ToReplicator};
 
 /// Most batches kept for a backup that falls behind; past this it gets a
@@ -128,7 +128,7 @@ pub(super) async fn run(
                         replication.durable(batch.batch.as_ref().map(|b| b.lsn), now);
                         waiting.push_back(batch);
                     } else {
-                        batch.release(&pair.invalidations, Some(&not_primary(&pair)));
+                        batch.release(&pair.invalidations, Some(&unconfirmed(&pair)));
                     }
                 }
                 None => break,
@@ -185,7 +185,7 @@ pub(super) async fn run(
         pair.set_replication(replication.state());
         // Re-check the lease before answering: a primary that lost it says
         // NotPrimary, and the client's resend is answered by the new one.
-        let refuse = (!pair.serving()).then(|| not_primary(&pair));
+        let refuse = (!pair.serving()).then(|| unconfirmed(&pair));
         for batch in waiting.drain(..ready.release) {
             if let (None, Some(shipped)) = (&refuse, &batch.batch) {
                 pair.set_acked(LogPosition {
@@ -200,7 +200,7 @@ pub(super) async fn run(
         }
     }
     for batch in waiting.drain(..) {
-        batch.release(&pair.invalidations, Some(&WireError::ShuttingDown));
+        batch.release(&pair.invalidations, Some(&unconfirmed(&pair)));
     }
 }
 
@@ -223,7 +223,7 @@ fn follow_standing(
         return;
     }
     for batch in waiting.drain(..) {
-        batch.release(&pair.invalidations, Some(&not_primary(pair)));
+        batch.release(&pair.invalidations, Some(&unconfirmed(pair)));
     }
     *machine = is_primary.then(|| {
         let end = pair.storage.history_end().lsn;
@@ -238,8 +238,11 @@ fn follow_standing(
     });
 }
 
-fn not_primary(pair: &Pair) -> WireError {
-    WireError::NotPrimary {
+/// The answer to the callers of a batch that is durable here but that
+/// this node, no longer primary, cannot confirm: it may have been applied,
+/// and the new primary answers the resend.
+fn unconfirmed(pair: &Pair) -> WireError {
+    WireError::Unconfirmed {
         epoch: pair.epoch(),
     }
 }
@@ -265,7 +268,7 @@ async fn record_backup(pair: Arc<Pair>, epoch: Epoch, in_sync: bool) {
             reason,
         }) => {
             tracing::warn!(%reason, "the witness refused to record the backup");
-            let _ = pair.accept_epoch(epoch, primary).await;
+            let _ = pair.accept_epoch(epoch, primary, Voucher::Witness).await;
             None
         }
         Ok(other) => {

@@ -147,22 +147,15 @@ impl Standing {
         self.next_campaign = now + self.config.duration * 2;
     }
 
-    /// The answer to a lease renewal sent at `sent_at`. Returns a higher
-    /// epoch this node must record durably (it was deposed).
-    pub fn renewal_answered(&mut self, sent_at: Instant, answer: &PeerResponse) -> Option<Epoch> {
-        match *answer {
-            PeerResponse::Granted { epoch, lease_ms }
-                if self.primary_role && epoch == self.epoch =>
-            {
+    /// The answer to a lease renewal sent at `sent_at`: a grant for this
+    /// node's epoch extends its lease. (A refusal naming a later epoch is
+    /// [`Standing::learned`], once that epoch is recorded.)
+    pub fn renewal_answered(&mut self, sent_at: Instant, answer: &PeerResponse) {
+        if let PeerResponse::Granted { epoch, lease_ms } = *answer {
+            if self.primary_role && epoch == self.epoch {
                 self.lease
                     .granted(&self.config, sent_at, Duration::from_millis(lease_ms));
-                None
             }
-            PeerResponse::Denied { epoch, primary, .. } if epoch > self.epoch => {
-                self.deposed(epoch, primary);
-                Some(epoch)
-            }
-            _ => None,
         }
     }
 
@@ -313,12 +306,8 @@ mod tests {
         let mut node = Standing::new(0, Epoch(0), config, t0);
         node.tick(t0);
         node.campaign_answered(t0, t0, Some(&elected(1)));
-        let denied = PeerResponse::Denied {
-            epoch: Epoch(2),
-            primary: Some(1),
-            reason: String::new(),
-        };
-        assert_eq!(node.renewal_answered(t0, &denied), Some(Epoch(2)));
+        assert!(node.serving(t0));
+        node.learned(Epoch(2), Some(1));
         assert!(!node.serving(t0));
         assert!(!node.is_primary());
         assert_eq!(node.primary(), Some(1));
