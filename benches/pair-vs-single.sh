@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --quiet -p store-server -p store-benches
+cargo build --release --quiet -p store-server -p store-client -p store-benches
 ROUNDS=${1:-2}
 PORT=${ZEOLITE_BENCH_PORT:-17447}
 A1=127.0.0.1:$((PORT + 1)); A2=127.0.0.1:$((PORT + 2)); W=127.0.0.1:$((PORT + 3))

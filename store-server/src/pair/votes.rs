@@ -238,6 +238,18 @@ mod tests {
         }
     }
 
+    /// A cluster at `epoch` with node 0 primary and both nodes in sync.
+    fn established(epoch: u64) -> Votes {
+        Votes {
+            epoch: Epoch(epoch),
+            primary: Some(0),
+            in_sync: [true, true],
+            cluster_id: CLUSTER,
+            members: [true, true],
+            acked: LogPosition::default(),
+        }
+    }
+
     fn at(epoch: u64, lsn: u64) -> LogPosition {
         LogPosition {
             epoch: Epoch(epoch),
@@ -335,14 +347,7 @@ mod tests {
     fn a_restarted_witness_waits_a_lease_before_electing_anyone_new() {
         let config = LeaseConfig::default();
         let t0 = Instant::now();
-        let votes = Votes {
-            epoch: Epoch(3),
-            primary: Some(0),
-            in_sync: [true, true],
-            cluster_id: CLUSTER,
-            members: [true, true],
-            acked: LogPosition::default(),
-        };
+        let votes = established(3);
         let mut witness = Witness::new(votes, config, t0);
         assert_eq!(elected(&witness.handle(t0, 1, &elect(3)).0), None);
         // The recorded primary itself may be re-elected at once.
@@ -359,14 +364,7 @@ mod tests {
     fn an_epoch_the_witness_never_granted_is_refused_and_nothing_wraps() {
         let config = LeaseConfig::default();
         let t0 = Instant::now();
-        let votes = Votes {
-            epoch: Epoch(3),
-            primary: Some(0),
-            in_sync: [true, true],
-            cluster_id: CLUSTER,
-            members: [true, true],
-            acked: LogPosition::default(),
-        };
+        let votes = established(3);
         let mut witness = Witness::new(votes, config, t0);
         let after = t0 + config.bound_for(config.duration);
         for claimed in [4, u64::MAX - 1, u64::MAX] {
@@ -402,14 +400,7 @@ mod tests {
     fn no_node_behind_the_acknowledged_history_or_from_another_cluster_is_elected() {
         let config = LeaseConfig::default();
         let t0 = Instant::now();
-        let votes = Votes {
-            epoch: Epoch(2),
-            primary: Some(0),
-            in_sync: [true, true],
-            cluster_id: CLUSTER,
-            members: [true, true],
-            acked: LogPosition::default(),
-        };
+        let votes = established(2);
         let mut witness = Witness::new(votes, config, t0);
         // The primary reports what it acknowledged; only it moves the record.
         let report = |acked| PeerRequest::Lease {
