@@ -61,10 +61,11 @@ impl Identity {
     }
 
     /// The name access control and transaction ids are keyed by: a
-    /// client's name, or a node's address.
+    /// client's name, or `node:` and a node's address (so no client's
+    /// common name can pass for a node's).
     pub fn name(&self) -> String {
         match self {
-            Identity::Node(addr) => addr.to_string(),
+            Identity::Node(addr) => format!("node:{addr}"),
             Identity::Client(name) => name.clone(),
         }
     }
@@ -76,6 +77,27 @@ impl Identity {
             Identity::Client(_) => None,
         }
     }
+}
+
+/// The upper 64 bits of every `client_id` an identity may use: the first
+/// 8 bytes of the SHA-256 of its [`Identity::name`]. A server refuses a
+/// commit or resolve whose `client_id` lies outside the space of the
+/// certificate that sent it, so no identity can commit, resolve or expire
+/// another's transactions (a cryptographic hash: no chosen name lands in
+/// another's space); the instances of one identity share it, so `store-cli
+/// resolve` works from a new process.
+///
+/// ```
+/// use store_protocol::{client_id_space, space_of};
+/// let space = client_id_space("billing");
+/// assert_eq!(space_of((u128::from(space) << 64) | 7), space);
+/// assert_ne!(client_id_space("reports"), space);
+/// ```
+pub fn client_id_space(identity: &str) -> u64 {
+    let digest = ring::digest::digest(&ring::digest::SHA256, identity.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_be_bytes(first)
 }
 
 impl std::fmt::Display for Identity {

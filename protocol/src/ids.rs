@@ -44,24 +44,8 @@ impl fmt::Display for Epoch {
     }
 }
 
-/// The upper 64 bits of every `client_id` an identity may use: a hash of
-/// its certificate's name ([`crate::Identity::name`]). A server refuses a
-/// commit or resolve whose `client_id` lies outside the space of the
-/// certificate that sent it, so no identity can commit, resolve or expire
-/// another's transactions; the instances of one identity share it (so
-/// `store-cli resolve` works from a new process).
-///
-/// ```
-/// use store_protocol::{client_id_space, space_of};
-/// let space = client_id_space("billing");
-/// assert_eq!(space_of((u128::from(space) << 64) | 7), space);
-/// assert_ne!(client_id_space("reports"), space);
-/// ```
-pub fn client_id_space(identity: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(identity.as_bytes())
-}
-
-/// The space (upper 64 bits) a `client_id` lies in.
+/// The space (upper 64 bits) a `client_id` lies in: see
+/// `client_id_space` (feature `tls`).
 pub fn space_of(client_id: u128) -> u64 {
     (client_id >> 64) as u64
 }

@@ -80,8 +80,8 @@ pub mod pem;
 pub use error::{FrameError, LimitKind, WireError};
 pub use frame::{decode_body, encode_frame, read_frame, write_frame, LENGTH_PREFIX_BYTES};
 #[cfg(feature = "tls")]
-pub use identity::Identity;
-pub use ids::{client_id_space, space_of, Epoch, ParseTxnIdError, Role, Tid, TxnId};
+pub use identity::{client_id_space, Identity};
+pub use ids::{space_of, Epoch, ParseTxnIdError, Role, Tid, TxnId};
 pub use limits::{
     Limits, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_OPS_PER_TXN,
     DEFAULT_MAX_TXN_BYTES, DEFAULT_MAX_VALUE_BYTES,

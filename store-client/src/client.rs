@@ -527,7 +527,13 @@ impl Client {
             let failure = match connection.round_trip(&request, attempt).await {
                 Ok(Response::Committed(c)) => return Ok(self.committed(txn_id, c)),
                 Ok(Response::Error(e)) if !is_retry_signal(&e) => {
-                    return Err(commit_error(txn_id, e))
+                    // A refusal of a resend says nothing of an earlier copy
+                    // (the server's limits or ACL may have changed): only a
+                    // decision is definite, and resolve finds it.
+                    if sent && !is_decision(&e) {
+                        break e.to_string();
+                    }
+                    return Err(commit_error(txn_id, e));
                 }
                 Ok(Response::Error(e)) => {
                     match e {
@@ -575,6 +581,11 @@ impl Client {
             // Only the server's own decision makes a failure definite: a
             // copy may have landed, and anything else (no server, a name
             // that stopped resolving) does not say otherwise.
+            Err(Error::Rejected(WireError::PermissionDenied { .. }))
+            | Err(Error::Protocol { .. }) => Err(Error::OutcomeUnknown {
+                txn_id,
+                detail: format!("{detail}; resolve was refused"),
+            }),
             Err(
                 e @ (Error::Conflict { .. }
                 | Error::Rejected(_)
@@ -751,6 +762,20 @@ fn is_retry_signal(error: &WireError) -> bool {
             | WireError::InProgress
             | WireError::Internal { .. }
             | WireError::Unconfirmed { .. }
+    )
+}
+
+/// Whether `error` is what the server decided for this transaction id (a
+/// recorded outcome), rather than a refusal before looking.
+fn is_decision(error: &WireError) -> bool {
+    matches!(
+        error,
+        WireError::Conflict { .. }
+            | WireError::TxnIdReused
+            | WireError::Abandoned
+            | WireError::Expired
+            | WireError::NotAnInteger { .. }
+            | WireError::Overflow { .. }
     )
 }
 

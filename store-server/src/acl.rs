@@ -152,6 +152,16 @@ impl Grant {
         self.key(AclRole::Read, "read", key)
     }
 
+    /// Of `keys`, those it may read (it hears of no change to another).
+    pub fn readable(&self, keys: Vec<Bytes>) -> Vec<Bytes> {
+        if self.role.is_some() && self.prefixes.is_none() {
+            return keys;
+        }
+        keys.into_iter()
+            .filter(|key| self.read(key).is_ok())
+            .collect()
+    }
+
     /// May it write `key`?
     pub fn write(&self, key: &[u8]) -> Result<(), WireError> {
         self.key(AclRole::Readwrite, "write", key)

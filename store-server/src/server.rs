@@ -376,7 +376,7 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         let Ok((send, recv)) = connection.accept_bi().await else {
             return;
         };
-        let session = match session::open(send, recv, shared.clone()).await {
+        let session = match session::open(send, recv, shared.clone(), grant.clone()).await {
             Ok(session) => session,
             Err(error) => {
                 tracing::info!(%error, "session refused");

@@ -18,6 +18,7 @@ use store_protocol::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::acl::Grant;
 use crate::invalidation::{Invalidation, SessionId};
 use crate::server::Shared;
 
@@ -41,6 +42,8 @@ pub struct Session {
 struct EventWriter {
     send: quinn::SendStream,
     shared: Arc<Shared>,
+    /// What the session's identity may read: it hears of no other key.
+    grant: Arc<Grant>,
     invalidations: mpsc::Receiver<Arc<Invalidation>>,
     /// The last TID whose invalidation this session has written (or covered
     /// in `Welcome`).
@@ -99,6 +102,7 @@ pub async fn open(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     shared: Arc<Shared>,
+    grant: Arc<Grant>,
 ) -> Result<Session, WireError> {
     // Pongs and invalidations must never wait behind request data.
     let _ = send.set_priority(i32::MAX);
@@ -127,6 +131,7 @@ pub async fn open(
     registered.id = subscription.id;
     let changed = subscription
         .changed
+        .map(|keys| grant.readable(keys))
         .filter(|keys| keys.iter().map(Bytes::len).sum::<usize>() <= MAX_REVALIDATION_BYTES);
     let welcome = Welcome {
         server_id: shared.storage.server_id(),
@@ -152,6 +157,7 @@ pub async fn open(
             written_tid: subscription.covered_tid,
             _registered: registered,
             shared,
+            grant,
         },
         recv,
         client_id: hello.client_id,
@@ -217,9 +223,15 @@ impl EventWriter {
         if invalidation.tid <= self.written_tid {
             return Ok(()); // already covered by Welcome
         }
+        let keys = self.grant.readable(invalidation.keys.clone());
+        if keys.is_empty() {
+            // Nothing this identity may read changed: nothing to tell.
+            self.written_tid = invalidation.tid;
+            return Ok(());
+        }
         let event = SessionEvent::Invalidate {
             tid: invalidation.tid,
-            keys: invalidation.keys.clone(),
+            keys,
         };
         write_frame(&mut self.send, &event, event_frame_limit(&self.shared))
             .await

@@ -323,8 +323,14 @@ impl Storage {
         if epoch <= self.epoch() {
             return Ok(());
         }
+        // Compared inside the write transaction: two raises at once never
+        // leave the lower one on disk.
         let txn = self.db.begin_write()?;
-        txn.open_table(META)?.insert(EPOCH, epoch.0)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let stored = meta_number(&meta, EPOCH)?;
+            meta.insert(EPOCH, stored.max(epoch.0))?;
+        }
         txn.commit()?;
         self.epoch.fetch_max(epoch.0, Ordering::AcqRel);
         Ok(())

@@ -165,3 +165,63 @@ async fn no_identity_can_commit_resolve_or_expire_anothers_transactions() {
     assert_eq!(victim.get("b").await.unwrap(), None);
     victim.close().await;
 }
+
+/// A session hears of changes only to keys its identity may read, even when
+/// it asks for every invalidation (`holds_cache`) or to revalidate from the
+/// start of the change log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_hears_only_of_keys_its_identity_may_read() {
+    use store_protocol::{
+        read_frame, write_frame, Hello, SessionEvent, SessionRequest, Tid, PROTOCOL_VERSION,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl.toml");
+    std::fs::write(&acl, ACL).unwrap();
+    let server = ServerProcess::start_with(dir.path(), &["--acl", acl.to_str().unwrap()]).await;
+    let ops = issue(&server, dir.path(), "ops");
+    assert_eq!(
+        as_identity(&server, &ops, &["put", "secret/early", "x"]).code,
+        0
+    );
+
+    // The development client may read app/ only.
+    let connection = raw::connect(&server, true).await.unwrap();
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    let hello = SessionRequest::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client_id: raw::dev_client_id(1),
+        last_seen_tid: Tid::ZERO,
+        cached_tid: Tid::ZERO,
+        holds_cache: true,
+    });
+    write_frame(&mut send, &hello, 1 << 16).await.unwrap();
+    match read_frame::<_, SessionEvent>(&mut recv, 1 << 24)
+        .await
+        .unwrap()
+    {
+        Some(SessionEvent::Welcome(welcome)) => {
+            let changed = welcome.changed_since_cached.unwrap_or_default();
+            assert!(changed.is_empty(), "{changed:?}");
+        }
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    assert_eq!(
+        as_identity(&server, &ops, &["put", "secret/k", "x"]).code,
+        0
+    );
+    assert_eq!(as_identity(&server, &ops, &["put", "app/k", "y"]).code, 0);
+    // The first invalidation it hears of is app/k's; secret/k's never came.
+    let event = tokio::time::timeout(
+        store_tests::EVENT_DEADLINE,
+        read_frame::<_, SessionEvent>(&mut recv, 1 << 24),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    match event {
+        Some(SessionEvent::Invalidate { keys, .. }) => {
+            assert_eq!(keys, vec![Bytes::from_static(b"app/k")]);
+        }
+        other => panic!("expected an invalidation, got {other:?}"),
+    }
+}
