@@ -97,6 +97,35 @@ async fn a_server_killed_after_the_outcome_is_durable_replays_it_after_restart()
     );
 }
 
+/// A resend refused before the server looked at its outcome (here: the
+/// server came back with an ACL that no longer lets this identity write)
+/// says nothing of the first copy, which did commit: the answer is an
+/// unknown outcome, never "not applied".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_resend_of_a_commit_that_landed_is_an_unknown_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(dir.path()).await;
+    let proxy = FaultProxy::start(server.addr()).await;
+    let a = client_via(&proxy, &server).await;
+    let observer = server.client().await;
+    let (_, commit) =
+        commit_with_answers_cut(&proxy, &observer, || async move { a.incr("n", 1).await }).await;
+    server.kill();
+    let acl = dir.path().join("acl.toml");
+    std::fs::write(&acl, "[identities.zeolite-client]\nrole = \"read\"\n").unwrap();
+    server.add_args(&["--acl", acl.to_str().unwrap()]);
+    server.restart().await;
+    proxy.heal();
+    let failed = commit.await.unwrap().unwrap_err();
+    let error = failed.error();
+    assert!(
+        error.unknown_txn_id().is_some() && !error.is_not_applied(),
+        "{error}"
+    );
+    let observer = server.client().await;
+    assert_eq!(observer.get("n").await.unwrap().as_deref(), Some(&b"1"[..]));
+}
+
 fn append_request(client_id: u128, seq: u64, key: &str, value: Vec<u8>) -> CommitRequest {
     let writes = vec![Write::Append {
         key: Bytes::copy_from_slice(key.as_bytes()),
