@@ -12,12 +12,12 @@
 //!   allows client authentication only; it is refused on `zeolite-peer/1`.
 //!
 //! Development certificates live a year. The development directory `TLS`
-//! is what clients are told to use: `ca.pem`, `client.pem`/`client.key`
-//! (the development client) and `server.pem`/`server.key` (a standalone
-//! server, server authentication only). What must never reach a client
-//! lives beside it in `TLS-private/` (0700): the CA's key, named by the
-//! CA certificate it belongs to (`ca-HASH.key`), and `nodes/HOST_PORT/`
-//! (one node certificate per pair member, made when it first starts).
+//! is what clients are told to use: `ca.pem` and `client.pem`/`client.key`
+//! (the development client). What must never reach a client lives beside
+//! it in `TLS-private/` (0700): the CA's key, named by the CA certificate
+//! it belongs to (`ca-HASH.key`), `server/` (a standalone server's
+//! certificate, server authentication only) and `nodes/HOST_PORT/` (one
+//! node certificate per pair member), each made when first needed.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -44,6 +44,20 @@ pub enum CertRole {
     Client,
     /// A data node's or witness's certificate: the name is its address.
     Node,
+    /// A standalone server's certificate: server authentication only, for
+    /// the loopback names and the name given.
+    Server,
+}
+
+impl CertRole {
+    /// The stem of its files (`client.pem`, `node.key`, ...).
+    fn stem(self) -> &'static str {
+        match self {
+            CertRole::Client => "client",
+            CertRole::Node => "node",
+            CertRole::Server => "server",
+        }
+    }
 }
 
 /// Creates a development CA, a server certificate and a client certificate in
@@ -99,9 +113,10 @@ fn ca_key_name(ca_pem: &str) -> String {
     )
 }
 
-/// The node certificate of `name` (an address) in development directory
-/// `dir`, issued from its CA on first use.
-pub fn ensure_dev_node_cert(dir: &Path, name: &str) -> Result<TlsFiles, ServerError> {
+/// The `role` certificate of `name` (a node's address, or a standalone
+/// server's name) from development directory `dir`, issued from its CA on
+/// first use into [`private_dir`] (`nodes/HOST_PORT/`, or `server/`).
+pub fn ensure_dev_cert(dir: &Path, role: CertRole, name: &str) -> Result<TlsFiles, ServerError> {
     ensure_dev_certs(dir)?;
     let safe: String = name
         .chars()
@@ -113,17 +128,29 @@ pub fn ensure_dev_node_cert(dir: &Path, name: &str) -> Result<TlsFiles, ServerEr
             }
         })
         .collect();
-    let node_dir = private_dir(dir).join("nodes").join(safe);
-    if !node_dir.join("node.pem").exists() {
-        let staging = staging_beside(&node_dir)?;
-        let made = issue(dir, name, CertRole::Node, &staging);
-        install(made.map(|_| ()), &staging, &node_dir, "node.pem")?;
-        tracing::info!(node = name, dir = %node_dir.display(), "issued a development node certificate");
+    let own_dir = match role {
+        CertRole::Node => private_dir(dir).join("nodes").join(safe),
+        CertRole::Server | CertRole::Client => private_dir(dir).join(role.stem()),
+    };
+    let (cert, key) = (
+        own_dir.join(format!("{}.pem", role.stem())),
+        own_dir.join(format!("{}.key", role.stem())),
+    );
+    if !cert.exists() {
+        let staging = staging_beside(&own_dir)?;
+        let made = issue(dir, name, role, &staging);
+        install(
+            made.map(|_| ()),
+            &staging,
+            &own_dir,
+            &format!("{}.pem", role.stem()),
+        )?;
+        tracing::info!(name, dir = %own_dir.display(), "issued a development certificate");
     }
     Ok(TlsFiles {
         ca: dir.join("ca.pem"),
-        cert: node_dir.join("node.pem"),
-        key: node_dir.join("node.key"),
+        cert,
+        key,
     })
 }
 
@@ -159,11 +186,20 @@ fn issue_from(
         )));
     }
 
-    let (stem, params) = match role {
+    let params = match role {
         CertRole::Client => {
             let mut params = CertificateParams::new(Vec::<String>::new())?;
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            ("client", params)
+            params
+        }
+        CertRole::Server => {
+            let mut names: Vec<String> = DEV_SERVER_NAMES.iter().map(|s| s.to_string()).collect();
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+            let mut params = CertificateParams::new(names)?;
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            params
         }
         CertRole::Node => {
             let addr: std::net::SocketAddr = name.parse().map_err(|e| {
@@ -184,9 +220,10 @@ fn issue_from(
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,
             ];
-            ("node", params)
+            params
         }
     };
+    let stem = role.stem();
     let mut params = params;
     params.distinguished_name.push(DnType::CommonName, name);
     let (pem, key) = sign(params, ca_cert, ca_key)?;
@@ -252,17 +289,6 @@ fn write_dev_certs(dir: &Path, private: &Path) -> Result<PathBuf, ServerError> {
     write_file(&key_path, ca_key.serialize_pem().as_bytes(), true)?;
     write_file(&dir.join("ca.pem"), ca_pem.as_bytes(), false)?;
 
-    // A standalone server's certificate: server authentication only, so
-    // it can never pass for a node or a client.
-    let names: Vec<String> = DEV_SERVER_NAMES.iter().map(|s| s.to_string()).collect();
-    let mut params = CertificateParams::new(names)?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "zeolite-server");
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let (server_pem, server_key) = sign(params, &ca_cert, &ca_key)?;
-    write_file(&dir.join("server.pem"), server_pem.as_bytes(), false)?;
-    write_file(&dir.join("server.key"), server_key.as_bytes(), true)?;
     issue_from(
         &ca_cert,
         &ca_key,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use store_protocol::Limits;
 
+use crate::certs::CertRole;
 use crate::error::ServerError;
 use crate::pair::PairConfig;
 use crate::tls::TlsFiles;
@@ -63,8 +64,7 @@ impl TlsSource {
     pub fn server_files(&self) -> Result<TlsFiles, ServerError> {
         match self {
             TlsSource::DevDir(dir) => {
-                crate::certs::ensure_dev_certs(dir)?;
-                Ok(TlsFiles::in_dir(dir))
+                crate::certs::ensure_dev_cert(dir, CertRole::Server, "zeolite-server")
             }
             TlsSource::Files(files) => Ok(files.clone()),
         }
@@ -74,7 +74,9 @@ impl TlsSource {
     /// certificate naming `addr`, issued first in a development directory.
     pub fn node_files(&self, addr: SocketAddr) -> Result<TlsFiles, ServerError> {
         match self {
-            TlsSource::DevDir(dir) => crate::certs::ensure_dev_node_cert(dir, &addr.to_string()),
+            TlsSource::DevDir(dir) => {
+                crate::certs::ensure_dev_cert(dir, CertRole::Node, &addr.to_string())
+            }
             TlsSource::Files(files) => Ok(files.clone()),
         }
     }

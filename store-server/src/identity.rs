@@ -131,12 +131,18 @@ mod tests {
             Identity::of_certificate(&der_of(&client)),
             Ok(Identity::Client("billing".into()))
         );
-        // The development client and standalone server are not nodes.
-        for file in ["client.pem", "server.pem"] {
-            let identity = Identity::of_certificate(&der_of(&ca.join(file))).expect("identity");
+        // The development client and standalone server are not nodes, and
+        // the server's key is not in the directory clients are given.
+        let server = crate::certs::ensure_dev_cert(&ca, CertRole::Server, "zeolite-server")
+            .expect("server certificate");
+        assert!(server.key.starts_with(&private));
+        assert!(!ca.join("server.key").exists());
+        for cert in [ca.join("client.pem"), server.cert] {
+            let identity = Identity::of_certificate(&der_of(&cert)).expect("identity");
             assert!(
                 matches!(identity, Identity::Client(_)),
-                "{file}: {identity}"
+                "{}: {identity}",
+                cert.display()
             );
         }
         assert!(issue(&ca, "not-an-address", CertRole::Node, &dir.path().join("x")).is_err());

@@ -1,7 +1,7 @@
 //! TLS: the server's rustls and QUIC configuration with mandatory client
 //! certificates (the certificates themselves: [`crate::certs`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use store_protocol::pem;
@@ -17,17 +17,6 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// The server's private key.
     pub key: PathBuf,
-}
-
-impl TlsFiles {
-    /// The server's files inside a development TLS directory.
-    pub fn in_dir(dir: &Path) -> TlsFiles {
-        TlsFiles {
-            ca: dir.join("ca.pem"),
-            cert: dir.join("server.pem"),
-            key: dir.join("server.key"),
-        }
-    }
 }
 
 /// The QUIC server crypto: TLS 1.3 only, the application protocols
