@@ -169,6 +169,10 @@ pub struct PeerStatus {
     /// witness's record: a member that comes back with an empty store has
     /// lost its data, and must be told `--join`.
     pub members: [bool; 2],
+    /// The `--cluster` addresses it was started with, in order: node
+    /// indices in these messages count in this order, so every member
+    /// must agree on it.
+    pub cluster: Vec<std::net::SocketAddr>,
 }
 
 /// One operation of a replicated batch: what the primary decided, replayed

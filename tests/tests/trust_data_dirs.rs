@@ -62,3 +62,31 @@ async fn a_member_restarted_without_its_data_refuses_then_joins_and_loses_nothin
     let expected: String = (0..10).map(|i| format!("k{i}\tv{i}\n")).collect();
     assert_eq!(scan.stdout, expected, "{scan:?}");
 }
+
+/// Node indices in the peer protocol count in `--cluster` order: a member
+/// started with the addresses the other way round refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_the_cluster_in_another_order_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path()).await;
+    let (a, b) = (cluster.nodes[0].addr(), cluster.nodes[1].addr());
+    cluster.nodes[1].kill();
+    let mut swapped = store_tests::ServerProcess::spawn_member(
+        &dir.path().join("swapped"),
+        b,
+        cluster.tls_dir(),
+        false,
+        vec![
+            "--cluster".into(),
+            format!("{b},{a}"),
+            "--witness".into(),
+            cluster.witness.addr().to_string(),
+        ],
+    );
+    assert!(!swapped.wait_exit().success());
+    let log = swapped.log_text();
+    assert!(
+        log.contains("every member needs the same two addresses in the same order"),
+        "{log}"
+    );
+}

@@ -52,6 +52,20 @@ impl Pair {
         let Some(status) = status else {
             return Ok(());
         };
+        if status.cluster != self.config.cluster {
+            return Err(ServerError::Config(format!(
+                "the witness serves --cluster {}, but this node was started with --cluster {},{}: \
+                 every member needs the same two addresses in the same order",
+                status
+                    .cluster
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                self.config.cluster[0],
+                self.config.cluster[1]
+            )));
+        }
         let ours = self.storage.cluster_id();
         let data_dir = data_dir.display();
         if ours != 0 && status.cluster_id != 0 && ours != status.cluster_id {

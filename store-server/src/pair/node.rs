@@ -201,6 +201,7 @@ impl Pair {
             last_tid: end.last_tid,
             cluster_id: self.storage.cluster_id(),
             members: [false; 2],
+            cluster: self.config.cluster.to_vec(),
         }
     }
 

@@ -199,6 +199,8 @@ impl Witness {
                     last_tid: Tid(0),
                     cluster_id: votes.cluster_id,
                     members: votes.members,
+                    // The shell adds its `--cluster`.
+                    cluster: Vec::new(),
                 }),
                 None,
             ),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use redb::{Database, TableDefinition};
-use store_protocol::peer::{NodeId, PeerRequest, PEER_ALPN};
+use store_protocol::peer::{NodeId, PeerRequest, PeerResponse, PEER_ALPN};
 use store_protocol::{read_frame, write_frame};
 
 use super::lease::LeaseConfig;
@@ -96,6 +96,7 @@ impl WitnessServer {
                         tokio::spawn(serve_stream(
                             db.clone(),
                             witness.clone(),
+                            cluster,
                             sender,
                             send,
                             recv,
@@ -116,6 +117,7 @@ impl WitnessServer {
 async fn serve_stream(
     db: Arc<Database>,
     witness: Arc<Mutex<Witness>>,
+    cluster: [SocketAddr; 2],
     sender: NodeId,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -149,9 +151,12 @@ async fn serve_stream(
         Some(answer)
     })
     .await;
-    let Ok(Some(answer)) = answer else {
+    let Ok(Some(mut answer)) = answer else {
         return;
     };
+    if let PeerResponse::Status(status) = &mut answer {
+        status.cluster = cluster.to_vec();
+    }
     if write_frame(&mut send, &answer, PEER_FRAME_LIMIT)
         .await
         .is_ok()
