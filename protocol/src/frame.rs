@@ -70,6 +70,19 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
+    match read_frame_len(reader, limit).await? {
+        Some(len) => read_frame_body(reader, len).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads a frame's length prefix, checked against `limit`; `Ok(None)`
+/// means the stream ended cleanly first. A caller that must budget memory
+/// reserves the length before [`read_frame_body`].
+pub async fn read_frame_len<R>(reader: &mut R, limit: u32) -> Result<Option<u32>, FrameError>
+where
+    R: AsyncRead + Unpin,
+{
     let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
     let got = read_full(reader, &mut prefix).await?;
     if got == 0 {
@@ -88,6 +101,15 @@ where
             limit,
         });
     }
+    Ok(Some(len))
+}
+
+/// Reads a frame body of `len` bytes (from [`read_frame_len`]) and decodes it.
+pub async fn read_frame_body<R, T>(reader: &mut R, len: u32) -> Result<T, FrameError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
     // Grown as bytes arrive: a peer that announces a large frame and sends
     // little holds little.
     let mut body = Vec::with_capacity((len as usize).min(INITIAL_BODY_CAPACITY));
@@ -101,7 +123,7 @@ where
             got: got as u64,
         });
     }
-    decode_body(&body).map(Some)
+    decode_body(&body)
 }
 
 /// Fills `buf` unless the stream ends first; returns the bytes read.

@@ -78,7 +78,10 @@ pub mod peer;
 pub mod pem;
 
 pub use error::{FrameError, LimitKind, WireError};
-pub use frame::{decode_body, encode_frame, read_frame, write_frame, LENGTH_PREFIX_BYTES};
+pub use frame::{
+    decode_body, encode_frame, read_frame, read_frame_body, read_frame_len, write_frame,
+    LENGTH_PREFIX_BYTES,
+};
 #[cfg(feature = "tls")]
 pub use identity::{client_id_space, Identity};
 pub use ids::{space_of, Epoch, ParseTxnIdError, Role, Tid, TxnId};

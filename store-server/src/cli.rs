@@ -210,9 +210,14 @@ pub struct RunArgs {
     /// Most request streams one client connection may have open at once.
     #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_MAX_STREAMS)]
     pub max_streams: u32,
-    /// Most bytes one client connection may have in flight to the server.
+    /// Most bytes one client connection may have in flight to the server,
+    /// and held in memory as requests; at least --max-frame-bytes.
     #[arg(long, value_name = "BYTES", default_value_t = crate::config::DEFAULT_MAX_CONNECTION_BYTES)]
     pub max_connection_bytes: u64,
+    /// Most bytes of requests held in memory over all connections; at
+    /// least --max-frame-bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::config::DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: u64,
     /// Access rules (TOML): identities (client certificate names) → role
     /// (read, readwrite, admin) and key prefixes. Without it every
     /// certificate of the CA is admin.
@@ -256,6 +261,14 @@ impl RunArgs {
         config.max_sessions = self.max_sessions;
         config.max_streams = self.max_streams;
         config.max_connection_bytes = self.max_connection_bytes;
+        config.max_request_bytes = self.max_request_bytes;
+        let frame = u64::from(limits.max_frame_bytes);
+        if self.max_connection_bytes < frame || self.max_request_bytes < frame {
+            return Err(format!(
+                "--max-connection-bytes ({}) and --max-request-bytes ({}) must each hold a whole frame (--max-frame-bytes {frame})",
+                self.max_connection_bytes, self.max_request_bytes
+            ));
+        }
         config.tls = self.tls.source(config.tls);
         if let (Some(cluster), Some(witness)) = (self.cluster, self.witness) {
             let mut pair = PairConfig::for_node(cluster.0, self.listen, witness)?;

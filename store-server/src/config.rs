@@ -48,6 +48,9 @@ pub const DEFAULT_MAX_STREAMS: u32 = 256;
 /// connection (its QUIC receive window): two full frames.
 pub const DEFAULT_MAX_CONNECTION_BYTES: u64 = 16 * 1024 * 1024;
 
+/// Default most bytes of request frames held at once over all connections.
+pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1024 * 1024 * 1024;
+
 /// Where the server's certificates come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsSource {
@@ -112,6 +115,8 @@ pub struct ServerConfig {
     pub max_streams: u32,
     /// See [`DEFAULT_MAX_CONNECTION_BYTES`].
     pub max_connection_bytes: u64,
+    /// See [`DEFAULT_MAX_REQUEST_BYTES`].
+    pub max_request_bytes: u64,
 }
 
 impl ServerConfig {
@@ -133,6 +138,7 @@ impl ServerConfig {
             max_sessions: DEFAULT_MAX_SESSIONS,
             max_streams: DEFAULT_MAX_STREAMS,
             max_connection_bytes: DEFAULT_MAX_CONNECTION_BYTES,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
         }
     }
 }

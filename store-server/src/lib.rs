@@ -11,8 +11,8 @@
 //! * `server`: the QUIC endpoint, connections, drain on shutdown;
 //! * `session`: `Hello`/`Welcome` with cache revalidation, then pings,
 //!   pongs and invalidations in TID order;
-//! * `request`: one request stream, limits and access (`acl`) checked
-//!   before any work;
+//! * `request`: one request stream, its bytes reserved (`budget`), limits
+//!   and access (`acl`) checked before any work;
 //! * `commit`: the group-commit pipeline, and copies of in-flight
 //!   transactions waiting for the first;
 //! * `outcomes`: exactly-once, *was this transaction already applied?*;
@@ -32,6 +32,7 @@
 //! ```
 
 mod acl;
+mod budget;
 mod certs;
 mod cli;
 mod commit;

@@ -3,10 +3,12 @@
 use std::sync::atomic::Ordering;
 
 use store_protocol::{
-    content_digest, encode_frame, read_frame, LimitKind, Request, Response, StatusInfo, WireError,
+    content_digest, encode_frame, read_frame_body, read_frame_len, FrameError, LimitKind, Request,
+    Response, StatusInfo, WireError,
 };
 
 use crate::acl::Grant;
+use crate::budget::ByteBudget;
 use crate::invalidation::SessionId;
 use crate::server::Shared;
 
@@ -14,20 +16,56 @@ use crate::server::Shared;
 /// is refused before it was read whole (oversize or malformed).
 const STOP_BAD_FRAME: u32 = 1;
 
-/// Reads the request of session `session`, answers it, and finishes the stream.
-pub async fn serve(
+/// What one request stream is served with.
+pub struct Stream<'a> {
+    /// The server.
+    pub shared: &'a Shared,
+    /// The session it belongs to.
+    pub session: SessionId,
+    /// What the session's identity may do.
+    pub grant: &'a Grant,
+    /// The bytes its connection (and the server) may hold.
+    pub budget: &'a ByteBudget,
+}
+
+impl Stream<'_> {
+    /// Reads the request, its bytes reserved before its body is read,
+    /// answers it, and finishes the stream.
+    pub async fn serve(self, send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        let limit = self.shared.limits.max_frame_bytes;
+        let read = async {
+            let Some(len) = read_frame_len(&mut recv, limit).await? else {
+                return Ok(None);
+            };
+            let reserved = self.budget.reserve(len).await;
+            let request = read_frame_body::<_, Request>(&mut recv, len).await?;
+            Ok::<_, FrameError>(Some((request, reserved)))
+        }
+        .await;
+        let response = match read {
+            Ok(Some((request, reserved))) => {
+                let response = answer(request, self.shared, self.session, self.grant).await;
+                drop(reserved);
+                Ok(response)
+            }
+            Ok(None) => Ok(Response::Error(WireError::Malformed {
+                detail: "request stream closed before a request".into(),
+            })),
+            Err(e) => Err(e),
+        };
+        respond(send, recv, response, limit).await;
+    }
+}
+
+/// Writes the response (or the refusal of a bad frame) and finishes.
+async fn respond(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    shared: &Shared,
-    session: SessionId,
-    grant: &Grant,
+    response: Result<Response, FrameError>,
+    limit: u32,
 ) {
-    let limit = shared.limits.max_frame_bytes;
-    let response = match read_frame::<_, Request>(&mut recv, limit).await {
-        Ok(Some(request)) => answer(request, shared, session, grant).await,
-        Ok(None) => Response::Error(WireError::Malformed {
-            detail: "request stream closed before a request".into(),
-        }),
+    let response = match response {
+        Ok(response) => response,
         Err(e) => {
             tracing::debug!(error = %e, "bad request frame");
             let _ = recv.stop(STOP_BAD_FRAME.into());

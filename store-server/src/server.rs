@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tracing::Instrument as _;
 
 use crate::acl::Acl;
+use crate::budget::ByteBudget;
 use crate::commit::{CommitPipeline, Committer, Release, WriteEpoch};
 use crate::config::ServerConfig;
 use crate::error::ServerError;
@@ -46,6 +47,10 @@ pub struct Shared {
     pub(crate) sessions: AtomicU64,
     /// See [`ServerConfig::max_sessions`].
     pub(crate) max_sessions: usize,
+    /// Bytes of requests held over all connections.
+    request_bytes: Arc<tokio::sync::Semaphore>,
+    /// Each connection's share of them.
+    connection_bytes: u64,
     connections: AtomicUsize,
     pub(crate) draining: AtomicBool,
     in_flight: AtomicUsize,
@@ -212,6 +217,8 @@ impl Server {
             acl,
             sessions: AtomicU64::new(0),
             max_sessions: config.max_sessions,
+            request_bytes: crate::budget::server_budget(config.max_request_bytes),
+            connection_bytes: config.max_connection_bytes,
             connections: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -388,12 +395,22 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         let session_id = session.id;
         tracing::debug!("session open");
         let pings = tokio::spawn(session.serve().in_current_span());
+        let budget = Arc::new(ByteBudget::for_connection(
+            &shared.request_bytes,
+            shared.connection_bytes,
+        ));
         while let Ok((send, recv)) = connection.accept_bi().await {
             let in_flight = InFlight::start(shared.clone());
-            let grant = grant.clone();
+            let (grant, budget) = (grant.clone(), budget.clone());
             tokio::spawn(
                 async move {
-                    crate::request::serve(send, recv, &in_flight.0, session_id, &grant).await;
+                    let request = crate::request::Stream {
+                        shared: &in_flight.0,
+                        session: session_id,
+                        grant: &grant,
+                        budget: &budget,
+                    };
+                    request.serve(send, recv).await;
                 }
                 .in_current_span(),
             );

@@ -37,3 +37,47 @@ async fn the_session_cap_refuses_the_next_session_as_overloaded() {
     }
     second.close().await;
 }
+
+/// With budgets of one frame per connection and for the whole server,
+/// concurrent large requests wait for each other's bytes and all complete;
+/// a budget smaller than a frame is a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bytes_are_budgeted_and_large_requests_queue_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let budgets = [
+        "--max-value-bytes",
+        "100000",
+        "--max-frame-bytes",
+        "200000",
+        "--max-connection-bytes",
+        "200000",
+        "--max-request-bytes",
+        "200000",
+    ];
+    let server = ServerProcess::start_with(dir.path(), &budgets).await;
+    let client = server.client().await;
+    let value = vec![b'v'; 90_000];
+    let puts: Vec<_> = (0..16)
+        .map(|i| {
+            let (client, value) = (client.clone(), value.clone());
+            tokio::spawn(async move { client.put(format!("k{i}"), value).await })
+        })
+        .collect();
+    for put in puts {
+        put.await.unwrap().unwrap();
+    }
+    for i in 0..16 {
+        let got = client.get(format!("k{i}")).await.unwrap();
+        assert_eq!(got.map(|v| v.len()), Some(value.len()));
+    }
+    client.close().await;
+
+    let too_small = std::process::Command::new(store_tests::binary("store-server"))
+        .args(["--data-dir"])
+        .arg(dir.path().join("other"))
+        .args(["--listen", "127.0.0.1:0", "--max-connection-bytes", "1000"])
+        .output()
+        .unwrap();
+    assert_eq!(too_small.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&too_small.stderr).contains("--max-connection-bytes"));
+}
