@@ -1,0 +1,284 @@
+//! Durable storage in redb: values with their serials, the last TID and the
+//! server's identity.
+//!
+//! One redb write transaction holds a whole commit batch (see `commit`), and
+//! redb's default durability fsyncs it before `commit()` returns. The seam
+//! for crash tests is redb's own `StorageBackend`, which `Builder` accepts.
+//!
+//! * this module: the schema, the store's identity (server, cluster, node,
+//!   epoch) and where its history ends;
+//! * `file`: opening the file (damaged files refused) and fail-stop;
+//! * `reads`: `get`, `get_many`, `scan`;
+//! * `batch`: deciding a batch of operations in one write transaction;
+//! * `rules`: what one commit does to the data (conflicts, `Incr`,
+//!   `Append`, the transaction's byte budget);
+//! * `snapshot`: streaming a snapshot out and installing one.
+
+mod batch;
+mod file;
+mod reads;
+mod rules;
+mod snapshot;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redb::{Database, ReadableTable, TableDefinition};
+use store_protocol::peer::{LogPosition, NodeId};
+use store_protocol::{Epoch, Tid};
+
+use crate::error::StorageError;
+use crate::outcomes::{OUTCOMES, WATERMARKS};
+
+use batch::now_ms;
+pub use batch::{Applied, Op, OpResult};
+pub use file::{fail_stop, open_database};
+pub use snapshot::SnapshotPiece;
+
+/// key → (serial, value).
+const DATA: TableDefinition<'_, &[u8], (u64, &[u8])> = TableDefinition::new("data");
+/// name → number: `last_tid`, `server_id`.
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+
+const LAST_TID: &str = "last_tid";
+const SERVER_ID: &str = "server_id";
+/// The last durable batch's log sequence number (replication order).
+const LSN: &str = "lsn";
+/// The epoch of the last durable batch.
+const BATCH_EPOCH: &str = "batch_epoch";
+/// The highest epoch this node has accepted (fencing survives restarts).
+const EPOCH: &str = "epoch";
+/// The cluster this store belongs to (absent until it first takes part).
+const CLUSTER_ID: &str = "cluster_id";
+/// Which `--cluster` member this store belongs to, plus one (absent for a
+/// standalone store).
+const NODE: &str = "node";
+
+/// A number in the meta table (0 when absent).
+fn meta_number(
+    meta: &impl ReadableTable<&'static str, u64>,
+    name: &str,
+) -> Result<u64, StorageError> {
+    Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0))
+}
+
+/// The last TID of a read snapshot.
+fn read_tid(txn: &redb::ReadTransaction) -> Result<Tid, StorageError> {
+    Ok(Tid(meta_number(&txn.open_table(META)?, LAST_TID)?))
+}
+
+/// The store's data on disk.
+pub struct Storage {
+    db: Database,
+    server_id: u64,
+    /// The last durable TID, readable without a lock (pongs, status).
+    last_tid: AtomicU64,
+    /// Where the durable history ends, published as one.
+    end: std::sync::Mutex<HistoryEnd>,
+    /// The highest epoch accepted.
+    epoch: AtomicU64,
+    /// The cluster this store belongs to (0: none yet).
+    cluster_id: AtomicU64,
+}
+
+/// Where a storage's history ends: what a joining backup tells its primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryEnd {
+    /// The last durable batch.
+    pub lsn: u64,
+    /// Its epoch.
+    pub batch_epoch: Epoch,
+    /// The last TID.
+    pub last_tid: Tid,
+}
+
+impl HistoryEnd {
+    /// The last batch as a point in the replicated history.
+    pub fn position(&self) -> LogPosition {
+        LogPosition {
+            epoch: self.batch_epoch,
+            lsn: self.lsn,
+        }
+    }
+}
+
+/// What stamps a batch: the decider's clock (outcome timestamps) and epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    /// Wall-clock milliseconds since the Unix epoch.
+    pub now_ms: u64,
+    /// The epoch the batch is decided in.
+    pub epoch: Epoch,
+}
+
+impl Stamp {
+    /// Now, in `epoch`.
+    pub fn now(epoch: Epoch) -> Stamp {
+        Stamp {
+            now_ms: now_ms(),
+            epoch,
+        }
+    }
+}
+
+impl Storage {
+    /// Opens the database file at `path`, creating it if it does not
+    /// exist; see [`open_database`].
+    pub fn open(path: &Path) -> Result<Storage, StorageError> {
+        let (db, exists) = open_database(path)?;
+        let damaged = |detail: String| StorageError::Damaged {
+            path: path.display().to_string(),
+            detail,
+        };
+        let txn = db.begin_write()?;
+        let (server_id, numbers) = {
+            txn.open_table(DATA)?;
+            txn.open_table(OUTCOMES)?;
+            txn.open_table(WATERMARKS)?;
+            let mut meta = txn.open_table(META)?;
+            let existing = meta.get(SERVER_ID)?.map(|v| v.value());
+            let server_id = match existing {
+                Some(id) => id,
+                None if exists => {
+                    return Err(damaged(
+                        "the file holds no server id: it is not a Zeolite store".into(),
+                    ))
+                }
+                None => {
+                    let id = rand::random::<u64>();
+                    meta.insert(SERVER_ID, id)?;
+                    id
+                }
+            };
+            let read = |name| meta_number(&meta, name);
+            (
+                server_id,
+                [
+                    read(LAST_TID)?,
+                    read(LSN)?,
+                    read(BATCH_EPOCH)?,
+                    read(EPOCH)?,
+                    read(CLUSTER_ID)?,
+                ],
+            )
+        };
+        txn.commit()?;
+        let [last_tid, lsn, batch_epoch, epoch, cluster_id] = numbers;
+        Ok(Storage {
+            db,
+            server_id,
+            last_tid: AtomicU64::new(last_tid),
+            end: std::sync::Mutex::new(HistoryEnd {
+                lsn,
+                batch_epoch: Epoch(batch_epoch),
+                last_tid: Tid(last_tid),
+            }),
+            epoch: AtomicU64::new(epoch),
+            cluster_id: AtomicU64::new(cluster_id),
+        })
+    }
+
+    /// The cluster this store belongs to; 0 if it has not taken part in
+    /// one yet (a new store, or a standalone one).
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id.load(Ordering::Acquire)
+    }
+
+    /// Durably makes this store a member of `cluster_id`; refuses if it
+    /// already belongs to another.
+    pub fn adopt_cluster(&self, cluster_id: u64) -> Result<(), StorageError> {
+        let current = self.cluster_id();
+        if current == cluster_id || cluster_id == 0 {
+            return Ok(());
+        }
+        if current != 0 {
+            return Err(StorageError::OtherCluster {
+                ours: current,
+                theirs: cluster_id,
+            });
+        }
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?.insert(CLUSTER_ID, cluster_id)?;
+        txn.commit()?;
+        self.cluster_id.store(cluster_id, Ordering::Release);
+        Ok(())
+    }
+
+    /// Durably records that this store is `--cluster` member `node`, or
+    /// refuses if it is another member's.
+    pub fn claim_node(&self, node: NodeId) -> Result<(), StorageError> {
+        let wanted = u64::from(node) + 1;
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            match meta_number(&meta, NODE)? {
+                0 => {
+                    meta.insert(NODE, wanted)?;
+                }
+                stored if stored == wanted => {}
+                stored => {
+                    return Err(StorageError::OtherNode {
+                        ours: stored - 1,
+                        theirs: u64::from(node),
+                    })
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Where this storage's history ends.
+    pub fn history_end(&self) -> HistoryEnd {
+        *self.lock_end()
+    }
+
+    fn lock_end(&self) -> std::sync::MutexGuard<'_, HistoryEnd> {
+        self.end
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Publishes a new end of history (after its transaction committed).
+    fn publish_end(&self, end: HistoryEnd) {
+        let mut current = self.lock_end();
+        *current = end;
+        self.last_tid.store(end.last_tid.0, Ordering::Release);
+    }
+
+    /// The highest epoch this node has accepted.
+    pub fn epoch(&self) -> Epoch {
+        Epoch(self.epoch.load(Ordering::Acquire))
+    }
+
+    /// Durably raises the accepted epoch to `epoch` (no-op if not higher):
+    /// done before acting on a new epoch, so fencing survives a restart.
+    pub fn raise_epoch(&self, epoch: Epoch) -> Result<(), StorageError> {
+        if epoch <= self.epoch() {
+            return Ok(());
+        }
+        // Compared inside the write transaction: two raises at once never
+        // leave the lower one on disk.
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let stored = meta_number(&meta, EPOCH)?;
+            meta.insert(EPOCH, stored.max(epoch.0))?;
+        }
+        txn.commit()?;
+        self.epoch.fetch_max(epoch.0, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Random per data directory, made on first open.
+    pub fn server_id(&self) -> u64 {
+        self.server_id
+    }
+
+    /// The last durable TID.
+    pub fn last_tid(&self) -> Tid {
+        Tid(self.last_tid.load(Ordering::Acquire))
+    }
+}

@@ -1,0 +1,109 @@
+//! What one commit does to the data: its read set checked, its writes
+//! staged (one value per key, within the transaction's byte budget), then
+//! written under its TID.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use redb::{ReadableTable, Table};
+use store_protocol::{CommitRequest, Limits, Tid, WireError, Write, WriteResult};
+
+use crate::error::StorageError;
+
+pub(super) type DataTable<'txn> = Table<'txn, &'static [u8], (u64, &'static [u8])>;
+
+/// Decides one commit against the current data, then writes it under `tid`.
+/// Everything is checked before anything is written.
+pub(super) fn apply_commit(
+    data: &mut DataTable<'_>,
+    request: &CommitRequest,
+    tid: Tid,
+    limits: &Limits,
+) -> Result<Result<Vec<WriteResult>, WireError>, StorageError> {
+    for read in &request.read_set {
+        let serial = data.get(&read.key[..])?.map(|g| g.value().0).unwrap_or(0);
+        if serial != read.serial.0 {
+            return Ok(Err(WireError::Conflict {
+                key: read.key.clone(),
+            }));
+        }
+    }
+    // The new state of every written key, built before touching the
+    // table: one staged value per key, changed in place, so a transaction
+    // holds at most its keys' final values (bounded by `max_txn_bytes`)
+    // and takes time linear in its bytes.
+    let mut staged: HashMap<&Bytes, Option<Vec<u8>>> = HashMap::new();
+    let mut order: Vec<&Bytes> = Vec::new();
+    let mut staged_bytes = 0usize;
+    let mut results = Vec::with_capacity(request.writes.len());
+    for write in &request.writes {
+        let key = write.key();
+        let slot = match staged.entry(key) {
+            std::collections::hash_map::Entry::Occupied(slot) => slot.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                order.push(key);
+                let stored = data.get(&key[..])?.map(|g| g.value().1.to_vec());
+                staged_bytes += stored.as_ref().map_or(0, Vec::len);
+                slot.insert(stored)
+            }
+        };
+        let before = slot.as_ref().map_or(0, Vec::len);
+        let result = match write {
+            Write::Put { value, .. } => {
+                *slot = Some(value.to_vec());
+                WriteResult::Stored
+            }
+            Write::Delete { .. } => WriteResult::Deleted {
+                existed: slot.take().is_some(),
+            },
+            Write::Incr { by, .. } => match increment(key, slot.as_deref(), *by) {
+                Ok(n) => {
+                    *slot = Some(n.to_string().into_bytes());
+                    WriteResult::Counter(n)
+                }
+                Err(e) => return Ok(Err(e)),
+            },
+            Write::Append { value, .. } => {
+                // Checked before a byte is copied.
+                if let Err(e) = limits.check_value_len(before.saturating_add(value.len())) {
+                    return Ok(Err(e));
+                }
+                let joined = slot.get_or_insert_with(Vec::new);
+                joined.extend_from_slice(value);
+                WriteResult::Appended {
+                    len: joined.len() as u64,
+                }
+            }
+        };
+        let after = slot.as_ref().map_or(0, Vec::len);
+        staged_bytes = staged_bytes.saturating_sub(before).saturating_add(after);
+        if let Err(e) = limits.check_txn_bytes(staged_bytes) {
+            return Ok(Err(e));
+        }
+        results.push(result);
+    }
+    for key in order {
+        match staged.get(key).and_then(Option::as_ref) {
+            Some(value) => {
+                data.insert(&key[..], (tid.0, &value[..]))?;
+            }
+            None => {
+                data.remove(&key[..])?;
+            }
+        }
+    }
+    Ok(Ok(results))
+}
+
+/// `Incr` semantics: the value is a decimal i64, absent counts as 0.
+fn increment(key: &Bytes, current: Option<&[u8]>, by: i64) -> Result<i64, WireError> {
+    let base = match current {
+        None => 0,
+        Some(raw) => std::str::from_utf8(raw)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .ok_or_else(|| WireError::NotAnInteger { key: key.clone() })?,
+    };
+    base.checked_add(by)
+        .ok_or_else(|| WireError::Overflow { key: key.clone() })
+}

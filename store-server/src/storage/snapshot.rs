@@ -1,0 +1,145 @@
+//! Snapshots: a consistent copy of every table streamed out in chunks, and
+//! one installed in place of a store's history in one transaction.
+
+use bytes::Bytes;
+use redb::ReadableTable;
+use store_protocol::peer::SnapshotRow;
+use store_protocol::{Epoch, Tid, TxnId};
+
+use super::{meta_number, HistoryEnd, Storage, BATCH_EPOCH, DATA, LAST_TID, LSN, META};
+use crate::error::StorageError;
+use crate::outcomes::{OUTCOMES, WATERMARKS};
+
+impl Storage {
+    /// Streams a consistent snapshot of every table: returns where its
+    /// history ends, then hands `sink` chunks of about `chunk_bytes` until
+    /// done or `sink` returns `false`. Runs on a blocking thread.
+    pub fn snapshot(
+        &self,
+        chunk_bytes: usize,
+        begin: impl FnOnce(HistoryEnd) -> bool,
+        mut sink: impl FnMut(Vec<SnapshotRow>) -> bool,
+    ) -> Result<(), StorageError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let read = |name| meta_number(&meta, name);
+        let end = HistoryEnd {
+            lsn: read(LSN)?,
+            batch_epoch: Epoch(read(BATCH_EPOCH)?),
+            last_tid: Tid(read(LAST_TID)?),
+        };
+        if !begin(end) {
+            return Ok(());
+        }
+        let mut chunk = Vec::new();
+        let mut size = 0usize;
+        let mut push = |row: SnapshotRow, bytes: usize| -> bool {
+            chunk.push(row);
+            size += bytes + 32;
+            if size < chunk_bytes {
+                return true;
+            }
+            size = 0;
+            sink(std::mem::take(&mut chunk))
+        };
+        for item in txn.open_table(DATA)?.iter()? {
+            let (key, value) = item?;
+            let (serial, value) = value.value();
+            let row = SnapshotRow::Data {
+                key: Bytes::copy_from_slice(key.value()),
+                serial: Tid(serial),
+                value: Bytes::copy_from_slice(value),
+            };
+            if !push(row, key.value().len() + value.len()) {
+                return Ok(());
+            }
+        }
+        for item in txn.open_table(OUTCOMES)?.iter()? {
+            let (key, value) = item?;
+            let (client_id, seq) = key.value();
+            let row = SnapshotRow::Outcome {
+                txn_id: TxnId { client_id, seq },
+                record: Bytes::copy_from_slice(value.value()),
+            };
+            if !push(row, value.value().len()) {
+                return Ok(());
+            }
+        }
+        for item in txn.open_table(WATERMARKS)?.iter()? {
+            let (client_id, below) = item?;
+            let row = SnapshotRow::Watermark {
+                client_id: client_id.value(),
+                below: below.value(),
+            };
+            if !push(row, 0) {
+                return Ok(());
+            }
+        }
+        if !chunk.is_empty() {
+            sink(chunk);
+        }
+        Ok(())
+    }
+
+    /// Replaces every table with a snapshot's rows, atomically (one write
+    /// transaction, one fsync): either the old history or the new one
+    /// survives a crash. `rows` yields chunks until the snapshot ends
+    /// ([`SnapshotPiece::Cut`]: it was cut short, and nothing changes).
+    /// Returns whether it was installed.
+    pub fn install_snapshot(
+        &self,
+        end: HistoryEnd,
+        mut rows: impl FnMut() -> SnapshotPiece,
+    ) -> Result<bool, StorageError> {
+        let txn = self.db.begin_write()?;
+        {
+            txn.delete_table(DATA)?;
+            txn.delete_table(OUTCOMES)?;
+            txn.delete_table(WATERMARKS)?;
+            let mut data = txn.open_table(DATA)?;
+            let mut outcomes = txn.open_table(OUTCOMES)?;
+            let mut watermarks = txn.open_table(WATERMARKS)?;
+            loop {
+                let chunk = match rows() {
+                    SnapshotPiece::Rows(chunk) => chunk,
+                    SnapshotPiece::End => break,
+                    SnapshotPiece::Cut => {
+                        drop((data, outcomes, watermarks));
+                        txn.abort()?;
+                        return Ok(false);
+                    }
+                };
+                for row in chunk {
+                    match row {
+                        SnapshotRow::Data { key, serial, value } => {
+                            data.insert(&key[..], (serial.0, &value[..]))?;
+                        }
+                        SnapshotRow::Outcome { txn_id, record } => {
+                            outcomes.insert((txn_id.client_id, txn_id.seq), &record[..])?;
+                        }
+                        SnapshotRow::Watermark { client_id, below } => {
+                            watermarks.insert(client_id, below)?;
+                        }
+                    }
+                }
+            }
+            let mut meta = txn.open_table(META)?;
+            meta.insert(LAST_TID, end.last_tid.0)?;
+            meta.insert(LSN, end.lsn)?;
+            meta.insert(BATCH_EPOCH, end.batch_epoch.0)?;
+        }
+        txn.commit()?;
+        self.publish_end(end);
+        Ok(true)
+    }
+}
+
+/// The next piece of a snapshot being installed.
+pub enum SnapshotPiece {
+    /// More rows.
+    Rows(Vec<SnapshotRow>),
+    /// The snapshot is complete.
+    End,
+    /// The snapshot was cut short: keep the old history.
+    Cut,
+}
