@@ -71,8 +71,19 @@ pub struct Committer {
 
 /// A transaction in the pipeline: its digest, and where its outcome goes.
 struct InFlight {
-    digest: u128,
+    /// The first copy's content digest; `None` for a `resolve`.
+    digest: Option<u128>,
     outcome: broadcast::Sender<OpResult>,
+}
+
+/// Whether a copy with content `copy` may wait for the outcome of the
+/// in-flight `first` (`None`: a `resolve`, which has no content and matches
+/// any): only two commits of different content are a reused id.
+fn same_transaction(first: Option<u128>, copy: Option<u128>) -> bool {
+    match (first, copy) {
+        (Some(first), Some(copy)) => first == copy,
+        _ => true,
+    }
 }
 
 impl CommitPipeline {
@@ -182,7 +193,7 @@ impl Committer {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match in_flight.get(&id) {
-            Some(first) if digest.is_some_and(|d| d != first.digest) => Err(WireError::TxnIdReused),
+            Some(first) if !same_transaction(first.digest, digest) => Err(WireError::TxnIdReused),
             Some(first) => {
                 let mut outcome = first.outcome.subscribe();
                 Ok(Some(async move {
@@ -197,13 +208,7 @@ impl Committer {
             }
             None => {
                 let (outcome, _) = broadcast::channel(1);
-                in_flight.insert(
-                    id,
-                    InFlight {
-                        digest: digest.unwrap_or_default(),
-                        outcome,
-                    },
-                );
+                in_flight.insert(id, InFlight { digest, outcome });
                 Ok(None)
             }
         }
@@ -495,4 +500,28 @@ fn written_keys(request: &CommitRequest) -> Vec<bytes::Bytes> {
         .filter(|key| seen.insert(*key))
         .cloned()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_two_commits_of_different_content_are_a_reused_id() {
+        // (first in flight, copy arriving, may wait for the first's outcome)
+        let table = [
+            (Some(1), Some(1), true),
+            (Some(1), Some(2), false),
+            // A resolve in flight: a real copy waits for what it decides
+            // (once registered with digest 0, it was wrongly "reused").
+            (None, Some(2), true),
+            (None, Some(0), true),
+            // A resolve arriving while a commit is in flight waits too.
+            (Some(1), None, true),
+            (None, None, true),
+        ];
+        for (first, copy, waits) in table {
+            assert_eq!(same_transaction(first, copy), waits, "{first:?} {copy:?}");
+        }
+    }
 }
