@@ -34,6 +34,17 @@ pub enum Command {
     /// Manage certificates of the development CA.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Check a data directory's store without serving it: exit 0 when
+    /// sound, else 1 with what is wrong.
+    Check(CheckArgs),
+}
+
+/// Flags of `store-server check`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// The data directory (a stopped server's).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
 }
 
 /// `store-server certs …`.

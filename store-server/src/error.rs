@@ -54,6 +54,15 @@ pub enum StorageError {
         /// What is wrong with it.
         detail: String,
     },
+    /// Another process holds the store open (a server already running on
+    /// this data directory).
+    #[error(
+        "{path} is in use by another process: is a server already running on this data directory?"
+    )]
+    InUse {
+        /// The file.
+        path: String,
+    },
     /// The store belongs to another cluster than the one it was asked to
     /// join.
     #[error("this store belongs to cluster {ours:016x}, not {theirs:016x}")]

@@ -49,7 +49,9 @@ mod storage;
 mod tls;
 
 pub use certs::{ensure_dev_certs, issue, CertRole};
-pub use cli::{CertsCommand, Cli, Cluster, Command, IssueArgs, RunArgs, TlsArgs, WitnessArgs};
+pub use cli::{
+    CertsCommand, CheckArgs, Cli, Cluster, Command, IssueArgs, RunArgs, TlsArgs, WitnessArgs,
+};
 pub use config::{
     ServerConfig, TlsSource, DEFAULT_DATA_DIR, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_LISTEN, DEFAULT_OUTCOME_RETENTION,
@@ -57,4 +59,5 @@ pub use config::{
 pub use error::{ServerError, StorageError};
 pub use identity::{Identity, CLOSE_NOT_A_NODE};
 pub use server::Server;
+pub use storage::{check, CheckReport};
 pub use tls::TlsFiles;

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         Some(Command::Run(args)) => args,
         Some(Command::Witness(args)) => return run_witness(args),
         Some(Command::Certs(CertsCommand::Issue(args))) => return issue(&args),
+        Some(Command::Check(args)) => return check(&args),
         None => cli.run,
     };
     let config = match args.into_config() {
@@ -42,6 +43,34 @@ fn issue(args: &store_server::IssueArgs) -> ExitCode {
         Err(e) => {
             eprintln!("store-server: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn check(args: &store_server::CheckArgs) -> ExitCode {
+    let path = args.data_dir.join("store.redb");
+    match store_server::check(&path) {
+        Ok(report) => {
+            let facts: Vec<String> = report
+                .facts
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect();
+            println!("{} {}", path.display(), facts.join(" "));
+            for problem in &report.problems {
+                println!("problem: {problem}");
+            }
+            if report.problems.is_empty() {
+                println!("healthy");
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            println!("problem: {e}");
+            ExitCode::FAILURE
         }
     }
 }

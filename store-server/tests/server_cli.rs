@@ -163,3 +163,39 @@ fn a_member_refuses_to_start_with_another_members_certificate() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_tells_a_sound_store_from_a_damaged_or_missing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let check = |data: &std::path::Path| {
+        let out = server()
+            .arg("check")
+            .arg("--data-dir")
+            .arg(data)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = check(&data);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("there is no store"), "{text}");
+
+    run_once(&data);
+    let (code, text) = check(&data);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("server_id=") && text.contains("keys=0") && text.ends_with("healthy\n"));
+
+    let store = data.join("store.redb");
+    let bytes = std::fs::read(&store).unwrap();
+    std::fs::write(&store, &bytes[..bytes.len() / 3]).unwrap();
+    let (code, text) = check(&data);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!("{} is damaged", store.display())),
+        "{text}"
+    );
+}

@@ -39,6 +39,11 @@ pub fn open_database(path: &Path) -> Result<(Database, bool), StorageError> {
     std::panic::set_hook(hook);
     let db = match opened {
         Ok(Ok(db)) => db,
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+            return Err(StorageError::InUse {
+                path: path.display().to_string(),
+            })
+        }
         Ok(Err(e)) => return Err(damaged(e.to_string())),
         Err(panic) => {
             let what = panic

@@ -12,9 +12,11 @@
 //! * `batch`: deciding a batch of operations in one write transaction;
 //! * `rules`: what one commit does to the data (conflicts, `Incr`,
 //!   `Append`, the transaction's byte budget);
-//! * `snapshot`: streaming a snapshot out and installing one.
+//! * `snapshot`: streaming a snapshot out and installing one;
+//! * `check`: `store-server check`, a store's soundness without serving it.
 
 mod batch;
+mod check;
 mod file;
 mod reads;
 mod rules;
@@ -34,6 +36,7 @@ use crate::outcomes::{OUTCOMES, WATERMARKS};
 
 use batch::now_ms;
 pub use batch::{Applied, Op, OpResult};
+pub use check::{check, CheckReport};
 pub use file::{fail_stop, open_database};
 pub use snapshot::SnapshotPiece;
 
