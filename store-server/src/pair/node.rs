@@ -162,7 +162,9 @@ async fn probe_peer(pair: Arc<Pair>) {
     if let Ok(PeerResponse::Status(status)) = &peer {
         pair.set_peer_last_tid(status.last_tid);
     }
-    for (voucher, answer) in [(Voucher::Peer, peer), (Voucher::Witness, witness)] {
+    // The witness's word first: a later epoch the peer reports is then
+    // usually confirmed already, without asking the witness again.
+    for (voucher, answer) in [(Voucher::Witness, witness), (Voucher::Peer, peer)] {
         if let Ok(PeerResponse::Status(status)) = answer {
             let known = pair.epoch();
             let unknown = pair.standing().primary().is_none();
