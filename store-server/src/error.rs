@@ -86,6 +86,14 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// The store file at `path` is damaged: `detail` says how.
+    pub(crate) fn damaged(path: &std::path::Path, detail: impl Into<String>) -> StorageError {
+        StorageError::Damaged {
+            path: path.display().to_string(),
+            detail: detail.into(),
+        }
+    }
+
     /// Data on disk that cannot be what Zeolite wrote.
     pub(crate) fn corrupt(detail: String) -> StorageError {
         StorageError::Engine(Box::new(redb::Error::Corrupted(detail)))

@@ -102,6 +102,14 @@ impl PairConfig {
     }
 }
 
+impl PairConfig {
+    /// The other data node's `--cluster` address (what its certificate
+    /// names; `peer_via` may differ).
+    pub fn peer(&self) -> SocketAddr {
+        self.cluster[usize::from(1 - self.me)]
+    }
+}
+
 /// A data node's membership of the pair, shared by its tasks and by the
 /// request and session paths (which ask whether it may serve).
 pub struct Pair {
@@ -169,7 +177,7 @@ impl Pair {
         let pair = Pair {
             peer: Arc::new(Link::new(
                 config.peer_via,
-                config.cluster[usize::from(1 - config.me)],
+                config.peer(),
                 endpoint.clone(),
                 crypto.clone(),
             )),
@@ -270,7 +278,7 @@ impl Pair {
         let last_tid = self.storage.last_tid();
         let lag_tids = peer_last_tid.map(|peer| last_tid.0.abs_diff(peer.0));
         PairStatus {
-            peer: self.config.cluster[usize::from(1 - self.config.me)].to_string(),
+            peer: self.config.peer().to_string(),
             peer_reachable: self.peer.reachable(recent),
             peer_last_tid,
             backup_in_sync: sync == SyncState::InSync,

@@ -307,8 +307,7 @@ async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
 /// (a client's, the witness's, a node of another cluster) is closed with
 /// [`crate::identity::CLOSE_NOT_A_NODE`] right after the handshake.
 pub(crate) async fn serve(pair: Arc<Pair>, connection: quinn::Connection) {
-    let peer = pair.config.cluster[usize::from(pair.peer_id())];
-    if admit_node(&connection, &[peer]).is_none() {
+    if admit_node(&connection, &[pair.config.peer()]).is_none() {
         return;
     }
     while let Ok((send, recv)) = connection.accept_bi().await {

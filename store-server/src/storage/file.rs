@@ -11,10 +11,7 @@ use crate::error::StorageError;
 /// otherwise damaged is refused with [`StorageError::Damaged`], never
 /// taken as new. The file is made readable by its owner only.
 pub fn open_database(path: &Path) -> Result<(Database, bool), StorageError> {
-    let damaged = |detail: String| StorageError::Damaged {
-        path: path.display().to_string(),
-        detail,
-    };
+    let damaged = |detail: String| StorageError::damaged(path, detail);
     let exists = match std::fs::metadata(path) {
         Ok(meta) if meta.len() == 0 => {
             return Err(damaged(

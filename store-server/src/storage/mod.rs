@@ -131,10 +131,6 @@ impl Storage {
     /// exist; see [`open_database`].
     pub fn open(path: &Path) -> Result<Storage, StorageError> {
         let (db, exists) = open_database(path)?;
-        let damaged = |detail: String| StorageError::Damaged {
-            path: path.display().to_string(),
-            detail,
-        };
         let txn = db.begin_write()?;
         let (server_id, numbers) = {
             txn.open_table(DATA)?;
@@ -145,8 +141,9 @@ impl Storage {
             let server_id = match existing {
                 Some(id) => id,
                 None if exists => {
-                    return Err(damaged(
-                        "the file holds no server id: it is not a Zeolite store".into(),
+                    return Err(StorageError::damaged(
+                        path,
+                        "the file holds no server id: it is not a Zeolite store",
                     ))
                 }
                 None => {
