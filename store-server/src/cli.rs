@@ -11,6 +11,10 @@ use crate::config::{ServerConfig, TlsSource, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
 use crate::pair::witness::WitnessConfig;
 use crate::pair::{LeaseConfig, PairConfig};
 use crate::tls::TlsFiles;
+use crate::wal::WalConfig;
+
+/// The smallest `--wal-segment-bytes`: a segment holds a header and records.
+const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
 
 /// Zeolite store server: durable versioned keys over QUIC.
 #[derive(Debug, Parser)]
@@ -229,6 +233,17 @@ pub struct RunArgs {
     /// least --max-frame-bytes.
     #[arg(long, value_name = "BYTES", default_value_t = crate::config::DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: u64,
+    /// Bytes of one write-ahead log segment (preallocated when made).
+    #[arg(long, value_name = "BYTES", default_value_t = WalConfig::default().segment_bytes)]
+    pub wal_segment_bytes: u64,
+    /// Log bytes after which the index is made durable (a checkpoint): a
+    /// restart replays at most about this much.
+    #[arg(long, value_name = "BYTES", default_value_t = WalConfig::default().checkpoint_bytes)]
+    pub checkpoint_bytes: u64,
+    /// Log bytes kept past a checkpoint, for a restarted backup to catch up
+    /// from and for clients to revalidate their caches from.
+    #[arg(long, value_name = "BYTES", default_value_t = WalConfig::default().retain_bytes)]
+    pub wal_retain_bytes: u64,
     /// Access rules (TOML): identities (client certificate names) → role
     /// (read, readwrite, admin) and key prefixes. Without it every
     /// certificate of the CA is admin.
@@ -273,6 +288,17 @@ impl RunArgs {
         config.max_streams = self.max_streams;
         config.max_connection_bytes = self.max_connection_bytes;
         config.max_request_bytes = self.max_request_bytes;
+        if self.wal_segment_bytes < MIN_SEGMENT_BYTES {
+            return Err(format!(
+                "--wal-segment-bytes ({}) must be at least {MIN_SEGMENT_BYTES}",
+                self.wal_segment_bytes
+            ));
+        }
+        config.wal = WalConfig {
+            segment_bytes: self.wal_segment_bytes,
+            checkpoint_bytes: self.checkpoint_bytes,
+            retain_bytes: self.wal_retain_bytes,
+        };
         let frame = u64::from(limits.max_frame_bytes);
         if self.max_connection_bytes < frame || self.max_request_bytes < frame {
             return Err(format!(

@@ -11,6 +11,7 @@ use crate::certs::CertRole;
 use crate::error::ServerError;
 use crate::pair::PairConfig;
 use crate::tls::TlsFiles;
+use crate::wal::WalConfig;
 
 /// Default data directory, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "./zeolite-data";
@@ -88,7 +89,8 @@ impl TlsSource {
 /// A server's configuration.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Directory holding `store.redb` (created if missing).
+    /// Directory holding `store.redb` and the log `wal/` (created if
+    /// missing).
     pub data_dir: PathBuf,
     /// UDP address to listen on; port 0 picks a free port.
     pub listen: SocketAddr,
@@ -117,6 +119,9 @@ pub struct ServerConfig {
     pub max_connection_bytes: u64,
     /// See [`DEFAULT_MAX_REQUEST_BYTES`].
     pub max_request_bytes: u64,
+    /// The write-ahead log's segment size, checkpoint interval and
+    /// retention.
+    pub wal: WalConfig,
 }
 
 impl ServerConfig {
@@ -139,6 +144,7 @@ impl ServerConfig {
             max_streams: DEFAULT_MAX_STREAMS,
             max_connection_bytes: DEFAULT_MAX_CONNECTION_BYTES,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            wal: WalConfig::default(),
         }
     }
 }

@@ -29,6 +29,15 @@ pub enum StorageError {
     /// redb failed.
     #[error(transparent)]
     Engine(Box<redb::Error>),
+    /// The write-ahead log could not be read or written (no space, an I/O
+    /// error, a failed fsync).
+    #[error("the log: {context}: {source}")]
+    Log {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// A batch stamped with an epoch older than this node has accepted: it
     /// comes from a deposed primary. Nothing was written.
     #[error("fenced: batch of epoch {batch} is older than accepted epoch {accepted}")]

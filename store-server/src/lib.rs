@@ -17,8 +17,9 @@
 //!   transactions waiting for the first;
 //! * `outcomes`: exactly-once, *was this transaction already applied?*;
 //! * `invalidation`: fan-out of changed keys and the change log;
-//! * `storage`: redb tables and the rules of a commit (conflicts, `Incr`,
-//!   `Append`);
+//! * `storage`: the index (redb tables) and the rules of a commit
+//!   (conflicts, `Incr`, `Append`);
+//! * `wal`: the write-ahead log every batch is durable in first;
 //! * `certs`: the development CA and the client and node certificates it
 //!   issues; `identity`: who a connection's certificate says it is;
 //! * `tls`: the rustls configuration;
@@ -47,6 +48,10 @@ mod server;
 mod session;
 mod storage;
 mod tls;
+#[cfg(not(feature = "crash-seam"))]
+mod wal;
+#[cfg(feature = "crash-seam")]
+pub mod wal;
 
 pub use certs::{ensure_dev_certs, issue, CertRole};
 pub use cli::{
@@ -59,5 +64,9 @@ pub use config::{
 pub use error::{ServerError, StorageError};
 pub use identity::{Identity, CLOSE_NOT_A_NODE};
 pub use server::Server;
+/// The crash-consistency suite (feature `crash-seam`).
+#[cfg(feature = "crash-seam")]
+pub use storage::crash;
 pub use storage::{check, CheckReport};
 pub use tls::TlsFiles;
+pub use wal::WalConfig;

@@ -113,16 +113,16 @@ pub(crate) fn prior(
     Ok(Prior::Recorded(recorded))
 }
 
-/// Records the outcome of `txn_id`.
+/// Records the outcome of `txn_id`; returns the row as stored.
 pub(crate) fn record(
     outcomes: &mut Outcomes<'_>,
     txn_id: TxnId,
     recorded: &Recorded,
-) -> Result<(), StorageError> {
+) -> Result<Vec<u8>, StorageError> {
     let bytes = postcard::to_allocvec(recorded)
         .map_err(|e| StorageError::corrupt(format!("encoding an outcome: {e}")))?;
     outcomes.insert((txn_id.client_id, txn_id.seq), &bytes[..])?;
-    Ok(())
+    Ok(bytes)
 }
 
 /// The answer to a copy of a decided transaction. `digest` is the copy's

@@ -129,7 +129,7 @@ impl Server {
             None => Acl::open(),
         };
         let db_path = config.data_dir.join("store.redb");
-        let storage = Arc::new(Storage::open(&db_path)?);
+        let storage = Arc::new(Storage::open(&db_path, config.wal)?);
         let invalidations = Arc::new(Invalidations::new(
             storage.last_tid(),
             DEFAULT_CHANGE_LOG_KEYS,

@@ -50,7 +50,8 @@ async fn a_full_disk_stops_the_server_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let full = dir.path().join("full");
     let _tmpfs = Tmpfs::mount(&full.join("data"), "8m");
-    let mut server = ServerProcess::start(&full).await;
+    // Log segments of 1 MiB: several fit before the disk is full.
+    let mut server = ServerProcess::start_with(&full, &["--wal-segment-bytes", "1048576"]).await;
     let client = Client::connect(server.client_config().timeout(Duration::from_secs(3)))
         .await
         .unwrap();

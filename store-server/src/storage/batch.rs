@@ -5,12 +5,16 @@
 use store_protocol::peer::BatchOp;
 use store_protocol::{CommitRequest, Committed, Limits, Tid, TxnId, WireError};
 
+use redb::Durability;
+
+use super::redo::{self, Change, Tables};
 use super::rules::apply_commit;
 use super::{
     meta_number, HistoryEnd, Stamp, Storage, BATCH_EPOCH, DATA, EPOCH, LAST_TID, LSN, META,
 };
 use crate::error::StorageError;
 use crate::outcomes::{self, Expiry, Prior, Recorded, RecordedResult, OUTCOMES, WATERMARKS};
+use crate::wal::RecordHeader;
 
 /// A batch's results, and its LSN if it changed anything (only those are
 /// replicated).
@@ -69,7 +73,10 @@ impl Storage {
         limits: &Limits,
         before_commit: impl FnOnce(&[Applied], Tid) -> Result<(), StorageError>,
     ) -> Result<Vec<Applied>, StorageError> {
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        // The log makes the batch durable; the index is made durable at
+        // checkpoints.
+        txn.set_durability(Durability::None);
         // Read inside the write transaction: it excludes every other
         // writer, so no other batch, snapshot or epoch change interleaves.
         let (mut last, mut lsn, accepted) = {
@@ -83,114 +90,62 @@ impl Storage {
             return Err(StorageError::Fenced { batch, accepted });
         }
         let mut applied = Vec::with_capacity(batches.len());
-        let mut last_epoch = None;
+        let mut records: Vec<(RecordHeader, Vec<u8>)> = Vec::new();
         {
-            let mut data = txn.open_table(DATA)?;
-            let mut outcomes = txn.open_table(OUTCOMES)?;
-            let mut watermarks = txn.open_table(WATERMARKS)?;
+            let mut tables = Tables {
+                data: txn.open_table(DATA)?,
+                outcomes: txn.open_table(OUTCOMES)?,
+                watermarks: txn.open_table(WATERMARKS)?,
+            };
             for &(batch, stamp) in batches {
-                let now_ms = stamp.now_ms;
-                let mut results = Vec::with_capacity(batch.len());
-                let mut dirty = false;
-                for op in batch.iter() {
-                    let result = match op {
-                        Op::Commit(request) => {
-                            let id = request.txn_id;
-                            let acked = Expiry {
-                                client_id: id.client_id,
-                                below: request.acked_below,
-                            };
-                            dirty |= outcomes::expire(&mut watermarks, &mut outcomes, acked)?;
-                            match outcomes::prior(&watermarks, &outcomes, id)? {
-                                Prior::Expired => Err(WireError::Expired),
-                                Prior::Recorded(recorded) => {
-                                    outcomes::replay(&recorded, Some(request.digest))
-                                }
-                                Prior::Unknown => {
-                                    let tid = last.next();
-                                    let decided = apply_commit(&mut data, request, tid, limits)?;
-                                    let result = match &decided {
-                                        Ok(results) => {
-                                            last = tid;
-                                            RecordedResult::Committed {
-                                                tid,
-                                                results: results.clone(),
-                                            }
-                                        }
-                                        Err(e) => RecordedResult::Failed(e.clone()),
-                                    };
-                                    let recorded = Recorded {
-                                        digest: request.digest,
-                                        at_ms: now_ms,
-                                        result,
-                                    };
-                                    outcomes::record(&mut outcomes, id, &recorded)?;
-                                    dirty = true;
-                                    decided.map(|results| Committed {
-                                        tid,
-                                        results,
-                                        replayed: false,
-                                    })
-                                }
-                            }
-                        }
-                        Op::Expire(expiry) => {
-                            dirty |= outcomes::expire(&mut watermarks, &mut outcomes, *expiry)?;
-                            Ok(Committed {
-                                tid: Tid(0),
-                                results: Vec::new(),
-                                replayed: false,
-                            })
-                        }
-                        Op::Resolve(id) => match outcomes::prior(&watermarks, &outcomes, *id)? {
-                            Prior::Expired => Err(WireError::Expired),
-                            Prior::Recorded(recorded) => outcomes::replay(&recorded, None),
-                            Prior::Unknown => {
-                                let abandoned = Recorded {
-                                    digest: 0,
-                                    at_ms: now_ms,
-                                    result: RecordedResult::Abandoned,
-                                };
-                                outcomes::record(&mut outcomes, *id, &abandoned)?;
-                                dirty = true;
-                                Err(WireError::Abandoned)
-                            }
-                        },
-                    };
-                    results.push(result);
-                }
-                let batch_lsn = dirty.then(|| {
+                let before = last;
+                let mut redo = Vec::new();
+                let results = batch
+                    .iter()
+                    .map(|op| decide(&mut tables, op, &mut last, stamp.now_ms, limits, &mut redo))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let batch_lsn = (!redo.is_empty()).then(|| {
                     lsn += 1;
-                    last_epoch = Some(stamp.epoch);
                     lsn
                 });
+                if let Some(lsn) = batch_lsn {
+                    let header = RecordHeader {
+                        lsn,
+                        epoch: stamp.epoch,
+                        first_tid: if last > before { before.next() } else { Tid(0) },
+                        last_tid: last,
+                    };
+                    records.push((header, redo::encode(&redo)?));
+                }
                 applied.push(Applied {
                     results,
                     lsn: batch_lsn,
                 });
             }
-            if let Some(epoch) = last_epoch {
-                let mut meta = txn.open_table(META)?;
-                meta.insert(LAST_TID, last.0)?;
-                meta.insert(LSN, lsn)?;
-                meta.insert(BATCH_EPOCH, epoch.0)?;
-            }
         }
-        let Some(epoch) = last_epoch else {
+        let Some(&(end, _)) = records.last() else {
             // Only replays and refusals: nothing to make durable.
             txn.abort()?;
             return Ok(applied);
         };
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(LAST_TID, last.0)?;
+            meta.insert(LSN, lsn)?;
+            meta.insert(BATCH_EPOCH, end.epoch.0)?;
+        }
         if let Err(refused) = before_commit(&applied, last) {
             txn.abort()?;
             return Err(refused);
         }
+        self.lock_wal().append(&records)?;
         txn.commit()?;
         self.publish_end(HistoryEnd {
             lsn,
-            batch_epoch: epoch,
+            batch_epoch: end.epoch,
             last_tid: last,
         });
+        self.checkpoint_if_due()?;
         Ok(applied)
     }
 
@@ -207,6 +162,97 @@ impl Storage {
         let outcomes = txn.open_table(OUTCOMES)?;
         outcomes::expiries_before(&outcomes, before_ms)
     }
+}
+
+/// Decides one operation, in order after the ones before it: a commit
+/// (exactly once), a resolve or an expiry. Rows it changes go to `redo`.
+fn decide(
+    tables: &mut Tables<'_>,
+    op: &Op<'_>,
+    last: &mut Tid,
+    now_ms: u64,
+    limits: &Limits,
+    redo: &mut Vec<Change>,
+) -> Result<OpResult, StorageError> {
+    let expire = |tables: &mut Tables<'_>, expiry: Expiry, redo: &mut Vec<Change>| {
+        if outcomes::expire(&mut tables.watermarks, &mut tables.outcomes, expiry)? {
+            redo.push(Change::Expire {
+                client_id: expiry.client_id,
+                below: expiry.below,
+            });
+        }
+        Ok::<_, StorageError>(())
+    };
+    let record =
+        |tables: &mut Tables<'_>, id: TxnId, recorded: &Recorded, redo: &mut Vec<Change>| {
+            let row = outcomes::record(&mut tables.outcomes, id, recorded)?;
+            redo.push(Change::Outcome {
+                client_id: id.client_id,
+                seq: id.seq,
+                record: row.into(),
+            });
+            Ok::<_, StorageError>(())
+        };
+    Ok(match op {
+        Op::Commit(request) => {
+            let id = request.txn_id;
+            let acked = Expiry {
+                client_id: id.client_id,
+                below: request.acked_below,
+            };
+            expire(tables, acked, redo)?;
+            match outcomes::prior(&tables.watermarks, &tables.outcomes, id)? {
+                Prior::Expired => Err(WireError::Expired),
+                Prior::Recorded(recorded) => outcomes::replay(&recorded, Some(request.digest)),
+                Prior::Unknown => {
+                    let tid = last.next();
+                    let decided = apply_commit(&mut tables.data, request, tid, limits, redo)?;
+                    let result = match &decided {
+                        Ok(results) => {
+                            *last = tid;
+                            RecordedResult::Committed {
+                                tid,
+                                results: results.clone(),
+                            }
+                        }
+                        Err(e) => RecordedResult::Failed(e.clone()),
+                    };
+                    let recorded = Recorded {
+                        digest: request.digest,
+                        at_ms: now_ms,
+                        result,
+                    };
+                    record(tables, id, &recorded, redo)?;
+                    decided.map(|results| Committed {
+                        tid,
+                        results,
+                        replayed: false,
+                    })
+                }
+            }
+        }
+        Op::Expire(expiry) => {
+            expire(tables, *expiry, redo)?;
+            Ok(Committed {
+                tid: Tid(0),
+                results: Vec::new(),
+                replayed: false,
+            })
+        }
+        Op::Resolve(id) => match outcomes::prior(&tables.watermarks, &tables.outcomes, *id)? {
+            Prior::Expired => Err(WireError::Expired),
+            Prior::Recorded(recorded) => outcomes::replay(&recorded, None),
+            Prior::Unknown => {
+                let abandoned = Recorded {
+                    digest: 0,
+                    at_ms: now_ms,
+                    result: RecordedResult::Abandoned,
+                };
+                record(tables, *id, &abandoned, redo)?;
+                Err(WireError::Abandoned)
+            }
+        },
+    })
 }
 
 /// One operation of a write batch.

@@ -13,12 +13,17 @@
 //! * `rules`: what one commit does to the data (conflicts, `Incr`,
 //!   `Append`, the transaction's byte budget);
 //! * `snapshot`: streaming a snapshot out and installing one;
-//! * `check`: `store-server check`, a store's soundness without serving it.
+//! * `check`: `store-server check`, a store's soundness without serving it;
+//! * `crash`: the crash-consistency suite, run on a simulated disk.
 
 mod batch;
 mod check;
+#[cfg(feature = "crash-seam")]
+pub mod crash;
 mod file;
 mod reads;
+mod redo;
+mod replay;
 mod rules;
 mod snapshot;
 #[cfg(test)]
@@ -26,6 +31,7 @@ mod tests;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use redb::{Database, ReadableTable, TableDefinition};
 use store_protocol::peer::{LogPosition, NodeId};
@@ -33,6 +39,7 @@ use store_protocol::{Epoch, Tid};
 
 use crate::error::StorageError;
 use crate::outcomes::{OUTCOMES, WATERMARKS};
+use crate::wal::{Disk, OsDisk, Wal, WalConfig};
 
 use batch::now_ms;
 pub use batch::{Applied, Op, OpResult};
@@ -58,6 +65,16 @@ const CLUSTER_ID: &str = "cluster_id";
 /// Which `--cluster` member this store belongs to, plus one (absent for a
 /// standalone store).
 const NODE: &str = "node";
+/// The history's generation: the log's records carry it, and a snapshot
+/// install starts a new one (records of another are not this history's).
+const GENERATION: &str = "wal_generation";
+/// The log's directory, beside the index file.
+pub const WAL_DIR: &str = "wal";
+
+/// A random non-zero generation.
+fn new_generation() -> u64 {
+    rand::random::<u64>().max(1)
+}
 
 /// A number in the meta table (0 when absent).
 fn meta_number(
@@ -84,6 +101,18 @@ pub struct Storage {
     epoch: AtomicU64,
     /// The cluster this store belongs to (0: none yet).
     cluster_id: AtomicU64,
+    /// The history: every batch is durable here before it is answered.
+    wal: std::sync::Mutex<Wal>,
+    wal_config: WalConfig,
+}
+
+impl Drop for Storage {
+    /// A clean stop checkpoints, so the next start replays nothing.
+    fn drop(&mut self) {
+        if let Err(e) = self.checkpoint() {
+            tracing::debug!(error = %e, "no checkpoint at close");
+        }
+    }
 }
 
 /// Where a storage's history ends: what a joining backup tells its primary.
@@ -127,12 +156,32 @@ impl Stamp {
 }
 
 impl Storage {
-    /// Opens the database file at `path`, creating it if it does not
-    /// exist; see [`open_database`].
-    pub fn open(path: &Path) -> Result<Storage, StorageError> {
+    /// Opens the store whose index is the redb file at `path` and whose log
+    /// is the directory `wal` beside it, creating both if they do not exist
+    /// (see [`open_database`]), and replays the log past the index's
+    /// checkpoint.
+    pub fn open(path: &Path, wal_config: WalConfig) -> Result<Storage, StorageError> {
         let (db, exists) = open_database(path)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let disk = OsDisk::new(dir.join(WAL_DIR)).map_err(|source| StorageError::Log {
+            context: format!("making {}", dir.join(WAL_DIR).display()),
+            source,
+        })?;
+        Storage::assemble(db, exists, path, Arc::new(disk), wal_config)
+    }
+
+    /// Opens a store from its parts: the index, whether it existed before,
+    /// the file it is named by in errors, and the log's disk (the crash
+    /// seam: tests pass a simulated one).
+    pub fn assemble(
+        db: Database,
+        exists: bool,
+        path: &Path,
+        log_disk: Arc<dyn Disk>,
+        wal_config: WalConfig,
+    ) -> Result<Storage, StorageError> {
         let txn = db.begin_write()?;
-        let (server_id, numbers) = {
+        let (server_id, minted, numbers) = {
             txn.open_table(DATA)?;
             txn.open_table(OUTCOMES)?;
             txn.open_table(WATERMARKS)?;
@@ -152,32 +201,76 @@ impl Storage {
                     id
                 }
             };
+            let minted = meta_number(&meta, GENERATION)? == 0;
+            if minted {
+                // A new store, or one from before the log: its history
+                // starts here.
+                meta.insert(GENERATION, new_generation())?;
+            }
             let read = |name| meta_number(&meta, name);
             (
                 server_id,
+                minted,
                 [
                     read(LAST_TID)?,
                     read(LSN)?,
                     read(BATCH_EPOCH)?,
                     read(EPOCH)?,
                     read(CLUSTER_ID)?,
+                    read(GENERATION)?,
                 ],
             )
         };
         txn.commit()?;
-        let [last_tid, lsn, batch_epoch, epoch, cluster_id] = numbers;
-        Ok(Storage {
-            db,
-            server_id,
-            last_tid: AtomicU64::new(last_tid),
-            end: std::sync::Mutex::new(HistoryEnd {
+        let [last_tid, lsn, batch_epoch, epoch, cluster_id, generation] = numbers;
+        let index = replay::IndexState {
+            generation,
+            minted,
+            end: HistoryEnd {
                 lsn,
                 batch_epoch: Epoch(batch_epoch),
                 last_tid: Tid(last_tid),
-            }),
+            },
+        };
+        let (mut wal, end) = replay::replay_log(&db, path, log_disk, index, wal_config)?;
+        // A disk too small for one segment refuses here, not at the first
+        // commit.
+        wal.start()?;
+        Ok(Storage {
+            db,
+            server_id,
+            last_tid: AtomicU64::new(end.last_tid.0),
+            end: std::sync::Mutex::new(end),
             epoch: AtomicU64::new(epoch),
             cluster_id: AtomicU64::new(cluster_id),
+            wal: std::sync::Mutex::new(wal),
+            wal_config,
         })
+    }
+
+    fn lock_wal(&self) -> std::sync::MutexGuard<'_, Wal> {
+        self.wal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes the index durable through its last batch (one redb fsync), so
+    /// that a restart replays nothing before it, and retires log segments
+    /// the checkpoint and the retention window are past.
+    pub fn checkpoint(&self) -> Result<(), StorageError> {
+        let txn = self.db.begin_write()?;
+        let lsn = meta_number(&txn.open_table(META)?, LSN)?;
+        txn.commit()?;
+        self.lock_wal().checkpointed(lsn)
+    }
+
+    /// A checkpoint, once the log has grown by `checkpoint_bytes` since the
+    /// last.
+    fn checkpoint_if_due(&self) -> Result<(), StorageError> {
+        if self.lock_wal().since_checkpoint() >= self.wal_config.checkpoint_bytes {
+            self.checkpoint()?;
+        }
+        Ok(())
     }
 
     /// The cluster this store belongs to; 0 if it has not taken part in

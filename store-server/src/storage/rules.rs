@@ -8,17 +8,20 @@ use bytes::Bytes;
 use redb::{ReadableTable, Table};
 use store_protocol::{CommitRequest, Limits, Tid, WireError, Write, WriteResult};
 
+use super::redo::Change;
 use crate::error::StorageError;
 
 pub(super) type DataTable<'txn> = Table<'txn, &'static [u8], (u64, &'static [u8])>;
 
-/// Decides one commit against the current data, then writes it under `tid`.
-/// Everything is checked before anything is written.
+/// Decides one commit against the current data, then writes it under `tid`,
+/// adding each row it changes to `redo`. Everything is checked before
+/// anything is written.
 pub(super) fn apply_commit(
     data: &mut DataTable<'_>,
     request: &CommitRequest,
     tid: Tid,
     limits: &Limits,
+    redo: &mut Vec<Change>,
 ) -> Result<Result<Vec<WriteResult>, WireError>, StorageError> {
     for read in &request.read_set {
         let serial = data.get(&read.key[..])?.map(|g| g.value().0).unwrap_or(0);
@@ -83,12 +86,21 @@ pub(super) fn apply_commit(
         results.push(result);
     }
     for key in order {
-        match staged.get(key).and_then(Option::as_ref) {
+        match staged.remove(key).flatten() {
             Some(value) => {
                 data.insert(&key[..], (tid.0, &value[..]))?;
+                redo.push(Change::Put {
+                    key: key.clone(),
+                    tid,
+                    value: Bytes::from(value),
+                });
             }
             None => {
                 data.remove(&key[..])?;
+                redo.push(Change::Delete {
+                    key: key.clone(),
+                    tid,
+                });
             }
         }
     }

@@ -1,12 +1,16 @@
 //! Snapshots: a consistent copy of every table streamed out in chunks, and
-//! one installed in place of a store's history in one transaction.
+//! one installed in place of a store's history in one transaction, the
+//! log starting a new history after it.
 
 use bytes::Bytes;
 use redb::ReadableTable;
 use store_protocol::peer::SnapshotRow;
 use store_protocol::{Epoch, Tid, TxnId};
 
-use super::{meta_number, HistoryEnd, Storage, BATCH_EPOCH, DATA, LAST_TID, LSN, META};
+use super::{
+    meta_number, new_generation, HistoryEnd, Storage, BATCH_EPOCH, DATA, GENERATION, LAST_TID, LSN,
+    META,
+};
 use crate::error::StorageError;
 use crate::outcomes::{OUTCOMES, WATERMARKS};
 
@@ -91,6 +95,7 @@ impl Storage {
         end: HistoryEnd,
         mut rows: impl FnMut() -> SnapshotPiece,
     ) -> Result<bool, StorageError> {
+        let generation = new_generation();
         let txn = self.db.begin_write()?;
         {
             txn.delete_table(DATA)?;
@@ -127,8 +132,12 @@ impl Storage {
             meta.insert(LAST_TID, end.last_tid.0)?;
             meta.insert(LSN, end.lsn)?;
             meta.insert(BATCH_EPOCH, end.batch_epoch.0)?;
+            meta.insert(GENERATION, generation)?;
         }
+        // Durable (the default): the index is the history's checkpoint now,
+        // and the log starts a new history after it.
         txn.commit()?;
+        self.lock_wal().reset(generation, end.lsn + 1)?;
         self.publish_end(end);
         Ok(true)
     }

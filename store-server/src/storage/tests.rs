@@ -49,6 +49,17 @@ fn commit_batch(
         .collect()
 }
 
+/// A store in its own directory `dir` (index and log), with small log
+/// segments.
+fn open_in(dir: &std::path::Path) -> Result<Storage, StorageError> {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = WalConfig {
+        segment_bytes: 64 << 10,
+        ..WalConfig::default()
+    };
+    Storage::open(&dir.join("store.redb"), config)
+}
+
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
@@ -56,7 +67,7 @@ fn b(s: &str) -> Bytes {
 #[test]
 fn batch_commits_see_each_other_and_fail_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(&dir.path().join("db")).unwrap();
+    let storage = open_in(&dir.path().join("db")).unwrap();
     let limits = Limits::default();
     let first = commit(vec![], vec![Write::Incr { key: b("n"), by: 5 }]);
     let conflicting = commit(
@@ -128,7 +139,7 @@ fn batch_commits_see_each_other_and_fail_alone() {
     assert_eq!(storage.last_tid(), Tid(2));
 
     drop(storage);
-    let reopened = Storage::open(&dir.path().join("db")).unwrap();
+    let reopened = open_in(&dir.path().join("db")).unwrap();
     assert_eq!(reopened.last_tid(), Tid(2));
     assert_eq!(reopened.get(b"log").unwrap().0.unwrap().value, b("a"));
 }
@@ -136,7 +147,7 @@ fn batch_commits_see_each_other_and_fail_alone() {
 #[test]
 fn scan_respects_range_limit_and_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(&dir.path().join("db")).unwrap();
+    let storage = open_in(&dir.path().join("db")).unwrap();
     let writes = ["a", "b/1", "b/2", "b/3", "c"]
         .iter()
         .map(|k| Write::Put {
@@ -183,7 +194,7 @@ fn scan_respects_range_limit_and_bytes() {
 #[test]
 fn a_batch_of_an_older_epoch_or_one_refused_before_commit_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(&dir.path().join("db")).unwrap();
+    let storage = open_in(&dir.path().join("db")).unwrap();
     let limits = Limits::default();
     let put = commit(
         vec![],
@@ -223,7 +234,7 @@ fn a_batch_of_an_older_epoch_or_one_refused_before_commit_writes_nothing() {
     assert_eq!(storage.history_end().batch_epoch, Epoch(3));
     // Reopened, the fence and the history end are still there.
     drop(storage);
-    let storage = Storage::open(&dir.path().join("db")).unwrap();
+    let storage = open_in(&dir.path().join("db")).unwrap();
     assert_eq!(storage.epoch(), Epoch(3));
     assert_eq!(storage.history_end().lsn, 1);
 }
@@ -231,8 +242,8 @@ fn a_batch_of_an_older_epoch_or_one_refused_before_commit_writes_nothing() {
 #[test]
 fn a_snapshot_replaces_another_store_whole() {
     let dir = tempfile::tempdir().unwrap();
-    let source = Storage::open(&dir.path().join("source")).unwrap();
-    let target = Storage::open(&dir.path().join("target")).unwrap();
+    let source = open_in(&dir.path().join("source")).unwrap();
+    let target = open_in(&dir.path().join("target")).unwrap();
     let limits = Limits::default();
     let stamp = Stamp::now(Epoch(1));
     let a = commit(
@@ -298,7 +309,7 @@ fn a_snapshot_replaces_another_store_whole() {
 #[test]
 fn append_past_the_value_limit_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(&dir.path().join("db")).unwrap();
+    let storage = open_in(&dir.path().join("db")).unwrap();
     let limits = Limits {
         max_value_bytes: 4,
         ..Limits::default()
@@ -327,7 +338,7 @@ fn append_past_the_value_limit_is_refused() {
 #[test]
 fn a_transaction_holds_one_staged_value_per_key_within_its_byte_budget() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(&dir.path().join("db")).unwrap();
+    let storage = open_in(&dir.path().join("db")).unwrap();
     let limits = Limits {
         max_value_bytes: 100,
         max_txn_bytes: 250,
@@ -403,7 +414,7 @@ fn one(storage: &Storage, op: Op<'_>) -> OpResult {
 #[test]
 fn a_copy_of_a_decided_transaction_replays_its_outcome() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(&dir.path().join("db")).unwrap();
+    let storage = open_in(&dir.path().join("db")).unwrap();
     let incr = commit(vec![], vec![Write::Incr { key: b("n"), by: 1 }]);
     let first = one(&storage, Op::Commit(&incr)).unwrap();
     let again = one(&storage, Op::Commit(&incr)).unwrap();
@@ -447,14 +458,14 @@ fn a_copy_of_a_decided_transaction_replays_its_outcome() {
 
     // Outcomes survive a restart.
     drop(storage);
-    let storage = Storage::open(&dir.path().join("db")).unwrap();
+    let storage = open_in(&dir.path().join("db")).unwrap();
     assert!(one(&storage, Op::Commit(&incr)).unwrap().replayed);
 }
 
 #[test]
 fn resolve_records_abandoned_and_no_late_copy_commits() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(&dir.path().join("db")).unwrap();
+    let storage = open_in(&dir.path().join("db")).unwrap();
     let late = commit(vec![], vec![put("k", "late")]);
     assert_eq!(
         one(&storage, Op::Resolve(late.txn_id)),
@@ -471,7 +482,7 @@ fn resolve_records_abandoned_and_no_late_copy_commits() {
 #[test]
 fn acknowledged_and_old_outcomes_expire_and_are_never_reexecuted() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(&dir.path().join("db")).unwrap();
+    let storage = open_in(&dir.path().join("db")).unwrap();
     let mut first = commit(
         vec![],
         vec![Write::Append {

@@ -1,0 +1,95 @@
+//! The body of a log record: what one batch did to the tables, row by row,
+//! so that replaying it needs no decision (limits, clocks and rules may
+//! differ at the replay; the bytes do not).
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use store_protocol::Tid;
+
+use super::rules::DataTable;
+use crate::error::StorageError;
+use crate::outcomes::{self, Expiry, Outcomes, Watermarks};
+
+/// One row changed by a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// `key` now holds `value`, written by the commit `tid`.
+    Put {
+        /// The key.
+        key: Bytes,
+        /// Its new serial.
+        tid: Tid,
+        /// Its new value.
+        value: Bytes,
+    },
+    /// `key` was deleted by the commit `tid`.
+    Delete {
+        /// The key.
+        key: Bytes,
+        /// The commit that deleted it.
+        tid: Tid,
+    },
+    /// The outcome row of a decided transaction, as stored.
+    Outcome {
+        /// The transaction's client.
+        client_id: u128,
+        /// Its sequence number.
+        seq: u64,
+        /// The encoded outcome.
+        record: Bytes,
+    },
+    /// A client's outcomes below `below` were forgotten.
+    Expire {
+        /// The client.
+        client_id: u128,
+        /// Its new watermark.
+        below: u64,
+    },
+}
+
+/// The tables a batch changes, open in one write transaction.
+pub(super) struct Tables<'txn> {
+    pub data: DataTable<'txn>,
+    pub outcomes: Outcomes<'txn>,
+    pub watermarks: Watermarks<'txn>,
+}
+
+/// Encodes a batch's changes as a record body.
+pub(super) fn encode(changes: &[Change]) -> Result<Vec<u8>, StorageError> {
+    postcard::to_allocvec(changes)
+        .map_err(|e| StorageError::corrupt(format!("encoding a log record: {e}")))
+}
+
+/// Applies a record body read back from the log.
+pub(super) fn replay(tables: &mut Tables<'_>, lsn: u64, body: &[u8]) -> Result<(), StorageError> {
+    let changes: Vec<Change> = postcard::from_bytes(body).map_err(|e| {
+        StorageError::corrupt(format!(
+            "the log record {lsn} passed its checksum but does not decode: {e}"
+        ))
+    })?;
+    for change in changes {
+        match change {
+            Change::Put { key, tid, value } => {
+                tables.data.insert(&key[..], (tid.0, &value[..]))?;
+            }
+            Change::Delete { key, .. } => {
+                tables.data.remove(&key[..])?;
+            }
+            Change::Outcome {
+                client_id,
+                seq,
+                record,
+            } => {
+                tables.outcomes.insert((client_id, seq), &record[..])?;
+            }
+            Change::Expire { client_id, below } => {
+                outcomes::expire(
+                    &mut tables.watermarks,
+                    &mut tables.outcomes,
+                    Expiry { client_id, below },
+                )?;
+            }
+        }
+    }
+    Ok(())
+}

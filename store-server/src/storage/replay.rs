@@ -1,0 +1,135 @@
+//! Start-up: the log read back, and the records past the index's
+//! checkpoint applied to it as one durable transaction.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::Database;
+
+use super::redo::{self, Tables};
+use super::{HistoryEnd, BATCH_EPOCH, DATA, LAST_TID, LSN, META};
+use crate::error::StorageError;
+use crate::outcomes::{OUTCOMES, WATERMARKS};
+use crate::wal::{Disk, Record, RecordHeader, Wal, WalConfig};
+
+/// Where the index stands before the log is replayed.
+pub(super) struct IndexState {
+    /// The history's generation.
+    pub generation: u64,
+    /// Whether the generation was made at this open (a new store, or one
+    /// from before the log): no segment is expected then.
+    pub minted: bool,
+    /// Where the index's history ends: its checkpoint.
+    pub end: HistoryEnd,
+}
+
+/// Opens the log and replays every record past `index.end` into `db`;
+/// returns the log and where the history ends now. A log that does not
+/// reach the index's checkpoint, or skips past it, is damage: some
+/// acknowledged history is missing and the store refuses to start.
+pub(super) fn replay_log(
+    db: &Database,
+    path: &Path,
+    disk: Arc<dyn Disk>,
+    index: IndexState,
+    config: WalConfig,
+) -> Result<(Wal, HistoryEnd), StorageError> {
+    let checkpoint = index.end.lsn;
+    let damaged =
+        |detail: String| StorageError::damaged(&path.with_file_name(super::WAL_DIR), detail);
+    let txn = db.begin_write()?;
+    let mut first: Option<u64> = None;
+    let mut last: Option<RecordHeader> = None;
+    let wal = {
+        let mut tables = Tables {
+            data: txn.open_table(DATA)?,
+            outcomes: txn.open_table(OUTCOMES)?,
+            watermarks: txn.open_table(WATERMARKS)?,
+        };
+        Wal::open(
+            disk,
+            index.generation,
+            checkpoint + 1,
+            config,
+            |record: Record| {
+                first.get_or_insert(record.header.lsn);
+                if record.header.lsn > checkpoint {
+                    redo::replay(&mut tables, record.header.lsn, &record.body)?;
+                    last = Some(record.header);
+                }
+                Ok(())
+            },
+        )?
+    };
+    let reach = LogReach {
+        first,
+        next_lsn: wal.next_lsn(),
+        holds_history: wal.holds_history(),
+    };
+    if let Err(detail) = reach.covers(checkpoint, index.minted) {
+        return Err(damaged(detail));
+    }
+    let Some(last) = last else {
+        txn.abort()?;
+        return Ok((wal, index.end));
+    };
+    {
+        let mut meta = txn.open_table(META)?;
+        meta.insert(LAST_TID, last.last_tid.0)?;
+        meta.insert(LSN, last.lsn)?;
+        meta.insert(BATCH_EPOCH, last.epoch.0)?;
+    }
+    txn.commit()?;
+    tracing::info!(
+        from = checkpoint + 1,
+        to = last.lsn,
+        "replayed the log past the index's checkpoint"
+    );
+    let mut wal = wal;
+    wal.checkpointed(last.lsn)?;
+    Ok((
+        wal,
+        HistoryEnd {
+            lsn: last.lsn,
+            batch_epoch: last.epoch,
+            last_tid: last.last_tid,
+        },
+    ))
+}
+
+/// How far a log reaches, as read at open.
+pub(super) struct LogReach {
+    /// Its first record's LSN, if it holds any.
+    pub first: Option<u64>,
+    /// The LSN its next record will carry.
+    pub next_lsn: u64,
+    /// Whether it holds a segment of the history.
+    pub holds_history: bool,
+}
+
+impl LogReach {
+    /// Whether the log carries the history on from an index checkpointed
+    /// at `checkpoint` (`minted`: the history began at this open), or what
+    /// is missing.
+    pub fn covers(&self, checkpoint: u64, minted: bool) -> Result<(), String> {
+        if let Some(first) = self.first.filter(|&first| first > checkpoint + 1) {
+            return Err(format!(
+                "the log starts at LSN {first}, after the index's checkpoint at {checkpoint}: \
+                 the records between are missing"
+            ));
+        }
+        if self.next_lsn <= checkpoint {
+            return Err(format!(
+                "the log ends at LSN {}, before the index's checkpoint at {checkpoint}",
+                self.next_lsn.saturating_sub(1)
+            ));
+        }
+        if !self.holds_history && checkpoint > 0 && !minted {
+            return Err(format!(
+                "it holds no segment of this store's history (which reaches LSN {checkpoint}): \
+                 was it deleted or moved?"
+            ));
+        }
+        Ok(())
+    }
+}
