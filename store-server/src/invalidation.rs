@@ -24,6 +24,15 @@ pub struct Invalidation {
     pub keys: Vec<Bytes>,
 }
 
+/// Commits read back from the log at start-up, for [`Invalidations::resume`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecentChanges {
+    /// Every commit after this TID is in `commits`.
+    pub horizon: Tid,
+    /// The commits, in TID order.
+    pub commits: Vec<Invalidation>,
+}
+
 /// Default number of keys the change log remembers (about 100k keys of a
 /// few dozen bytes: a few MiB). A client whose `cached_tid` is older than
 /// the log drops its cache on reconnect instead of revalidating it.
@@ -131,6 +140,28 @@ impl Invalidations {
         tokio::time::timeout(timeout, published.wait_for(|last| *last >= tid))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Fills the change log from history read back at start-up: `recent`
+    /// holds every commit after its horizon, in TID order. Called before
+    /// anything is published; a restarted server then revalidates caches
+    /// instead of dropping them.
+    pub fn resume(&self, recent: RecentChanges) {
+        let mut state = self.lock();
+        let log = &mut state.log;
+        if !log.entries.is_empty() || recent.horizon > log.last {
+            return;
+        }
+        let last = log.last;
+        log.horizon = recent.horizon;
+        for invalidation in recent.commits {
+            if invalidation.tid > log.horizon && invalidation.tid <= last {
+                log.push(Arc::new(invalidation));
+            }
+        }
+        // Pushing moved `last` to the newest commit read back; it stays the
+        // store's last TID.
+        log.last = last;
     }
 
     /// Forgets the change log: the history was replaced (a snapshot was
@@ -352,6 +383,33 @@ mod tests {
         // Before the log's start (a restart): drop the cache.
         assert_eq!(hub.subscribe(Tid(9), true).changed, None);
         assert_eq!(hub.subscribe(Tid(10), true).changed.unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_restarted_log_resumes_from_history_read_back() {
+        let hub = Invalidations::new(Tid(12), 100, DEFAULT_INTEREST_BUDGET);
+        hub.resume(RecentChanges {
+            horizon: Tid(10),
+            commits: vec![inv(11, &["a"]), inv(12, &["b"])],
+        });
+        assert_eq!(
+            hub.subscribe(Tid(11), true).changed,
+            Some(vec![Bytes::from("b")])
+        );
+        assert_eq!(hub.subscribe(Tid(12), true).changed, Some(vec![]));
+        assert_eq!(hub.subscribe(Tid(9), true).changed, None, "before the log");
+        hub.publish(inv(13, &["c"]));
+        let sub = hub.subscribe(Tid(10), true);
+        assert_eq!(
+            (sub.covered_tid, sub.changed.map(|k| k.len())),
+            (Tid(13), Some(3))
+        );
+        // Only before anything is published.
+        hub.resume(RecentChanges {
+            horizon: Tid(0),
+            commits: vec![],
+        });
+        assert_eq!(hub.subscribe(Tid(5), true).changed, None);
     }
 
     #[test]

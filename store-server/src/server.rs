@@ -135,6 +135,7 @@ impl Server {
             DEFAULT_CHANGE_LOG_KEYS,
             DEFAULT_INTEREST_BUDGET,
         ));
+        invalidations.resume(storage.take_recent_changes());
         let (release, durable, write_epoch) = match config.pair {
             Some(_) => {
                 let (to_replicator, durable) =

@@ -38,6 +38,7 @@ use store_protocol::peer::{LogPosition, NodeId};
 use store_protocol::{Epoch, Tid};
 
 use crate::error::StorageError;
+use crate::invalidation::RecentChanges;
 use crate::outcomes::{OUTCOMES, WATERMARKS};
 use crate::wal::{Disk, OsDisk, Wal, WalConfig};
 
@@ -104,6 +105,8 @@ pub struct Storage {
     /// The history: every batch is durable here before it is answered.
     wal: std::sync::Mutex<Wal>,
     wal_config: WalConfig,
+    /// The commits the log held at open, until the change log takes them.
+    recent: std::sync::Mutex<RecentChanges>,
 }
 
 impl Drop for Storage {
@@ -232,7 +235,7 @@ impl Storage {
                 last_tid: Tid(last_tid),
             },
         };
-        let (mut wal, end) = replay::replay_log(&db, path, log_disk, index, wal_config)?;
+        let (mut wal, end, recent) = replay::replay_log(&db, path, log_disk, index, wal_config)?;
         // A disk too small for one segment refuses here, not at the first
         // commit.
         wal.start()?;
@@ -245,7 +248,19 @@ impl Storage {
             cluster_id: AtomicU64::new(cluster_id),
             wal: std::sync::Mutex::new(wal),
             wal_config,
+            recent: std::sync::Mutex::new(recent),
         })
+    }
+
+    /// The commits the log held at open (once; empty after): the change
+    /// log starts from them, so clients revalidate across a restart.
+    pub fn take_recent_changes(&self) -> RecentChanges {
+        std::mem::take(
+            &mut *self
+                .recent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     fn lock_wal(&self) -> std::sync::MutexGuard<'_, Wal> {

@@ -60,13 +60,17 @@ pub(super) fn encode(changes: &[Change]) -> Result<Vec<u8>, StorageError> {
         .map_err(|e| StorageError::corrupt(format!("encoding a log record: {e}")))
 }
 
-/// Applies a record body read back from the log.
-pub(super) fn replay(tables: &mut Tables<'_>, lsn: u64, body: &[u8]) -> Result<(), StorageError> {
-    let changes: Vec<Change> = postcard::from_bytes(body).map_err(|e| {
+/// Decodes the body of the log record `lsn`.
+pub(super) fn decode(lsn: u64, body: &[u8]) -> Result<Vec<Change>, StorageError> {
+    postcard::from_bytes(body).map_err(|e| {
         StorageError::corrupt(format!(
             "the log record {lsn} passed its checksum but does not decode: {e}"
         ))
-    })?;
+    })
+}
+
+/// Applies a record's changes read back from the log.
+pub(super) fn replay(tables: &mut Tables<'_>, changes: Vec<Change>) -> Result<(), StorageError> {
     for change in changes {
         match change {
             Change::Put { key, tid, value } => {

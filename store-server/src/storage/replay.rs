@@ -6,9 +6,14 @@ use std::sync::Arc;
 
 use redb::Database;
 
-use super::redo::{self, Tables};
+use std::collections::VecDeque;
+
+use store_protocol::Tid;
+
+use super::redo::{self, Change, Tables};
 use super::{HistoryEnd, BATCH_EPOCH, DATA, LAST_TID, LSN, META};
 use crate::error::StorageError;
+use crate::invalidation::{Invalidation, RecentChanges, DEFAULT_CHANGE_LOG_KEYS};
 use crate::outcomes::{OUTCOMES, WATERMARKS};
 use crate::wal::{Disk, Record, RecordHeader, Wal, WalConfig};
 
@@ -24,7 +29,9 @@ pub(super) struct IndexState {
 }
 
 /// Opens the log and replays every record past `index.end` into `db`;
-/// returns the log and where the history ends now. A log that does not
+/// returns the log, where the history ends now, and the commits the log
+/// still holds (the newest [`DEFAULT_CHANGE_LOG_KEYS`] keys' worth) for the
+/// change log. A log that does not
 /// reach the index's checkpoint, or skips past it, is damage: some
 /// acknowledged history is missing and the store refuses to start.
 pub(super) fn replay_log(
@@ -33,13 +40,14 @@ pub(super) fn replay_log(
     disk: Arc<dyn Disk>,
     index: IndexState,
     config: WalConfig,
-) -> Result<(Wal, HistoryEnd), StorageError> {
+) -> Result<(Wal, HistoryEnd, RecentChanges), StorageError> {
     let checkpoint = index.end.lsn;
     let damaged =
         |detail: String| StorageError::damaged(&path.with_file_name(super::WAL_DIR), detail);
     let txn = db.begin_write()?;
     let mut first: Option<u64> = None;
     let mut last: Option<RecordHeader> = None;
+    let mut recent = Recent::default();
     let wal = {
         let mut tables = Tables {
             data: txn.open_table(DATA)?,
@@ -53,8 +61,10 @@ pub(super) fn replay_log(
             config,
             |record: Record| {
                 first.get_or_insert(record.header.lsn);
+                let changes = redo::decode(record.header.lsn, &record.body)?;
+                recent.add(&record.header, &changes);
                 if record.header.lsn > checkpoint {
-                    redo::replay(&mut tables, record.header.lsn, &record.body)?;
+                    redo::replay(&mut tables, changes)?;
                     last = Some(record.header);
                 }
                 Ok(())
@@ -71,7 +81,7 @@ pub(super) fn replay_log(
     }
     let Some(last) = last else {
         txn.abort()?;
-        return Ok((wal, index.end));
+        return Ok((wal, index.end, recent.into_changes()));
     };
     {
         let mut meta = txn.open_table(META)?;
@@ -94,7 +104,54 @@ pub(super) fn replay_log(
             batch_epoch: last.epoch,
             last_tid: last.last_tid,
         },
+        recent.into_changes(),
     ))
+}
+
+/// The commits read back, bounded by keys: the oldest are forgotten first.
+#[derive(Default)]
+struct Recent {
+    horizon: Option<Tid>,
+    commits: VecDeque<Invalidation>,
+    keys: usize,
+}
+
+impl Recent {
+    fn add(&mut self, header: &RecordHeader, changes: &[Change]) {
+        self.horizon.get_or_insert(if header.first_tid > Tid(0) {
+            Tid(header.first_tid.0 - 1)
+        } else {
+            header.last_tid
+        });
+        for change in changes {
+            let (key, tid) = match change {
+                Change::Put { key, tid, .. } | Change::Delete { key, tid } => (key, *tid),
+                Change::Outcome { .. } | Change::Expire { .. } => continue,
+            };
+            match self.commits.back_mut() {
+                Some(commit) if commit.tid == tid => commit.keys.push(key.clone()),
+                _ => self.commits.push_back(Invalidation {
+                    tid,
+                    keys: vec![key.clone()],
+                }),
+            }
+            self.keys += 1;
+        }
+        while self.keys > DEFAULT_CHANGE_LOG_KEYS {
+            let Some(oldest) = self.commits.pop_front() else {
+                break;
+            };
+            self.keys -= oldest.keys.len();
+            self.horizon = Some(oldest.tid);
+        }
+    }
+
+    fn into_changes(self) -> RecentChanges {
+        RecentChanges {
+            horizon: self.horizon.unwrap_or_default(),
+            commits: self.commits.into(),
+        }
+    }
 }
 
 /// How far a log reaches, as read at open.
