@@ -19,6 +19,7 @@ use tracing::Instrument as _;
 
 use crate::error::StorageError;
 use crate::invalidation::{Invalidation, Invalidations};
+use crate::outcomes::{verdict, Known, Verdict};
 use crate::storage::{Applied, Op, OpResult, Stamp, Storage};
 
 /// Most operations in one batch: bounds the latency one batch adds to the next.
@@ -74,16 +75,6 @@ struct InFlight {
     /// The first copy's content digest; `None` for a `resolve`.
     digest: Option<u128>,
     outcome: broadcast::Sender<OpResult>,
-}
-
-/// Whether a copy with content `copy` may wait for the outcome of the
-/// in-flight `first` (`None`: a `resolve`, which has no content and matches
-/// any): only two commits of different content are a reused id.
-fn same_transaction(first: Option<u128>, copy: Option<u128>) -> bool {
-    match (first, copy) {
-        (Some(first), Some(copy)) => first == copy,
-        _ => true,
-    }
 }
 
 impl CommitPipeline {
@@ -192,9 +183,19 @@ impl Committer {
             .in_flight
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match in_flight.get(&id) {
-            Some(first) if !same_transaction(first.digest, digest) => Err(WireError::TxnIdReused),
-            Some(first) => {
+        let Some(first) = in_flight.get(&id) else {
+            let (outcome, _) = broadcast::channel(1);
+            in_flight.insert(id, InFlight { digest, outcome });
+            return Ok(None);
+        };
+        let known = Known::InFlight {
+            digest: first.digest,
+        };
+        match verdict(&known, digest) {
+            Verdict::Answer(Err(refused)) => Err(refused),
+            // Not what a copy in flight yields; refused rather than run twice.
+            Verdict::Answer(Ok(_)) | Verdict::Decide => Err(WireError::InProgress),
+            Verdict::Wait => {
                 let mut outcome = first.outcome.subscribe();
                 Ok(Some(async move {
                     match tokio::time::timeout(IN_FLIGHT_WAIT, outcome.recv()).await {
@@ -205,11 +206,6 @@ impl Committer {
                         _ => Err(WireError::InProgress),
                     }
                 }))
-            }
-            None => {
-                let (outcome, _) = broadcast::channel(1);
-                in_flight.insert(id, InFlight { digest, outcome });
-                Ok(None)
             }
         }
     }
@@ -500,28 +496,4 @@ fn written_keys(request: &CommitRequest) -> Vec<bytes::Bytes> {
         .filter(|key| seen.insert(*key))
         .cloned()
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_two_commits_of_different_content_are_a_reused_id() {
-        // (first in flight, copy arriving, may wait for the first's outcome)
-        let table = [
-            (Some(1), Some(1), true),
-            (Some(1), Some(2), false),
-            // A resolve in flight: a real copy waits for what it decides
-            // (once registered with digest 0, it was wrongly "reused").
-            (None, Some(2), true),
-            (None, Some(0), true),
-            // A resolve arriving while a commit is in flight waits too.
-            (Some(1), None, true),
-            (None, None, true),
-        ];
-        for (first, copy, waits) in table {
-            assert_eq!(same_transaction(first, copy), waits, "{first:?} {copy:?}");
-        }
-    }
 }

@@ -4,8 +4,9 @@
 //! Every decided transaction leaves a row keyed by its [`TxnId`], written in
 //! the same redb transaction as its data: `Committed` with the results it
 //! returned, `Failed` with the error it was decided with, or `Abandoned`
-//! (by `resolve`). A copy with the same digest gets the same answer,
-//! marked replayed; a different digest is `TxnIdReused`. Rows are dropped
+//! (by `resolve`). [`verdict`] is the one function that says what a copy
+//! gets: the same answer, marked replayed, for the same digest;
+//! `TxnIdReused` for a different one; a wait for a copy in flight. Rows are dropped
 //! when the client's `acked_below` passes them, or after the retention
 //! period; either way the client's watermark rises in the same
 //! transaction, so a forgotten id is refused (`Expired`), never executed
@@ -50,14 +51,61 @@ pub(crate) enum RecordedResult {
     Abandoned,
 }
 
-/// What is known of a transaction id before deciding it.
-pub(crate) enum Prior {
-    /// Below the client's watermark: forgotten, refuse it.
+/// What is known of a transaction id when a copy of it arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Known {
+    /// Below the client's watermark: forgotten.
     Expired,
+    /// A copy is being decided right now; `digest` is its content's
+    /// (`None`: it is a `resolve`, which has no content).
+    InFlight {
+        /// The first copy's digest.
+        digest: Option<u128>,
+    },
     /// Decided before.
     Recorded(Recorded),
     /// Never seen.
     Unknown,
+}
+
+/// What to do with an arriving copy of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Decide it now: apply the commit, or record `Abandoned` for a
+    /// `resolve`.
+    Decide,
+    /// Wait for the copy in flight and answer its outcome as a replay.
+    Wait,
+    /// Answer this, deciding nothing.
+    Answer(Result<Committed, WireError>),
+}
+
+/// Exactly-once, in one place: *was this transaction already applied, is
+/// it in flight, is it expired, is it a reuse?* `digest` is the arriving
+/// copy's content digest, `None` for a `resolve` (which matches any
+/// content). Only two commits of different content under one id are a
+/// reused id; an abandoned id stays abandoned whatever arrives.
+pub(crate) fn verdict(known: &Known, digest: Option<u128>) -> Verdict {
+    match known {
+        Known::Unknown => Verdict::Decide,
+        Known::Expired => Verdict::Answer(Err(WireError::Expired)),
+        Known::InFlight { digest: first } => match (first, digest) {
+            (Some(first), Some(copy)) if *first != copy => {
+                Verdict::Answer(Err(WireError::TxnIdReused))
+            }
+            _ => Verdict::Wait,
+        },
+        Known::Recorded(recorded) => Verdict::Answer(match &recorded.result {
+            RecordedResult::Abandoned => Err(WireError::Abandoned),
+            _ if digest.is_some_and(|d| d != recorded.digest) => Err(WireError::TxnIdReused),
+            RecordedResult::Committed { tid, results } => Ok(Committed {
+                tid: *tid,
+                results: results.clone(),
+                replayed: true,
+            }),
+            RecordedResult::Failed(error) => Err(error.clone()),
+        }),
+    }
 }
 
 /// A replicable expiry: forget every outcome of `client_id` below `below`.
@@ -96,21 +144,22 @@ pub(crate) fn expire(
     Ok(true)
 }
 
-/// What is known of `txn_id`.
-pub(crate) fn prior(
+/// What the store knows of `txn_id` (never [`Known::InFlight`]: that is
+/// the commit pipeline's knowledge).
+pub(crate) fn known(
     watermarks: &Watermarks<'_>,
     outcomes: &Outcomes<'_>,
     txn_id: TxnId,
-) -> Result<Prior, StorageError> {
+) -> Result<Known, StorageError> {
     if txn_id.seq < watermark(watermarks, txn_id.client_id)? {
-        return Ok(Prior::Expired);
+        return Ok(Known::Expired);
     }
     let Some(row) = outcomes.get((txn_id.client_id, txn_id.seq))? else {
-        return Ok(Prior::Unknown);
+        return Ok(Known::Unknown);
     };
     let recorded = postcard::from_bytes(row.value())
         .map_err(|e| StorageError::corrupt(format!("outcome of {txn_id} does not decode: {e}")))?;
-    Ok(Prior::Recorded(recorded))
+    Ok(Known::Recorded(recorded))
 }
 
 /// Records the outcome of `txn_id`; returns the row as stored.
@@ -123,26 +172,6 @@ pub(crate) fn record(
         .map_err(|e| StorageError::corrupt(format!("encoding an outcome: {e}")))?;
     outcomes.insert((txn_id.client_id, txn_id.seq), &bytes[..])?;
     Ok(bytes)
-}
-
-/// The answer to a copy of a decided transaction. `digest` is the copy's
-/// (`None` for `resolve`, which has no content to compare).
-pub(crate) fn replay(recorded: &Recorded, digest: Option<u128>) -> Result<Committed, WireError> {
-    if recorded.result == RecordedResult::Abandoned {
-        return Err(WireError::Abandoned);
-    }
-    if digest.is_some_and(|d| d != recorded.digest) {
-        return Err(WireError::TxnIdReused);
-    }
-    match &recorded.result {
-        RecordedResult::Committed { tid, results } => Ok(Committed {
-            tid: *tid,
-            results: results.clone(),
-            replayed: true,
-        }),
-        RecordedResult::Failed(error) => Err(error.clone()),
-        RecordedResult::Abandoned => Err(WireError::Abandoned),
-    }
 }
 
 /// The expiries that forget every outcome decided at or before `before_ms`: per
@@ -171,4 +200,90 @@ pub(crate) fn expiries_before(
         }
     }
     Ok(expiries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorded(digest: u128, result: RecordedResult) -> Known {
+        Known::Recorded(Recorded {
+            digest,
+            at_ms: 0,
+            result,
+        })
+    }
+
+    #[test]
+    fn the_exactly_once_table() {
+        let committed = RecordedResult::Committed {
+            tid: Tid(9),
+            results: vec![WriteResult::Stored],
+        };
+        let replayed = Ok(Committed {
+            tid: Tid(9),
+            results: vec![WriteResult::Stored],
+            replayed: true,
+        });
+        let conflict = WireError::Conflict {
+            key: bytes::Bytes::from_static(b"k"),
+        };
+        let answer = Verdict::Answer;
+        // (what is known, the arriving copy's digest (None: resolve), verdict)
+        let table = [
+            (Known::Unknown, Some(1), Verdict::Decide),
+            (Known::Unknown, None, Verdict::Decide),
+            (Known::Expired, Some(1), answer(Err(WireError::Expired))),
+            (Known::Expired, None, answer(Err(WireError::Expired))),
+            // In flight: a copy waits for the first's outcome...
+            (Known::InFlight { digest: Some(1) }, Some(1), Verdict::Wait),
+            // ...unless both are commits of different content.
+            (
+                Known::InFlight { digest: Some(1) },
+                Some(2),
+                answer(Err(WireError::TxnIdReused)),
+            ),
+            // A resolve in flight: a real copy waits for what it decides.
+            (Known::InFlight { digest: None }, Some(2), Verdict::Wait),
+            (Known::InFlight { digest: None }, Some(0), Verdict::Wait),
+            (Known::InFlight { digest: Some(1) }, None, Verdict::Wait),
+            (Known::InFlight { digest: None }, None, Verdict::Wait),
+            // Decided: the same answer, marked replayed.
+            (
+                recorded(1, committed.clone()),
+                Some(1),
+                answer(replayed.clone()),
+            ),
+            (recorded(1, committed.clone()), None, answer(replayed)),
+            (
+                recorded(1, committed),
+                Some(2),
+                answer(Err(WireError::TxnIdReused)),
+            ),
+            (
+                recorded(1, RecordedResult::Failed(conflict.clone())),
+                Some(1),
+                answer(Err(conflict.clone())),
+            ),
+            (
+                recorded(1, RecordedResult::Failed(conflict.clone())),
+                None,
+                answer(Err(conflict)),
+            ),
+            // Abandoned stays abandoned, whatever content arrives.
+            (
+                recorded(0, RecordedResult::Abandoned),
+                Some(5),
+                answer(Err(WireError::Abandoned)),
+            ),
+            (
+                recorded(0, RecordedResult::Abandoned),
+                None,
+                answer(Err(WireError::Abandoned)),
+            ),
+        ];
+        for (known, digest, expected) in table {
+            assert_eq!(verdict(&known, digest), expected, "{known:?} {digest:?}");
+        }
+    }
 }

@@ -13,7 +13,7 @@ use super::{
     meta_number, HistoryEnd, Stamp, Storage, BATCH_EPOCH, DATA, EPOCH, LAST_TID, LSN, META,
 };
 use crate::error::StorageError;
-use crate::outcomes::{self, Expiry, Prior, Recorded, RecordedResult, OUTCOMES, WATERMARKS};
+use crate::outcomes::{self, Expiry, Recorded, RecordedResult, Verdict, OUTCOMES, WATERMARKS};
 use crate::wal::RecordHeader;
 
 /// A batch's results, and its LSN if it changed anything (only those are
@@ -201,10 +201,11 @@ fn decide(
                 below: request.acked_below,
             };
             expire(tables, acked, redo)?;
-            match outcomes::prior(&tables.watermarks, &tables.outcomes, id)? {
-                Prior::Expired => Err(WireError::Expired),
-                Prior::Recorded(recorded) => outcomes::replay(&recorded, Some(request.digest)),
-                Prior::Unknown => {
+            let known = outcomes::known(&tables.watermarks, &tables.outcomes, id)?;
+            match outcomes::verdict(&known, Some(request.digest)) {
+                Verdict::Answer(answer) => answer,
+                Verdict::Wait => Err(WireError::InProgress),
+                Verdict::Decide => {
                     let tid = last.next();
                     let decided = apply_commit(&mut tables.data, request, tid, limits, redo)?;
                     let result = match &decided {
@@ -239,10 +240,13 @@ fn decide(
                 replayed: false,
             })
         }
-        Op::Resolve(id) => match outcomes::prior(&tables.watermarks, &tables.outcomes, *id)? {
-            Prior::Expired => Err(WireError::Expired),
-            Prior::Recorded(recorded) => outcomes::replay(&recorded, None),
-            Prior::Unknown => {
+        Op::Resolve(id) => match outcomes::verdict(
+            &outcomes::known(&tables.watermarks, &tables.outcomes, *id)?,
+            None,
+        ) {
+            Verdict::Answer(answer) => answer,
+            Verdict::Wait => Err(WireError::InProgress),
+            Verdict::Decide => {
                 let abandoned = Recorded {
                     digest: 0,
                     at_ms: now_ms,
