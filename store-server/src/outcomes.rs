@@ -124,54 +124,35 @@ fn watermark(watermarks: &Watermarks<'_>, client_id: u128) -> Result<u64, Storag
     Ok(watermarks.get(client_id)?.map_or(0, |v| v.value()))
 }
 
-/// Applies one expiry: drops the rows below `below` and raises the
-/// watermark, in the caller's transaction. Returns whether it changed
-/// anything.
+/// Applies one expiry to the index: drops the rows below `below` and
+/// raises the watermark, in the caller's transaction.
 pub(crate) fn expire(
     watermarks: &mut Watermarks<'_>,
     outcomes: &mut Outcomes<'_>,
     expiry: Expiry,
-) -> Result<bool, StorageError> {
+) -> Result<(), StorageError> {
     let current = watermark(watermarks, expiry.client_id)?;
     if expiry.below <= current {
-        return Ok(false);
+        return Ok(());
     }
     outcomes.retain_in(
         (expiry.client_id, current)..(expiry.client_id, expiry.below),
         |_, _| false,
     )?;
     watermarks.insert(expiry.client_id, expiry.below)?;
-    Ok(true)
+    Ok(())
 }
 
-/// What the store knows of `txn_id` (never [`Known::InFlight`]: that is
-/// the commit pipeline's knowledge).
-pub(crate) fn known(
-    watermarks: &Watermarks<'_>,
-    outcomes: &Outcomes<'_>,
-    txn_id: TxnId,
-) -> Result<Known, StorageError> {
-    if txn_id.seq < watermark(watermarks, txn_id.client_id)? {
-        return Ok(Known::Expired);
-    }
-    let Some(row) = outcomes.get((txn_id.client_id, txn_id.seq))? else {
-        return Ok(Known::Unknown);
-    };
-    let recorded = postcard::from_bytes(row.value())
-        .map_err(|e| StorageError::corrupt(format!("outcome of {txn_id} does not decode: {e}")))?;
-    Ok(Known::Recorded(recorded))
+/// What a stored outcome row says of `txn_id`.
+pub(crate) fn decode(txn_id: TxnId, row: &[u8]) -> Result<Recorded, StorageError> {
+    postcard::from_bytes(row)
+        .map_err(|e| StorageError::corrupt(format!("outcome of {txn_id} does not decode: {e}")))
 }
 
-/// Records the outcome of `txn_id`; returns the row as stored.
-pub(crate) fn record(
-    outcomes: &mut Outcomes<'_>,
-    txn_id: TxnId,
-    recorded: &Recorded,
-) -> Result<Vec<u8>, StorageError> {
-    let bytes = postcard::to_allocvec(recorded)
-        .map_err(|e| StorageError::corrupt(format!("encoding an outcome: {e}")))?;
-    outcomes.insert((txn_id.client_id, txn_id.seq), &bytes[..])?;
-    Ok(bytes)
+/// An outcome as its row is stored.
+pub(crate) fn encode(recorded: &Recorded) -> Result<Vec<u8>, StorageError> {
+    postcard::to_allocvec(recorded)
+        .map_err(|e| StorageError::corrupt(format!("encoding an outcome: {e}")))
 }
 
 /// The expiries that forget every outcome decided at or before `before_ms`: per

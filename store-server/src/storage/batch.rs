@@ -1,19 +1,16 @@
-//! Deciding a batch of operations in one write transaction and one fsync:
+//! Deciding a batch of operations with one log append and one fsync:
 //! commits (exactly once), resolves and expiries, each seeing the ones
 //! before it.
 
 use store_protocol::peer::BatchOp;
 use store_protocol::{CommitRequest, Committed, Limits, Tid, TxnId, WireError};
 
-use redb::Durability;
-
-use super::redo::{self, Change, Tables};
+use super::pending::{Layers, Pending};
+use super::redo::{self, Change};
 use super::rules::apply_commit;
-use super::{
-    meta_number, HistoryEnd, Stamp, Storage, BATCH_EPOCH, DATA, EPOCH, LAST_TID, LSN, META,
-};
+use super::{HistoryEnd, Stamp, Storage};
 use crate::error::StorageError;
-use crate::outcomes::{self, Expiry, Recorded, RecordedResult, Verdict, OUTCOMES, WATERMARKS};
+use crate::outcomes::{self, Expiry, Known, Recorded, RecordedResult, Verdict, OUTCOMES};
 use crate::wal::RecordHeader;
 
 /// A batch's results, and its LSN if it changed anything (only those are
@@ -73,37 +70,36 @@ impl Storage {
         limits: &Limits,
         before_commit: impl FnOnce(&[Applied], Tid) -> Result<(), StorageError>,
     ) -> Result<Vec<Applied>, StorageError> {
-        let mut txn = self.db.begin_write()?;
-        // The log makes the batch durable; the index is made durable at
-        // checkpoints.
-        txn.set_durability(Durability::None);
-        // Read inside the write transaction: it excludes every other
-        // writer, so no other batch, snapshot or epoch change interleaves.
-        let (mut last, mut lsn, accepted) = {
-            let meta = txn.open_table(META)?;
-            let read = |name| meta_number(&meta, name);
-            (Tid(read(LAST_TID)?), read(LSN)?, read(EPOCH)?)
-        };
-        if let Some((_, stamp)) = batches.iter().find(|(_, stamp)| stamp.epoch.0 < accepted) {
-            let batch = stamp.epoch.0;
-            txn.abort()?;
-            return Err(StorageError::Fenced { batch, accepted });
+        // One writer: no other batch, snapshot install or epoch change
+        // interleaves with this one.
+        let _writer = self.lock_writer();
+        let accepted = self.epoch();
+        if let Some((_, stamp)) = batches.iter().find(|(_, stamp)| stamp.epoch < accepted) {
+            return Err(StorageError::Fenced {
+                batch: stamp.epoch.0,
+                accepted: accepted.0,
+            });
         }
+        let start = self.history_end();
+        let (mut last, mut lsn) = (start.last_tid, start.lsn);
         let mut applied = Vec::with_capacity(batches.len());
         let mut records: Vec<(RecordHeader, Vec<u8>)> = Vec::new();
+        let mut staged = Pending::default();
         {
-            let mut tables = Tables {
-                data: txn.open_table(DATA)?,
-                outcomes: txn.open_table(OUTCOMES)?,
-                watermarks: txn.open_table(WATERMARKS)?,
+            let pending = self.read_pending();
+            let index = self.index()?;
+            let mut layers = Layers {
+                staged: Some(&mut staged),
+                pending: &pending,
+                index: &index,
             };
             for &(batch, stamp) in batches {
-                let before = last;
-                let mut redo = Vec::new();
+                let before = (last, layers.staged_len());
                 let results = batch
                     .iter()
-                    .map(|op| decide(&mut tables, op, &mut last, stamp.now_ms, limits, &mut redo))
+                    .map(|op| decide(&mut layers, op, &mut last, stamp.now_ms, limits))
                     .collect::<Result<Vec<_>, _>>()?;
+                let redo = layers.staged_since(before.1);
                 let batch_lsn = (!redo.is_empty()).then(|| {
                     lsn += 1;
                     lsn
@@ -112,10 +108,14 @@ impl Storage {
                     let header = RecordHeader {
                         lsn,
                         epoch: stamp.epoch,
-                        first_tid: if last > before { before.next() } else { Tid(0) },
+                        first_tid: if last > before.0 {
+                            before.0.next()
+                        } else {
+                            Tid(0)
+                        },
                         last_tid: last,
                     };
-                    records.push((header, redo::encode(&redo)?));
+                    records.push((header, redo::encode(redo)?));
                 }
                 applied.push(Applied {
                     results,
@@ -125,26 +125,20 @@ impl Storage {
         }
         let Some(&(end, _)) = records.last() else {
             // Only replays and refusals: nothing to make durable.
-            txn.abort()?;
             return Ok(applied);
         };
-        {
-            let mut meta = txn.open_table(META)?;
-            meta.insert(LAST_TID, last.0)?;
-            meta.insert(LSN, lsn)?;
-            meta.insert(BATCH_EPOCH, end.epoch.0)?;
-        }
-        if let Err(refused) = before_commit(&applied, last) {
-            txn.abort()?;
-            return Err(refused);
-        }
+        before_commit(&applied, last)?;
         self.lock_wal().append(&records)?;
-        txn.commit()?;
-        self.publish_end(HistoryEnd {
-            lsn,
-            batch_epoch: end.epoch,
-            last_tid: last,
-        });
+        {
+            // Readers see the batch and its TID together.
+            let mut pending = self.write_pending();
+            pending.merge(staged);
+            self.publish_end(HistoryEnd {
+                lsn,
+                batch_epoch: end.epoch,
+                last_tid: last,
+            });
+        }
         self.checkpoint_if_due()?;
         Ok(applied)
     }
@@ -158,6 +152,9 @@ impl Storage {
     ) -> Result<Vec<Expiry>, StorageError> {
         let before_ms =
             now_ms().saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
+        // The outcomes are read from the index: fold the pending ones in
+        // (at most once a minute, so also a checkpoint by time).
+        self.checkpoint()?;
         let txn = self.db.begin_read()?;
         let outcomes = txn.open_table(OUTCOMES)?;
         outcomes::expiries_before(&outcomes, before_ms)
@@ -165,49 +162,30 @@ impl Storage {
 }
 
 /// Decides one operation, in order after the ones before it: a commit
-/// (exactly once), a resolve or an expiry. Rows it changes go to `redo`.
+/// (exactly once), a resolve or an expiry; the rows it changes are staged.
 fn decide(
-    tables: &mut Tables<'_>,
+    layers: &mut Layers<'_>,
     op: &Op<'_>,
     last: &mut Tid,
     now_ms: u64,
     limits: &Limits,
-    redo: &mut Vec<Change>,
 ) -> Result<OpResult, StorageError> {
-    let expire = |tables: &mut Tables<'_>, expiry: Expiry, redo: &mut Vec<Change>| {
-        if outcomes::expire(&mut tables.watermarks, &mut tables.outcomes, expiry)? {
-            redo.push(Change::Expire {
-                client_id: expiry.client_id,
-                below: expiry.below,
-            });
-        }
-        Ok::<_, StorageError>(())
-    };
-    let record =
-        |tables: &mut Tables<'_>, id: TxnId, recorded: &Recorded, redo: &mut Vec<Change>| {
-            let row = outcomes::record(&mut tables.outcomes, id, recorded)?;
-            redo.push(Change::Outcome {
-                client_id: id.client_id,
-                seq: id.seq,
-                record: row.into(),
-            });
-            Ok::<_, StorageError>(())
-        };
     Ok(match op {
         Op::Commit(request) => {
             let id = request.txn_id;
-            let acked = Expiry {
-                client_id: id.client_id,
-                below: request.acked_below,
-            };
-            expire(tables, acked, redo)?;
-            let known = outcomes::known(&tables.watermarks, &tables.outcomes, id)?;
-            match outcomes::verdict(&known, Some(request.digest)) {
+            expire(
+                layers,
+                Expiry {
+                    client_id: id.client_id,
+                    below: request.acked_below,
+                },
+            )?;
+            match outcomes::verdict(&known(layers, id)?, Some(request.digest)) {
                 Verdict::Answer(answer) => answer,
                 Verdict::Wait => Err(WireError::InProgress),
                 Verdict::Decide => {
                     let tid = last.next();
-                    let decided = apply_commit(&mut tables.data, request, tid, limits, redo)?;
+                    let decided = apply_commit(layers, request, tid, limits)?;
                     let result = match &decided {
                         Ok(results) => {
                             *last = tid;
@@ -223,7 +201,7 @@ fn decide(
                         at_ms: now_ms,
                         result,
                     };
-                    record(tables, id, &recorded, redo)?;
+                    record(layers, id, &recorded)?;
                     decided.map(|results| Committed {
                         tid,
                         results,
@@ -233,17 +211,14 @@ fn decide(
             }
         }
         Op::Expire(expiry) => {
-            expire(tables, *expiry, redo)?;
+            expire(layers, *expiry)?;
             Ok(Committed {
                 tid: Tid(0),
                 results: Vec::new(),
                 replayed: false,
             })
         }
-        Op::Resolve(id) => match outcomes::verdict(
-            &outcomes::known(&tables.watermarks, &tables.outcomes, *id)?,
-            None,
-        ) {
+        Op::Resolve(id) => match outcomes::verdict(&known(layers, *id)?, None) {
             Verdict::Answer(answer) => answer,
             Verdict::Wait => Err(WireError::InProgress),
             Verdict::Decide => {
@@ -252,11 +227,45 @@ fn decide(
                     at_ms: now_ms,
                     result: RecordedResult::Abandoned,
                 };
-                record(tables, *id, &abandoned, redo)?;
+                record(layers, *id, &abandoned)?;
                 Err(WireError::Abandoned)
             }
         },
     })
+}
+
+/// What the store knows of `txn_id` (never [`Known::InFlight`]: that is
+/// the commit pipeline's knowledge).
+fn known(layers: &Layers<'_>, txn_id: TxnId) -> Result<Known, StorageError> {
+    if txn_id.seq < layers.watermark(txn_id.client_id)? {
+        return Ok(Known::Expired);
+    }
+    Ok(match layers.outcome((txn_id.client_id, txn_id.seq))? {
+        Some(row) => Known::Recorded(outcomes::decode(txn_id, &row)?),
+        None => Known::Unknown,
+    })
+}
+
+/// Stages the outcome of `txn_id`.
+fn record(layers: &mut Layers<'_>, txn_id: TxnId, recorded: &Recorded) -> Result<(), StorageError> {
+    let row = outcomes::encode(recorded)?;
+    layers.stage(Change::Outcome {
+        client_id: txn_id.client_id,
+        seq: txn_id.seq,
+        record: row.into(),
+    });
+    Ok(())
+}
+
+/// Stages an expiry if it raises the client's watermark.
+fn expire(layers: &mut Layers<'_>, expiry: Expiry) -> Result<(), StorageError> {
+    if expiry.below > layers.watermark(expiry.client_id)? {
+        layers.stage(Change::Expire {
+            client_id: expiry.client_id,
+            below: expiry.below,
+        });
+    }
+    Ok(())
 }
 
 /// One operation of a write batch.

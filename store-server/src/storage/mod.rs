@@ -21,6 +21,7 @@ mod check;
 #[cfg(feature = "crash-seam")]
 pub mod crash;
 mod file;
+mod pending;
 mod reads;
 mod redo;
 mod replay;
@@ -41,6 +42,8 @@ use crate::error::StorageError;
 use crate::invalidation::RecentChanges;
 use crate::outcomes::{OUTCOMES, WATERMARKS};
 use crate::wal::{Disk, OsDisk, Wal, WalConfig};
+use pending::{Index, Pending};
+use redo::Tables;
 
 use batch::now_ms;
 pub use batch::{Applied, Op, OpResult};
@@ -85,11 +88,6 @@ fn meta_number(
     Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0))
 }
 
-/// The last TID of a read snapshot.
-fn read_tid(txn: &redb::ReadTransaction) -> Result<Tid, StorageError> {
-    Ok(Tid(meta_number(&txn.open_table(META)?, LAST_TID)?))
-}
-
 /// The store's data on disk.
 pub struct Storage {
     db: Database,
@@ -107,6 +105,10 @@ pub struct Storage {
     wal_config: WalConfig,
     /// The commits the log held at open, until the change log takes them.
     recent: std::sync::Mutex<RecentChanges>,
+    /// Rows durable in the log, not yet in the index.
+    pending: std::sync::RwLock<Pending>,
+    /// Held by the one writer.
+    writer: std::sync::Mutex<()>,
 }
 
 impl Drop for Storage {
@@ -249,6 +251,8 @@ impl Storage {
             wal: std::sync::Mutex::new(wal),
             wal_config,
             recent: std::sync::Mutex::new(recent),
+            pending: std::sync::RwLock::default(),
+            writer: std::sync::Mutex::default(),
         })
     }
 
@@ -269,14 +273,61 @@ impl Storage {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Makes the index durable through its last batch (one redb fsync), so
-    /// that a restart replays nothing before it, and retires log segments
-    /// the checkpoint and the retention window are past.
+    /// Folds the pending rows into the index and makes it durable (one
+    /// redb transaction and fsync), so that a restart replays nothing before
+    /// it; then retires log segments the checkpoint and the retention
+    /// window are past.
     pub fn checkpoint(&self) -> Result<(), StorageError> {
+        let mut pending = self.write_pending();
+        let end = self.history_end();
         let txn = self.db.begin_write()?;
-        let lsn = meta_number(&txn.open_table(META)?, LSN)?;
+        {
+            let mut tables = Tables {
+                data: txn.open_table(DATA)?,
+                outcomes: txn.open_table(OUTCOMES)?,
+                watermarks: txn.open_table(WATERMARKS)?,
+            };
+            redo::replay(&mut tables, pending.changes().to_vec())?;
+            let mut meta = txn.open_table(META)?;
+            meta.insert(LAST_TID, end.last_tid.0)?;
+            meta.insert(LSN, end.lsn)?;
+            meta.insert(BATCH_EPOCH, end.batch_epoch.0)?;
+        }
         txn.commit()?;
-        self.lock_wal().checkpointed(lsn)
+        pending.take_changes();
+        drop(pending);
+        self.lock_wal().checkpointed(end.lsn)
+    }
+
+    /// The index's tables, read from one snapshot: taken while the pending
+    /// rows are held, the two are one consistent view.
+    fn index(&self) -> Result<Index, StorageError> {
+        let txn = self.db.begin_read()?;
+        Ok(Index {
+            data: txn.open_table(DATA)?,
+            outcomes: txn.open_table(OUTCOMES)?,
+            watermarks: txn.open_table(WATERMARKS)?,
+        })
+    }
+
+    fn read_pending(&self) -> std::sync::RwLockReadGuard<'_, Pending> {
+        self.pending
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write_pending(&self) -> std::sync::RwLockWriteGuard<'_, Pending> {
+        self.pending
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The one writer's lock: batches, snapshot installs and epoch changes
+    /// never interleave.
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A checkpoint, once the log has grown by `checkpoint_bytes` since the
@@ -364,6 +415,7 @@ impl Storage {
     /// Durably raises the accepted epoch to `epoch` (no-op if not higher):
     /// done before acting on a new epoch, so fencing survives a restart.
     pub fn raise_epoch(&self, epoch: Epoch) -> Result<(), StorageError> {
+        let _writer = self.lock_writer();
         if epoch <= self.epoch() {
             return Ok(());
         }

@@ -1,12 +1,10 @@
 //! Reads: one key, many keys, a range; each with the TID of the snapshot
 //! it was read from.
 
-use std::ops::Bound;
-
-use bytes::Bytes;
 use store_protocol::{Entry, ScanRequest, Tid, Versioned};
 
-use super::{read_tid, Storage, DATA};
+use super::pending::Layers;
+use super::Storage;
 use crate::error::StorageError;
 
 impl Storage {
@@ -21,19 +19,20 @@ impl Storage {
         &self,
         keys: &[K],
     ) -> Result<(Vec<Option<Versioned>>, Tid), StorageError> {
-        let txn = self.db.begin_read()?;
-        let read_tid = read_tid(&txn)?;
-        let table = txn.open_table(DATA)?;
+        let pending = self.read_pending();
+        let index = self.index()?;
+        let read_tid = self.last_tid();
+        let layers = Layers {
+            staged: None,
+            pending: &pending,
+            index: &index,
+        };
         let values = keys
             .iter()
             .map(|key| {
-                Ok(table.get(key.as_ref())?.map(|guard| {
-                    let (serial, value) = guard.value();
-                    Versioned {
-                        value: Bytes::copy_from_slice(value),
-                        serial: Tid(serial),
-                    }
-                }))
+                Ok(layers
+                    .value(key.as_ref())?
+                    .map(|(serial, value)| Versioned { value, serial }))
             })
             .collect::<Result<_, StorageError>>()?;
         Ok((values, read_tid))
@@ -49,32 +48,30 @@ impl Storage {
         max_bytes: usize,
     ) -> Result<(Vec<Entry>, bool, Tid), StorageError> {
         let mut entries = Vec::new();
-        let txn = self.db.begin_read()?;
-        let read_tid = read_tid(&txn)?;
+        let pending = self.read_pending();
+        let index = self.index()?;
+        let read_tid = self.last_tid();
         if scan.end.as_ref().is_some_and(|end| *end <= scan.start) {
             return Ok((entries, false, read_tid));
         }
-        let table = txn.open_table(DATA)?;
-        let upper = match &scan.end {
-            Some(end) => Bound::Excluded(&end[..]),
-            None => Bound::Unbounded,
+        let layers = Layers {
+            staged: None,
+            pending: &pending,
+            index: &index,
         };
         let limit = max_entries.min(scan.limit as usize);
         let mut bytes = 0usize;
-        for item in table.range::<&[u8]>((Bound::Included(&scan.start[..]), upper))? {
-            let (key, value) = item?;
-            let (serial, value) = value.value();
-            let size = key.value().len() + value.len();
+        let mut more = false;
+        layers.range(&scan.start, scan.end.as_deref(), |key, serial, value| {
+            let size = key.len() + value.len();
             if entries.len() >= limit || (!entries.is_empty() && bytes + size > max_bytes) {
-                return Ok((entries, true, read_tid));
+                more = true;
+                return false;
             }
             bytes += size;
-            entries.push(Entry {
-                key: Bytes::copy_from_slice(key.value()),
-                value: Bytes::copy_from_slice(value),
-                serial: Tid(serial),
-            });
-        }
-        Ok((entries, false, read_tid))
+            entries.push(Entry { key, value, serial });
+            true
+        })?;
+        Ok((entries, more, read_tid))
     }
 }

@@ -6,7 +6,6 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use store_protocol::Tid;
 
-use super::rules::DataTable;
 use crate::error::StorageError;
 use crate::outcomes::{self, Expiry, Outcomes, Watermarks};
 
@@ -47,7 +46,10 @@ pub enum Change {
     },
 }
 
-/// The tables a batch changes, open in one write transaction.
+/// The index's data table, open for writing.
+pub(super) type DataTable<'txn> = redb::Table<'txn, &'static [u8], (u64, &'static [u8])>;
+
+/// The index's tables a record changes, open in one write transaction.
 pub(super) struct Tables<'txn> {
     pub data: DataTable<'txn>,
     pub outcomes: Outcomes<'txn>,

@@ -5,27 +5,25 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use redb::{ReadableTable, Table};
 use store_protocol::{CommitRequest, Limits, Tid, WireError, Write, WriteResult};
 
+use super::pending::Layers;
 use super::redo::Change;
 use crate::error::StorageError;
 
-pub(super) type DataTable<'txn> = Table<'txn, &'static [u8], (u64, &'static [u8])>;
-
-/// Decides one commit against the current data, then writes it under `tid`,
-/// adding each row it changes to `redo`. Everything is checked before
-/// anything is written.
+/// Decides one commit against the current data, then stages its rows
+/// under `tid`. Everything is checked before anything is staged.
 pub(super) fn apply_commit(
-    data: &mut DataTable<'_>,
+    layers: &mut Layers<'_>,
     request: &CommitRequest,
     tid: Tid,
     limits: &Limits,
-    redo: &mut Vec<Change>,
 ) -> Result<Result<Vec<WriteResult>, WireError>, StorageError> {
     for read in &request.read_set {
-        let serial = data.get(&read.key[..])?.map(|g| g.value().0).unwrap_or(0);
-        if serial != read.serial.0 {
+        let serial = layers
+            .value(&read.key)?
+            .map_or(Tid(0), |(serial, _)| serial);
+        if serial != read.serial {
             return Ok(Err(WireError::Conflict {
                 key: read.key.clone(),
             }));
@@ -45,7 +43,7 @@ pub(super) fn apply_commit(
             std::collections::hash_map::Entry::Occupied(slot) => slot.into_mut(),
             std::collections::hash_map::Entry::Vacant(slot) => {
                 order.push(key);
-                let stored = data.get(&key[..])?.map(|g| g.value().1.to_vec());
+                let stored = layers.value(key)?.map(|(_, value)| value.to_vec());
                 staged_bytes += stored.as_ref().map_or(0, Vec::len);
                 slot.insert(stored)
             }
@@ -87,21 +85,15 @@ pub(super) fn apply_commit(
     }
     for key in order {
         match staged.remove(key).flatten() {
-            Some(value) => {
-                data.insert(&key[..], (tid.0, &value[..]))?;
-                redo.push(Change::Put {
-                    key: key.clone(),
-                    tid,
-                    value: Bytes::from(value),
-                });
-            }
-            None => {
-                data.remove(&key[..])?;
-                redo.push(Change::Delete {
-                    key: key.clone(),
-                    tid,
-                });
-            }
+            Some(value) => layers.stage(Change::Put {
+                key: key.clone(),
+                tid,
+                value: Bytes::from(value),
+            }),
+            None => layers.stage(Change::Delete {
+                key: key.clone(),
+                tid,
+            }),
         }
     }
     Ok(Ok(results))

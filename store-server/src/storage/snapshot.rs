@@ -24,6 +24,8 @@ impl Storage {
         begin: impl FnOnce(HistoryEnd) -> bool,
         mut sink: impl FnMut(Vec<SnapshotRow>) -> bool,
     ) -> Result<(), StorageError> {
+        // The pending rows into the index first: the snapshot is the index's.
+        self.checkpoint()?;
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
         let read = |name| meta_number(&meta, name);
@@ -96,6 +98,8 @@ impl Storage {
         mut rows: impl FnMut() -> SnapshotPiece,
     ) -> Result<bool, StorageError> {
         let generation = new_generation();
+        let _writer = self.lock_writer();
+        let mut pending = self.write_pending();
         let txn = self.db.begin_write()?;
         {
             txn.delete_table(DATA)?;
@@ -137,6 +141,7 @@ impl Storage {
         // Durable (the default): the index is the history's checkpoint now,
         // and the log starts a new history after it.
         txn.commit()?;
+        pending.take_changes();
         self.lock_wal().reset(generation, end.lsn + 1)?;
         self.publish_end(end);
         Ok(true)

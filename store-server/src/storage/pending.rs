@@ -1,0 +1,218 @@
+//! Rows durable in the log but not yet in the index: the newest layer of
+//! every read, folded into redb in one transaction at a checkpoint. A
+//! batch being decided stages its own rows in a [`Pending`] of its own on
+//! top ([`Layers`]), so each operation sees the ones before it and nothing
+//! is visible to readers before the log has it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+
+use bytes::Bytes;
+use redb::ReadOnlyTable;
+use store_protocol::Tid;
+
+use super::redo::Change;
+use crate::error::StorageError;
+
+/// Rows changed since the index's last checkpoint, and the changes that
+/// made them, in order.
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    /// key → `(serial, value)`, or `None`: deleted.
+    data: BTreeMap<Bytes, Option<(Tid, Bytes)>>,
+    /// Outcome rows written (expired rows are never read: the watermark is
+    /// checked first).
+    outcomes: HashMap<(u128, u64), Bytes>,
+    /// Watermarks raised.
+    watermarks: HashMap<u128, u64>,
+    /// Every change, in order: what a checkpoint folds into the index.
+    changes: Vec<Change>,
+}
+
+impl Pending {
+    /// Takes in one change.
+    pub fn apply(&mut self, change: Change) {
+        match &change {
+            Change::Put { key, tid, value } => {
+                self.data.insert(key.clone(), Some((*tid, value.clone())));
+            }
+            Change::Delete { key, .. } => {
+                self.data.insert(key.clone(), None);
+            }
+            Change::Outcome {
+                client_id,
+                seq,
+                record,
+            } => {
+                self.outcomes.insert((*client_id, *seq), record.clone());
+            }
+            Change::Expire { client_id, below } => {
+                self.watermarks.insert(*client_id, *below);
+            }
+        }
+        self.changes.push(change);
+    }
+
+    /// Takes in a decided batch's rows, in order.
+    pub fn merge(&mut self, staged: Pending) {
+        for change in staged.changes {
+            self.apply(change);
+        }
+    }
+
+    /// The changes, for folding into the index; leaves this empty.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        let changes = std::mem::take(&mut self.changes);
+        *self = Pending::default();
+        changes
+    }
+
+    /// The changes, in order.
+    pub fn changes(&self) -> &[Change] {
+        &self.changes
+    }
+
+    /// `Some(row)` if this layer knows `key` (`Some(None)`: deleted here).
+    fn value(&self, key: &[u8]) -> Option<Option<(Tid, Bytes)>> {
+        self.data.get(key).cloned()
+    }
+}
+
+type DataTable = ReadOnlyTable<&'static [u8], (u64, &'static [u8])>;
+type OutcomeTable = ReadOnlyTable<(u128, u64), &'static [u8]>;
+type WatermarkTable = ReadOnlyTable<u128, u64>;
+
+/// The index's tables, read from one snapshot.
+pub(super) struct Index {
+    pub data: DataTable,
+    pub outcomes: OutcomeTable,
+    pub watermarks: WatermarkTable,
+}
+
+/// A view of the store, newest layer first: a batch's own rows (if
+/// deciding), the pending rows, the index.
+pub(super) struct Layers<'a> {
+    pub staged: Option<&'a mut Pending>,
+    pub pending: &'a Pending,
+    pub index: &'a Index,
+}
+
+impl Layers<'_> {
+    fn layers(&self) -> impl Iterator<Item = &Pending> {
+        self.staged.as_deref().into_iter().chain([self.pending])
+    }
+
+    /// `key`'s serial and value, if it exists.
+    pub fn value(&self, key: &[u8]) -> Result<Option<(Tid, Bytes)>, StorageError> {
+        if let Some(row) = self.layers().find_map(|layer| layer.value(key)) {
+            return Ok(row);
+        }
+        Ok(self.index.data.get(key)?.map(|guard| {
+            let (serial, value) = guard.value();
+            (Tid(serial), Bytes::copy_from_slice(value))
+        }))
+    }
+
+    /// The watermark of `client_id`: its outcomes below it are forgotten.
+    pub fn watermark(&self, client_id: u128) -> Result<u64, StorageError> {
+        if let Some(&below) = self.layers().find_map(|l| l.watermarks.get(&client_id)) {
+            return Ok(below);
+        }
+        Ok(self
+            .index
+            .watermarks
+            .get(client_id)?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// The stored outcome row of `(client_id, seq)`.
+    pub fn outcome(&self, id: (u128, u64)) -> Result<Option<Bytes>, StorageError> {
+        if let Some(row) = self.layers().find_map(|l| l.outcomes.get(&id)) {
+            return Ok(Some(row.clone()));
+        }
+        Ok(self
+            .index
+            .outcomes
+            .get(id)?
+            .map(|row| Bytes::copy_from_slice(row.value())))
+    }
+
+    /// How many changes the batch has staged.
+    pub fn staged_len(&self) -> usize {
+        self.staged
+            .as_deref()
+            .map_or(0, |staged| staged.changes.len())
+    }
+
+    /// The changes the batch staged after the first `from`.
+    pub fn staged_since(&self, from: usize) -> &[Change] {
+        self.staged
+            .as_deref()
+            .and_then(|staged| staged.changes.get(from..))
+            .unwrap_or(&[])
+    }
+
+    /// Stages a change in the batch's own layer.
+    pub fn stage(&mut self, change: Change) {
+        if let Some(staged) = self.staged.as_deref_mut() {
+            staged.apply(change);
+        }
+    }
+
+    /// The rows of `[start, end)` in key order, pending rows over the
+    /// index's, deleted ones left out; `each` returns `false` to stop.
+    pub fn range(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        mut each: impl FnMut(Bytes, Tid, Bytes) -> bool,
+    ) -> Result<(), StorageError> {
+        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut newer = self
+            .pending
+            .data
+            .range::<[u8], _>((Bound::Included(start), upper))
+            .peekable();
+        let mut older = self
+            .index
+            .data
+            .range::<&[u8]>((Bound::Included(start), upper))?;
+        let mut next_older = older.next().transpose()?;
+        loop {
+            let older_key = next_older.as_ref().map(|(k, _)| k.value());
+            let take_newer = match (newer.peek(), older_key) {
+                (None, None) => return Ok(()),
+                (Some((key, _)), Some(older)) => key.as_ref() <= older,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+            };
+            if take_newer {
+                let Some((key, row)) = newer.next() else {
+                    return Ok(());
+                };
+                if next_older
+                    .as_ref()
+                    .is_some_and(|(k, _)| k.value() == key.as_ref())
+                {
+                    next_older = older.next().transpose()?;
+                }
+                if let Some((serial, value)) = row {
+                    if !each(key.clone(), *serial, value.clone()) {
+                        return Ok(());
+                    }
+                }
+            } else if let Some((key, value)) = next_older.take() {
+                let (serial, value) = value.value();
+                let row = (
+                    Bytes::copy_from_slice(key.value()),
+                    Tid(serial),
+                    Bytes::copy_from_slice(value),
+                );
+                next_older = older.next().transpose()?;
+                if !each(row.0, row.1, row.2) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
