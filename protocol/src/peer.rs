@@ -13,7 +13,6 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{Epoch, Role, Tid, TxnId};
-use crate::message::CommitRequest;
 
 /// The TLS application protocol name of node-to-node connections.
 pub const PEER_ALPN: &[u8] = b"zeolite-peer/1";
@@ -122,9 +121,12 @@ pub enum PeerResponse {
     Following {
         /// The cluster's id, which a joining empty store takes.
         cluster_id: u64,
-        /// The primary's limits: the backup replays its batches under
-        /// them, so both decide every `Append` and budget alike.
+        /// The primary's limits (they bound its replication frames).
         limits: crate::Limits,
+        /// The primary's epoch: the stream's. Its batches may be of older
+        /// epochs (history the primary holds in its log), never newer
+        /// than the stream's latest.
+        epoch: Epoch,
     },
     /// Refused; `epoch` and `primary` are what the refuser knows.
     Denied {
@@ -175,37 +177,22 @@ pub struct PeerStatus {
     pub cluster: Vec<std::net::SocketAddr>,
 }
 
-/// One operation of a replicated batch: what the primary decided, replayed
-/// by the backup through the same apply path on the same state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum BatchOp {
-    /// Commit a transaction exactly once.
-    Commit(CommitRequest),
-    /// Resolve a transaction id (records `Abandoned` if it has no outcome).
-    Resolve(TxnId),
-    /// Forget every outcome of `client_id` below `below`.
-    Expire {
-        /// The client.
-        client_id: u128,
-        /// The new watermark.
-        below: u64,
-    },
-}
-
-/// A durable batch, as shipped to the backup.
+/// A durable batch, as shipped to the backup: one record of the primary's
+/// write-ahead log, which the backup appends to its own and applies as it
+/// is (it decides nothing again).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
     /// The primary's epoch when it decided the batch.
     pub epoch: Epoch,
     /// Its log sequence number: one per durable batch, from 1.
     pub lsn: u64,
-    /// The primary's wall clock when it decided (outcome timestamps), so
-    /// the backup needs no clock of its own to replay it.
-    pub now_ms: u64,
-    /// The last TID after the batch: the backup checks it lands there too.
+    /// The first TID it assigned (`Tid(0)`: none).
+    pub first_tid: Tid,
+    /// The last TID after the batch.
     pub last_tid: Tid,
-    /// The operations, in order.
-    pub ops: Vec<BatchOp>,
+    /// The rows it changed, in the store's redo encoding (the log record's
+    /// body, documented with the server's write-ahead log).
+    pub body: Bytes,
 }
 
 /// One row of a snapshot.

@@ -20,7 +20,8 @@ use tracing::Instrument as _;
 use crate::error::StorageError;
 use crate::invalidation::{Invalidation, Invalidations};
 use crate::outcomes::{verdict, Known, Verdict};
-use crate::storage::{Applied, Op, OpResult, Stamp, Storage};
+use crate::storage::{Op, OpResult, Stamp, Storage};
+use crate::wal::RecordHeader;
 
 /// Most operations in one batch: bounds the latency one batch adds to the next.
 const MAX_BATCH: usize = 512;
@@ -373,16 +374,16 @@ impl Pipeline {
         })?;
         let stamp = Stamp::now(epoch);
         let mut shipped = None;
-        let ship = |applied: &Applied, last_tid: Tid| {
-            let (Release::Replicated(replicator), Some(lsn)) = (&self.release, applied.lsn) else {
+        let ship = |record: &RecordHeader, body: &[u8]| {
+            let Release::Replicated(replicator) = &self.release else {
                 return;
             };
             let batch = Arc::new(Batch {
-                epoch: stamp.epoch,
-                lsn,
-                now_ms: stamp.now_ms,
-                last_tid,
-                ops: ops.iter().map(|op| op.to_batch_op()).collect(),
+                epoch: record.epoch,
+                lsn: record.lsn,
+                first_tid: record.first_tid,
+                last_tid: record.last_tid,
+                body: bytes::Bytes::copy_from_slice(body),
             });
             let _ = replicator.blocking_send(ToReplicator::Ship(batch.clone()));
             shipped = Some(batch);
@@ -433,41 +434,48 @@ impl Pipeline {
         Ok(expiries.len())
     }
 
-    fn decide(&self, batch: Vec<Decision>) {
-        let ops: Vec<Op<'_>> = batch
-            .iter()
-            .map(|decision| match &decision.work {
-                Work::Commit(request) => Op::Commit(request),
-                Work::Resolve(id) => Op::Resolve(*id),
-            })
-            .collect();
-        let applied = self.apply(&ops);
-        drop(ops);
-        match applied {
-            Ok((results, replicated)) => {
-                tracing::debug!(size = batch.len(), "batch durable");
-                let invalidations = batch
-                    .iter()
-                    .zip(&results)
-                    .filter_map(|(decision, result)| match (&decision.work, result) {
-                        (Work::Commit(request), Ok(c)) if !c.replayed => {
-                            Some(invalidation(c.tid, request))
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                self.send(Durable {
-                    batch: replicated,
-                    replies: batch.into_iter().zip(results).collect(),
-                    invalidations,
-                });
-            }
-            Err(e) => {
-                tracing::error!(error = %e, size = batch.len(), "commit batch failed; nothing applied");
-                for decision in batch {
-                    let _ = decision.reply.send(Err(e.clone()));
+    /// Decides `batch` in as many durable batches as its log records need
+    /// (see [`crate::storage::MAX_RECORD_BYTES`]), in order.
+    fn decide(&self, mut batch: Vec<Decision>) {
+        while !batch.is_empty() {
+            let ops: Vec<Op<'_>> = batch
+                .iter()
+                .map(|decision| match &decision.work {
+                    Work::Commit(request) => Op::Commit(request),
+                    Work::Resolve(id) => Op::Resolve(*id),
+                })
+                .collect();
+            let applied = self.apply(&ops);
+            drop(ops);
+            let (results, replicated) = match applied {
+                Ok(applied) => applied,
+                Err(e) => {
+                    tracing::error!(error = %e, size = batch.len(), "commit batch failed; nothing applied");
+                    for decision in batch {
+                        let _ = decision.reply.send(Err(e.clone()));
+                    }
+                    return;
                 }
-            }
+            };
+            // At least one operation is decided per batch.
+            let rest = batch.split_off(results.len().clamp(1, batch.len()));
+            tracing::debug!(size = batch.len(), "batch durable");
+            let invalidations = batch
+                .iter()
+                .zip(&results)
+                .filter_map(|(decision, result)| match (&decision.work, result) {
+                    (Work::Commit(request), Ok(c)) if !c.replayed => {
+                        Some(invalidation(c.tid, request))
+                    }
+                    _ => None,
+                })
+                .collect();
+            self.send(Durable {
+                batch: replicated,
+                replies: batch.into_iter().zip(results).collect(),
+                invalidations,
+            });
+            batch = rest;
         }
     }
 }

@@ -7,16 +7,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use store_protocol::peer::{Batch, BatchOp, PeerRequest, PeerResponse, ReplAck, ReplFrame};
-use store_protocol::{read_frame, write_frame, Limits, Tid};
+use store_protocol::peer::{Batch, PeerRequest, PeerResponse, ReplAck, ReplFrame};
+use store_protocol::{read_frame, write_frame, Epoch};
 use tokio::sync::mpsc;
 
 use super::link::{repl_frame_limit, PEER_FRAME_LIMIT};
 use super::replication::SyncState;
 use super::{Pair, Voucher};
-use crate::commit::invalidation;
 use crate::error::StorageError;
-use crate::storage::{Applied, HistoryEnd, Op, SnapshotPiece, Stamp};
+use crate::storage::{HistoryEnd, SnapshotPiece};
+use crate::wal::RecordHeader;
 
 /// Runs forever: follows the primary whenever this node is a backup that
 /// knows one.
@@ -65,15 +65,19 @@ async fn follow(pair: &Arc<Pair>) -> Result<(), String> {
     .await
     .map_err(|_| "no answer to Join".to_string())?
     .map_err(|e| e.to_string())?;
-    let limits = match answer {
-        Some(PeerResponse::Following { cluster_id, limits }) => {
+    let (limits, stream_epoch) = match answer {
+        Some(PeerResponse::Following {
+            cluster_id,
+            limits,
+            epoch,
+        }) => {
             // An empty store joining (`--join`) becomes the cluster's.
             let storage = pair.storage.clone();
             tokio::task::spawn_blocking(move || storage.adopt_cluster(cluster_id))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
-            limits
+            (limits, epoch)
         }
         Some(PeerResponse::Denied {
             epoch,
@@ -104,7 +108,7 @@ async fn follow(pair: &Arc<Pair>) -> Result<(), String> {
             }
         }
     });
-    let result = apply_stream(pair, &mut send, &mut frames, limits).await;
+    let result = apply_stream(pair, &mut send, &mut frames, stream_epoch).await;
     reader.abort();
     result
 }
@@ -118,7 +122,7 @@ async fn apply_stream(
     pair: &Arc<Pair>,
     send: &mut quinn::SendStream,
     frames: &mut mpsc::Receiver<Result<ReplFrame, String>>,
-    limits: Limits,
+    mut stream_epoch: Epoch,
 ) -> Result<(), String> {
     let mut next: Option<ReplFrame> = None;
     loop {
@@ -167,10 +171,13 @@ async fn apply_stream(
                         Err(_) => break,
                     }
                 }
-                let epoch = group.iter().map(|b| b.epoch).max().unwrap_or_default();
-                pair.accept_epoch(epoch, Some(pair.peer_id()), Voucher::Peer)
+                // The stream's epoch, or a later one its batches carry:
+                // older batches are history the primary's log holds.
+                let newest = group.iter().map(|b| b.epoch).max().unwrap_or_default();
+                stream_epoch = stream_epoch.max(newest);
+                pair.accept_epoch(stream_epoch, Some(pair.peer_id()), Voucher::Peer)
                     .await?;
-                apply(pair, group, limits).await?
+                apply(pair, group, stream_epoch).await?
             }
             other => return Err(format!("unexpected frame {other:?}")),
         };
@@ -246,67 +253,34 @@ async fn install_snapshot(
     Ok(())
 }
 
-/// Applies batches that arrived together, in one transaction, through
-/// the primary's apply path; they must land exactly where they did on the
-/// primary, or nothing is written and the node asks for a snapshot.
-/// Returns the last LSN. `limits` are the primary's.
-async fn apply(pair: &Arc<Pair>, group: Vec<Batch>, limits: Limits) -> Result<u64, String> {
-    let end = pair.storage.history_end();
-    for (i, batch) in group.iter().enumerate() {
-        let expected = end.lsn.saturating_add(1).saturating_add(i as u64);
-        if batch.lsn != expected {
-            // A stream starts right after this node's history; anything
-            // else means the histories differ.
-            pair.diverged.store(true, Ordering::Release);
-            return Err(format!(
-                "batch {} where {expected} was due: histories differ",
-                batch.lsn
-            ));
-        }
-    }
-    let Some(last) = group.last() else {
-        return Ok(end.lsn);
+/// Applies batches that arrived together: the primary's log records,
+/// appended to this node's log with one fsync and applied as they are. They
+/// must continue this node's history exactly, or nothing is written and
+/// the node asks for a snapshot. Returns the last LSN.
+async fn apply(pair: &Arc<Pair>, group: Vec<Batch>, epoch: Epoch) -> Result<u64, String> {
+    let Some(last_lsn) = group.last().map(|batch| batch.lsn) else {
+        return Ok(pair.storage.history_end().lsn);
     };
-    let last_lsn = last.lsn;
     let storage = pair.storage.clone();
-    let group = Arc::new(group);
-    let applying = group.clone();
     let applied = tokio::task::spawn_blocking(move || {
-        let ops: Vec<Vec<Op<'_>>> = applying
+        let records: Vec<(RecordHeader, &[u8])> = group
             .iter()
-            .map(|batch| batch.ops.iter().map(Op::from).collect())
-            .collect();
-        let batches: Vec<(&[Op<'_>], Stamp)> = applying
-            .iter()
-            .zip(&ops)
-            .map(|(batch, ops)| {
-                let stamp = Stamp {
-                    now_ms: batch.now_ms,
+            .map(|batch| {
+                let header = RecordHeader {
+                    lsn: batch.lsn,
                     epoch: batch.epoch,
+                    first_tid: batch.first_tid,
+                    last_tid: batch.last_tid,
                 };
-                (&ops[..], stamp)
+                (header, &batch.body[..])
             })
             .collect();
-        // Checked before the fsync: a batch that lands elsewhere than on
-        // the primary is never written.
-        let lands_as_on_primary = |applied: &[Applied], last_tid: Tid| {
-            let lsns_match = applying
-                .iter()
-                .zip(applied)
-                .all(|(batch, applied)| applied.lsn == Some(batch.lsn));
-            match applying.last() {
-                Some(last) if lsns_match && last.last_tid == last_tid => Ok(()),
-                _ => Err(StorageError::Diverged(format!(
-                    "batches up to {last_lsn} land at last_tid {last_tid} here"
-                ))),
-            }
-        };
-        storage.apply_batches(&batches, &limits, lands_as_on_primary)
+        storage.apply_records(&records, epoch)
     })
     .await
     .map_err(|e| e.to_string())?;
-    let applied = match applied {
-        Ok(applied) => applied,
+    let commits = match applied {
+        Ok(commits) => commits,
         Err(e @ StorageError::Diverged(_)) => {
             pair.diverged.store(true, Ordering::Release);
             return Err(e.to_string());
@@ -315,14 +289,8 @@ async fn apply(pair: &Arc<Pair>, group: Vec<Batch>, limits: Limits) -> Result<u6
         Err(e) => crate::storage::fail_stop(&e),
     };
     // Keep the change log warm: after a failover, clients revalidate here.
-    for (batch, applied) in group.iter().zip(&applied) {
-        for (op, result) in batch.ops.iter().zip(&applied.results) {
-            if let (BatchOp::Commit(request), Ok(c)) = (op, result) {
-                if !c.replayed && c.tid > Tid(0) {
-                    pair.invalidations.publish(invalidation(c.tid, request));
-                }
-            }
-        }
+    for commit in commits {
+        pair.invalidations.publish(commit);
     }
     Ok(last_lsn)
 }

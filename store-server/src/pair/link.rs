@@ -11,19 +11,23 @@ use super::clock::Instant;
 use store_protocol::peer::{PeerRequest, PeerResponse};
 use store_protocol::{read_frame, write_frame, Limits};
 
-use crate::commit::MAX_BATCH_BYTES;
+use crate::storage::MAX_RECORD_BYTES;
 
 /// Largest request or answer between nodes (leases, votes, status): a
 /// few dozen bytes, with room for a refusal's reason.
 pub const PEER_FRAME_LIMIT: u32 = 64 << 10;
 
-/// Largest replication frame: one commit batch (at most
-/// [`MAX_BATCH_BYTES`] of payload, plus the one commit that crossed it),
-/// or one chunk of snapshot rows. Bodies are read as they arrive, never
-/// allocated up front from the length a peer announces.
+/// Largest replication frame: one log record (at most
+/// [`MAX_RECORD_BYTES`] of rows, plus the one transaction that crossed it
+/// and its outcome), or one chunk of snapshot rows. Bodies are read as they
+/// arrive, never allocated up front from the length a peer announces.
 pub fn repl_frame_limit(limits: &Limits) -> u32 {
     let envelope = 1 << 20;
-    u32::try_from(MAX_BATCH_BYTES + limits.max_frame_bytes as usize + envelope).unwrap_or(u32::MAX)
+    let bound = MAX_RECORD_BYTES
+        .saturating_add(limits.max_txn_bytes as usize)
+        .saturating_add(limits.max_frame_bytes as usize)
+        .saturating_add(envelope);
+    u32::try_from(bound).unwrap_or(u32::MAX)
 }
 
 /// A link whose peer has not answered anything for this long is redialed

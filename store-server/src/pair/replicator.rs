@@ -18,11 +18,11 @@ use super::replication::Replication;
 use super::{Pair, Voucher};
 use crate::commit::{Durable, ToReplicator};
 
-/// Most batches kept for a backup that falls behind; past this it gets a
-/// snapshot.
-const LOG_MAX_BATCHES: usize = 100_000;
-/// Most bytes of batches kept (approximately).
-const LOG_MAX_BYTES: usize = 256 << 20;
+/// Most batches kept in memory for a backup that falls behind; older ones
+/// are read from the write-ahead log, and past that it gets a snapshot.
+const LOG_MAX_BATCHES: usize = 10_000;
+/// Most bytes of batches kept in memory (approximately).
+const LOG_MAX_BYTES: usize = 16 << 20;
 /// Largest frame a backup sends back: an ack is a few bytes.
 const ACK_FRAME_LIMIT: u32 = 64;
 /// Snapshot rows per frame, in bytes (approximately).
@@ -70,14 +70,7 @@ impl ReplLog {
 }
 
 fn batch_size(batch: &Batch) -> usize {
-    batch
-        .ops
-        .iter()
-        .map(|op| match op {
-            store_protocol::peer::BatchOp::Commit(request) => request.size_bound(),
-            _ => 32,
-        })
-        .sum()
+    batch.body.len() + 64
 }
 
 /// What reaches the replicator besides durable batches.
@@ -355,20 +348,22 @@ async fn stream_history(
     let following = PeerResponse::Following {
         cluster_id: pair.storage.cluster_id(),
         limits: pair.limits,
+        epoch: pair.epoch(),
     };
     write_frame(send, &following, PEER_FRAME_LIMIT)
         .await
         .map_err(|e| e.to_string())?;
     let end = pair.storage.history_end();
-    let prefix = {
+    let in_memory = {
         let log = pair.lock_log();
         let same_end = joiner.lsn == end.lsn && joiner.batch_epoch == end.batch_epoch;
         let in_log = log
             .get(joiner.lsn)
             .is_some_and(|batch| batch.epoch == joiner.batch_epoch);
         let reachable = joiner.lsn.saturating_add(1) >= log.first;
-        joiner.lsn <= end.lsn && (same_end || in_log) && reachable
+        (same_end || in_log) && reachable
     };
+    let prefix = joiner.lsn <= end.lsn && (in_memory || in_write_ahead_log(pair, joiner).await);
     // The last batch shipped on this stream: an ack beyond it claims
     // durability of history the backup was never sent, and ends the stream.
     let shipped = Arc::new(AtomicU64::new(if prefix { joiner.lsn } else { 0 }));
@@ -417,10 +412,20 @@ async fn stream_history(
             let grew = pair.log_grew.notified();
             let batch = {
                 let log = pair.lock_log();
-                if next < log.first {
-                    return Err("the backup fell behind the log; it will rejoin".to_string());
+                (next >= log.first).then(|| log.get(next).cloned())
+            };
+            let Some(batch) = batch else {
+                // Older than the batches kept in memory: from the log on
+                // disk, or the backup rejoins and gets a snapshot.
+                let batches = from_write_ahead_log(pair, next).await?;
+                for batch in batches {
+                    shipped.fetch_max(batch.lsn, Ordering::AcqRel);
+                    write_frame(send, &ReplFrame::Batch(batch), repl_limit)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    next += 1;
                 }
-                log.get(next).cloned()
+                continue;
             };
             match batch {
                 Some(batch) => {
@@ -447,6 +452,54 @@ async fn stream_history(
     };
     ack_reader.abort();
     outcome
+}
+
+/// Bytes of log records read from disk at a time for a backup catching up.
+const CATCH_UP_BYTES: usize = 1 << 20;
+
+/// Whether this node's write-ahead log still holds the joiner's last batch
+/// (an empty history is a prefix of any the log holds from its start):
+/// then the backup catches up from the log, not from a snapshot.
+async fn in_write_ahead_log(pair: &Arc<Pair>, joiner: &Joiner) -> bool {
+    let storage = pair.storage.clone();
+    let (lsn, epoch) = (joiner.lsn, joiner.batch_epoch);
+    let found = tokio::task::spawn_blocking(move || storage.log_from(lsn.max(1), 1)).await;
+    match found {
+        Ok(Ok(records)) => records.first().is_some_and(|record| {
+            if lsn == 0 {
+                record.header.lsn == 1
+            } else {
+                record.header.lsn == lsn && record.header.epoch == epoch
+            }
+        }),
+        _ => false,
+    }
+}
+
+/// The batches from `next` on read from this node's write-ahead log (about
+/// [`CATCH_UP_BYTES`]), or why the backup must rejoin.
+async fn from_write_ahead_log(pair: &Arc<Pair>, next: u64) -> Result<Vec<Batch>, String> {
+    let storage = pair.storage.clone();
+    let records = tokio::task::spawn_blocking(move || storage.log_from(next, CATCH_UP_BYTES))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    if records
+        .first()
+        .is_none_or(|record| record.header.lsn != next)
+    {
+        return Err("the backup fell behind the log; it will rejoin".to_string());
+    }
+    Ok(records
+        .into_iter()
+        .map(|record| Batch {
+            epoch: record.header.epoch,
+            lsn: record.header.lsn,
+            first_tid: record.header.first_tid,
+            last_tid: record.header.last_tid,
+            body: record.body.into(),
+        })
+        .collect())
 }
 
 /// Streams a snapshot of the whole store; returns its LSN (recorded in
@@ -515,9 +568,9 @@ mod tests {
         Arc::new(Batch {
             epoch: Epoch(1),
             lsn,
-            now_ms: 0,
+            first_tid: store_protocol::Tid(lsn),
             last_tid: store_protocol::Tid(lsn),
-            ops: Vec::new(),
+            body: bytes::Bytes::new(),
         })
     }
 

@@ -2,16 +2,21 @@
 //! commits (exactly once), resolves and expiries, each seeing the ones
 //! before it.
 
-use store_protocol::peer::BatchOp;
-use store_protocol::{CommitRequest, Committed, Limits, Tid, TxnId, WireError};
+use store_protocol::{CommitRequest, Committed, Epoch, Limits, Tid, TxnId, WireError};
 
 use super::pending::{Layers, Pending};
 use super::redo::{self, Change};
 use super::rules::apply_commit;
 use super::{HistoryEnd, Stamp, Storage};
 use crate::error::StorageError;
+use crate::invalidation::Invalidation;
 use crate::outcomes::{self, Expiry, Known, Recorded, RecordedResult, Verdict, OUTCOMES};
 use crate::wal::RecordHeader;
+
+/// Bytes of rows after which a batch stops taking operations: a log record
+/// (and the replication frame that carries it) holds at most this plus one
+/// transaction's rows (`max_txn_bytes`) and its outcome.
+pub const MAX_RECORD_BYTES: usize = 16 << 20;
 
 /// A batch's results, and its LSN if it changed anything (only those are
 /// replicated).
@@ -24,67 +29,110 @@ pub struct Applied {
 }
 
 impl Storage {
-    /// Decides a batch of operations in one write transaction and one
-    /// fsync, in order, each seeing the ones before it.
+    /// Decides a batch of operations with one log append and one fsync,
+    /// in order, each seeing the ones before it.
     ///
     /// A commit is checked against its client's outcomes first (expired,
-    /// replay, reused id; see `outcomes`), then applied under the next TID
-    /// or refused; either way its outcome is recorded with the data. `Err`
-    /// means the transaction did not become durable: nothing of the batch
-    /// was applied or recorded.
+    /// replay, reused id; see `outcomes::verdict`), then applied under the
+    /// next TID or refused; either way its outcome is recorded with the
+    /// data, in the same log record. `Err` means nothing of the batch was
+    /// applied or recorded here (though after a failed fsync the record may
+    /// surface at the next start: the node stops, see [`fail_stop`]).
     ///
-    /// `before_commit` sees the decided batch and the last TID it reaches
-    /// before the fsync, if the batch changed anything: a primary ships it
-    /// to its backup then, so that both disks write at once.
+    /// Operations are decided until the record reaches
+    /// [`MAX_RECORD_BYTES`]: the results may be fewer than the operations,
+    /// and the rest are for the next batch.
+    ///
+    /// A batch stamped with an epoch older than the accepted one is refused
+    /// ([`StorageError::Fenced`]): it comes from a deposed primary.
+    /// `before_commit` sees the batch's log record before the fsync, if the
+    /// batch changed anything: a primary ships it to its backup then, so
+    /// that both disks write at once.
+    ///
+    /// [`fail_stop`]: super::fail_stop
     pub fn apply_batch(
         &self,
         batch: &[Op<'_>],
         limits: &Limits,
         stamp: Stamp,
-        before_commit: impl FnOnce(&Applied, Tid),
+        before_commit: impl FnOnce(&RecordHeader, &[u8]),
     ) -> Result<Applied, StorageError> {
-        let hook = |applied: &[Applied], last: Tid| {
-            if let Some(applied) = applied.first() {
-                before_commit(applied, last);
-            }
-            Ok(())
-        };
-        let mut applied = self.apply_batches(&[(batch, stamp)], limits, hook)?;
-        Ok(applied.pop().unwrap_or(Applied {
-            results: Vec::new(),
-            lsn: None,
-        }))
-    }
-
-    /// Applies several batches in order in one write transaction and one
-    /// fsync (a backup catching up applies what arrived together), each
-    /// batch under its own LSN as if applied alone.
-    ///
-    /// A batch stamped with an epoch older than the accepted one is refused
-    /// ([`StorageError::Fenced`]): it comes from a deposed primary.
-    /// `before_commit` may refuse the decided batches (a backup whose
-    /// result differs from the primary's): nothing is written then.
-    pub fn apply_batches(
-        &self,
-        batches: &[(&[Op<'_>], Stamp)],
-        limits: &Limits,
-        before_commit: impl FnOnce(&[Applied], Tid) -> Result<(), StorageError>,
-    ) -> Result<Vec<Applied>, StorageError> {
         // One writer: no other batch, snapshot install or epoch change
         // interleaves with this one.
         let _writer = self.lock_writer();
         let accepted = self.epoch();
-        if let Some((_, stamp)) = batches.iter().find(|(_, stamp)| stamp.epoch < accepted) {
+        if stamp.epoch < accepted {
             return Err(StorageError::Fenced {
                 batch: stamp.epoch.0,
                 accepted: accepted.0,
             });
         }
         let start = self.history_end();
-        let (mut last, mut lsn) = (start.last_tid, start.lsn);
-        let mut applied = Vec::with_capacity(batches.len());
-        let mut records: Vec<(RecordHeader, Vec<u8>)> = Vec::new();
+        let mut last = start.last_tid;
         let mut staged = Pending::default();
+        let results = {
+            let pending = self.read_pending();
+            let index = self.index()?;
+            let mut layers = Layers {
+                staged: Some(&mut staged),
+                pending: &pending,
+                index: &index,
+            };
+            let mut results = Vec::with_capacity(batch.len());
+            for op in batch {
+                results.push(decide(&mut layers, op, &mut last, stamp.now_ms, limits)?);
+                if layers.staged_bytes() >= MAX_RECORD_BYTES {
+                    break;
+                }
+            }
+            results
+        };
+        if staged.changes().is_empty() {
+            // Only replays and refusals: nothing to make durable.
+            return Ok(Applied { results, lsn: None });
+        }
+        let header = RecordHeader {
+            lsn: start.lsn + 1,
+            epoch: stamp.epoch,
+            first_tid: if last > start.last_tid {
+                start.last_tid.next()
+            } else {
+                Tid(0)
+            },
+            last_tid: last,
+        };
+        let body = redo::encode(staged.changes())?;
+        before_commit(&header, &body);
+        self.lock_wal().append(&[(header, body)])?;
+        self.land(staged, &header)?;
+        Ok(Applied {
+            results,
+            lsn: Some(header.lsn),
+        })
+    }
+
+    /// Applies records of the primary's log as they are (a backup), sent
+    /// on a stream of epoch `epoch`: each must carry the next LSN and no
+    /// later epoch, and a stream older than the accepted epoch (a deposed
+    /// primary's) is refused. They are appended to this node's log with one
+    /// fsync, then served. Returns the commits they hold, for the change
+    /// log.
+    pub fn apply_records(
+        &self,
+        records: &[(RecordHeader, &[u8])],
+        epoch: Epoch,
+    ) -> Result<Vec<Invalidation>, StorageError> {
+        let _writer = self.lock_writer();
+        let accepted = self.epoch();
+        if epoch < accepted {
+            return Err(StorageError::Fenced {
+                batch: epoch.0,
+                accepted: accepted.0,
+            });
+        }
+        let start = self.history_end();
+        let mut staged = Pending::default();
+        let mut commits = Vec::new();
         {
             let pending = self.read_pending();
             let index = self.index()?;
@@ -93,54 +141,53 @@ impl Storage {
                 pending: &pending,
                 index: &index,
             };
-            for &(batch, stamp) in batches {
-                let before = (last, layers.staged_len());
-                let results = batch
-                    .iter()
-                    .map(|op| decide(&mut layers, op, &mut last, stamp.now_ms, limits))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let redo = layers.staged_since(before.1);
-                let batch_lsn = (!redo.is_empty()).then(|| {
-                    lsn += 1;
-                    lsn
-                });
-                if let Some(lsn) = batch_lsn {
-                    let header = RecordHeader {
-                        lsn,
-                        epoch: stamp.epoch,
-                        first_tid: if last > before.0 {
-                            before.0.next()
-                        } else {
-                            Tid(0)
-                        },
-                        last_tid: last,
-                    };
-                    records.push((header, redo::encode(redo)?));
+            for (i, (header, body)) in records.iter().enumerate() {
+                if header.epoch > epoch {
+                    return Err(StorageError::Diverged(format!(
+                        "record {} of epoch {} on a stream of epoch {}",
+                        header.lsn, header.epoch.0, epoch.0
+                    )));
                 }
-                applied.push(Applied {
-                    results,
-                    lsn: batch_lsn,
-                });
+                let due = start.lsn + 1 + i as u64;
+                if header.lsn != due {
+                    return Err(StorageError::Diverged(format!(
+                        "record {} where {due} was due",
+                        header.lsn
+                    )));
+                }
+                let changes = redo::decode(header.lsn, body)?;
+                commits.extend(redo::commits(&changes));
+                for change in changes {
+                    layers.stage(change)?;
+                }
             }
         }
-        let Some(&(end, _)) = records.last() else {
-            // Only replays and refusals: nothing to make durable.
-            return Ok(applied);
+        let Some((last, _)) = records.last() else {
+            return Ok(commits);
         };
-        before_commit(&applied, last)?;
-        self.lock_wal().append(&records)?;
+        let owned: Vec<(RecordHeader, Vec<u8>)> = records
+            .iter()
+            .map(|(h, body)| (*h, body.to_vec()))
+            .collect();
+        self.lock_wal().append(&owned)?;
+        self.land(staged, last)?;
+        Ok(commits)
+    }
+
+    /// Serves rows that are durable in the log: pending rows and the end of
+    /// history change together, as readers see them; then a checkpoint if
+    /// one is due.
+    fn land(&self, staged: Pending, last: &RecordHeader) -> Result<(), StorageError> {
         {
-            // Readers see the batch and its TID together.
             let mut pending = self.write_pending();
             pending.merge(staged);
             self.publish_end(HistoryEnd {
-                lsn,
-                batch_epoch: end.epoch,
-                last_tid: last,
+                lsn: last.lsn,
+                batch_epoch: last.epoch,
+                last_tid: last.last_tid,
             });
         }
-        self.checkpoint_if_due()?;
-        Ok(applied)
+        self.checkpoint_if_due()
     }
 
     /// The expiries that forget every outcome decided more than
@@ -253,8 +300,7 @@ fn record(layers: &mut Layers<'_>, txn_id: TxnId, recorded: &Recorded) -> Result
         client_id: txn_id.client_id,
         seq: txn_id.seq,
         record: row.into(),
-    });
-    Ok(())
+    })
 }
 
 /// Stages an expiry if it raises the client's watermark.
@@ -263,7 +309,7 @@ fn expire(layers: &mut Layers<'_>, expiry: Expiry) -> Result<(), StorageError> {
         layers.stage(Change::Expire {
             client_id: expiry.client_id,
             below: expiry.below,
-        });
+        })?;
     }
     Ok(())
 }
@@ -277,33 +323,6 @@ pub enum Op<'a> {
     Resolve(TxnId),
     /// Forget a client's outcomes below a watermark.
     Expire(Expiry),
-}
-
-impl<'a> From<&'a BatchOp> for Op<'a> {
-    fn from(op: &'a BatchOp) -> Op<'a> {
-        match op {
-            BatchOp::Commit(request) => Op::Commit(request),
-            BatchOp::Resolve(id) => Op::Resolve(*id),
-            BatchOp::Expire { client_id, below } => Op::Expire(Expiry {
-                client_id: *client_id,
-                below: *below,
-            }),
-        }
-    }
-}
-
-impl Op<'_> {
-    /// The owned form, as replicated.
-    pub fn to_batch_op(self) -> BatchOp {
-        match self {
-            Op::Commit(request) => BatchOp::Commit(request.clone()),
-            Op::Resolve(id) => BatchOp::Resolve(id),
-            Op::Expire(expiry) => BatchOp::Expire {
-                client_id: expiry.client_id,
-                below: expiry.below,
-            },
-        }
-    }
 }
 
 /// What one operation came to: a commit (new or replayed) or why not.

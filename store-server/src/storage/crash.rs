@@ -106,7 +106,13 @@ impl Model {
                     staged.insert(key.clone(), (tid, Bytes::from(n.to_string())));
                     results.push(WriteResult::Counter(n));
                 }
-                Write::Append { .. } => unreachable!("not generated"),
+                Write::Append { key, value } => {
+                    let mut joined = staged.get(key).map_or_else(Vec::new, |(_, v)| v.to_vec());
+                    joined.extend_from_slice(value);
+                    let len = joined.len() as u64;
+                    staged.insert(key.clone(), (tid, Bytes::from(joined)));
+                    results.push(WriteResult::Appended { len });
+                }
             }
         }
         self.data = staged;
@@ -134,8 +140,12 @@ fn random_commit(rng: &mut StdRng, model: &Model, seq: u64) -> CommitRequest {
         read_set.push(ReadCheck { key, serial });
     }
     let writes = (0..rng.gen_range(1..4))
-        .map(|_| match rng.gen_range(0..4) {
+        .map(|_| match rng.gen_range(0..5) {
             0 => Write::Delete { key: key(rng) },
+            4 => Write::Append {
+                key: key(rng),
+                value: Bytes::from(vec![rng.gen::<u8>(); rng.gen_range(0..20)]),
+            },
             1 => Write::Incr {
                 key: Bytes::from(format!("c{}", rng.gen_range(0..2))),
                 by: rng.gen_range(-5..50),

@@ -41,12 +41,12 @@ use store_protocol::{Epoch, Tid};
 use crate::error::StorageError;
 use crate::invalidation::RecentChanges;
 use crate::outcomes::{OUTCOMES, WATERMARKS};
-use crate::wal::{Disk, OsDisk, Wal, WalConfig};
+use crate::wal::{Disk, OsDisk, Record, Wal, WalConfig};
 use pending::{Index, Pending};
 use redo::Tables;
 
 use batch::now_ms;
-pub use batch::{Applied, Op, OpResult};
+pub use batch::{Op, OpResult, MAX_RECORD_BYTES};
 pub use check::{check, CheckReport};
 pub use file::{fail_stop, open_database};
 pub use snapshot::SnapshotPiece;
@@ -265,6 +265,13 @@ impl Storage {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         )
+    }
+
+    /// This node's log records from `lsn` on, about `max_bytes` of them
+    /// (at least one, if any): what a backup catching up is sent. Empty if
+    /// the log no longer holds `lsn`.
+    pub fn log_from(&self, lsn: u64, max_bytes: usize) -> Result<Vec<Record>, StorageError> {
+        self.lock_wal().read_from(lsn, max_bytes)
     }
 
     fn lock_wal(&self) -> std::sync::MutexGuard<'_, Wal> {

@@ -27,16 +27,26 @@ pub(super) struct Pending {
     watermarks: HashMap<u128, u64>,
     /// Every change, in order: what a checkpoint folds into the index.
     changes: Vec<Change>,
+    /// About the bytes of `changes` as encoded.
+    bytes: usize,
 }
 
 impl Pending {
-    /// Takes in one change.
-    pub fn apply(&mut self, change: Change) {
+    /// Takes in one change; an append's value after it is `appended`.
+    fn apply(&mut self, change: Change, appended: Option<Bytes>) {
+        self.bytes += 48;
         match &change {
+            Change::Append { key, tid, suffix } => {
+                self.bytes += key.len() + suffix.len();
+                let value = appended.unwrap_or_else(|| suffix.clone());
+                self.data.insert(key.clone(), Some((*tid, value)));
+            }
             Change::Put { key, tid, value } => {
+                self.bytes += key.len() + value.len();
                 self.data.insert(key.clone(), Some((*tid, value.clone())));
             }
             Change::Delete { key, .. } => {
+                self.bytes += key.len();
                 self.data.insert(key.clone(), None);
             }
             Change::Outcome {
@@ -44,6 +54,7 @@ impl Pending {
                 seq,
                 record,
             } => {
+                self.bytes += record.len();
                 self.outcomes.insert((*client_id, *seq), record.clone());
             }
             Change::Expire { client_id, below } => {
@@ -53,11 +64,18 @@ impl Pending {
         self.changes.push(change);
     }
 
-    /// Takes in a decided batch's rows, in order.
+    /// Takes in a decided batch's rows (newer than these).
     pub fn merge(&mut self, staged: Pending) {
-        for change in staged.changes {
-            self.apply(change);
-        }
+        self.data.extend(staged.data);
+        self.outcomes.extend(staged.outcomes);
+        self.watermarks.extend(staged.watermarks);
+        self.changes.extend(staged.changes);
+        self.bytes += staged.bytes;
+    }
+
+    /// About the bytes of the changes as encoded.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The changes, for folding into the index; leaves this empty.
@@ -137,26 +155,29 @@ impl Layers<'_> {
             .map(|row| Bytes::copy_from_slice(row.value())))
     }
 
-    /// How many changes the batch has staged.
-    pub fn staged_len(&self) -> usize {
-        self.staged
-            .as_deref()
-            .map_or(0, |staged| staged.changes.len())
+    /// About the bytes the batch has staged.
+    pub fn staged_bytes(&self) -> usize {
+        self.staged.as_deref().map_or(0, Pending::bytes)
     }
 
-    /// The changes the batch staged after the first `from`.
-    pub fn staged_since(&self, from: usize) -> &[Change] {
-        self.staged
-            .as_deref()
-            .and_then(|staged| staged.changes.get(from..))
-            .unwrap_or(&[])
-    }
-
-    /// Stages a change in the batch's own layer.
-    pub fn stage(&mut self, change: Change) {
+    /// Stages a change in the batch's own layer (an append is applied to
+    /// the value the layers hold now).
+    pub fn stage(&mut self, change: Change) -> Result<(), StorageError> {
+        let appended = match &change {
+            Change::Append { key, suffix, .. } => {
+                let mut value = self
+                    .value(key)?
+                    .map(|(_, value)| value.to_vec())
+                    .unwrap_or_default();
+                value.extend_from_slice(suffix);
+                Some(Bytes::from(value))
+            }
+            _ => None,
+        };
         if let Some(staged) = self.staged.as_deref_mut() {
-            staged.apply(change);
+            staged.apply(change, appended);
         }
+        Ok(())
     }
 
     /// The rows of `[start, end)` in key order, pending rows over the

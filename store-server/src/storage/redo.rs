@@ -3,10 +3,12 @@
 //! differ at the replay; the bytes do not).
 
 use bytes::Bytes;
+use redb::ReadableTable as _;
 use serde::{Deserialize, Serialize};
 use store_protocol::Tid;
 
 use crate::error::StorageError;
+use crate::invalidation::Invalidation;
 use crate::outcomes::{self, Expiry, Outcomes, Watermarks};
 
 /// One row changed by a batch.
@@ -20,6 +22,17 @@ pub enum Change {
         tid: Tid,
         /// Its new value.
         value: Bytes,
+    },
+    /// `suffix` was appended to `key`'s value (empty if absent) by the
+    /// commit `tid`: appends to a growing value log what they add, not the
+    /// whole value.
+    Append {
+        /// The key.
+        key: Bytes,
+        /// Its new serial.
+        tid: Tid,
+        /// The bytes appended.
+        suffix: Bytes,
     },
     /// `key` was deleted by the commit `tid`.
     Delete {
@@ -62,6 +75,27 @@ pub(super) fn encode(changes: &[Change]) -> Result<Vec<u8>, StorageError> {
         .map_err(|e| StorageError::corrupt(format!("encoding a log record: {e}")))
 }
 
+/// The commits among `changes`: each TID with the keys it wrote.
+pub(super) fn commits(changes: &[Change]) -> Vec<Invalidation> {
+    let mut commits: Vec<Invalidation> = Vec::new();
+    for change in changes {
+        let (key, tid) = match change {
+            Change::Put { key, tid, .. }
+            | Change::Append { key, tid, .. }
+            | Change::Delete { key, tid } => (key, *tid),
+            Change::Outcome { .. } | Change::Expire { .. } => continue,
+        };
+        match commits.last_mut() {
+            Some(commit) if commit.tid == tid => commit.keys.push(key.clone()),
+            _ => commits.push(Invalidation {
+                tid,
+                keys: vec![key.clone()],
+            }),
+        }
+    }
+    commits
+}
+
 /// Decodes the body of the log record `lsn`.
 pub(super) fn decode(lsn: u64, body: &[u8]) -> Result<Vec<Change>, StorageError> {
     postcard::from_bytes(body).map_err(|e| {
@@ -76,6 +110,15 @@ pub(super) fn replay(tables: &mut Tables<'_>, changes: Vec<Change>) -> Result<()
     for change in changes {
         match change {
             Change::Put { key, tid, value } => {
+                tables.data.insert(&key[..], (tid.0, &value[..]))?;
+            }
+            Change::Append { key, tid, suffix } => {
+                let mut value = tables
+                    .data
+                    .get(&key[..])?
+                    .map(|row| row.value().1.to_vec())
+                    .unwrap_or_default();
+                value.extend_from_slice(&suffix);
                 tables.data.insert(&key[..], (tid.0, &value[..]))?;
             }
             Change::Delete { key, .. } => {

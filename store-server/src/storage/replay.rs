@@ -123,19 +123,9 @@ impl Recent {
         } else {
             header.last_tid
         });
-        for change in changes {
-            let (key, tid) = match change {
-                Change::Put { key, tid, .. } | Change::Delete { key, tid } => (key, *tid),
-                Change::Outcome { .. } | Change::Expire { .. } => continue,
-            };
-            match self.commits.back_mut() {
-                Some(commit) if commit.tid == tid => commit.keys.push(key.clone()),
-                _ => self.commits.push_back(Invalidation {
-                    tid,
-                    keys: vec![key.clone()],
-                }),
-            }
-            self.keys += 1;
+        for commit in redo::commits(changes) {
+            self.keys += commit.keys.len();
+            self.commits.push_back(commit);
         }
         while self.keys > DEFAULT_CHANGE_LOG_KEYS {
             let Some(oldest) = self.commits.pop_front() else {

@@ -34,6 +34,9 @@ pub(super) fn apply_commit(
     // holds at most its keys' final values (bounded by `max_txn_bytes`)
     // and takes time linear in its bytes.
     let mut staged: HashMap<&Bytes, Option<Vec<u8>>> = HashMap::new();
+    // Per key, what was appended to its stored value, while only appends
+    // were: the log then records the suffix, not the whole value.
+    let mut suffixes: HashMap<&Bytes, Option<Vec<u8>>> = HashMap::new();
     let mut order: Vec<&Bytes> = Vec::new();
     let mut staged_bytes = 0usize;
     let mut results = Vec::with_capacity(request.writes.len());
@@ -43,12 +46,19 @@ pub(super) fn apply_commit(
             std::collections::hash_map::Entry::Occupied(slot) => slot.into_mut(),
             std::collections::hash_map::Entry::Vacant(slot) => {
                 order.push(key);
+                suffixes.insert(key, Some(Vec::new()));
                 let stored = layers.value(key)?.map(|(_, value)| value.to_vec());
                 staged_bytes += stored.as_ref().map_or(0, Vec::len);
                 slot.insert(stored)
             }
         };
         let before = slot.as_ref().map_or(0, Vec::len);
+        let suffix = suffixes.get_mut(key);
+        match (write, suffix) {
+            (Write::Append { value, .. }, Some(Some(suffix))) => suffix.extend_from_slice(value),
+            (_, Some(suffix)) => *suffix = None,
+            (_, None) => {}
+        }
         let result = match write {
             Write::Put { value, .. } => {
                 *slot = Some(value.to_vec());
@@ -84,17 +94,24 @@ pub(super) fn apply_commit(
         results.push(result);
     }
     for key in order {
-        match staged.remove(key).flatten() {
-            Some(value) => layers.stage(Change::Put {
-                key: key.clone(),
+        let key_clone = key.clone();
+        let change = match (staged.remove(key).flatten(), suffixes.remove(key).flatten()) {
+            (Some(_), Some(suffix)) => Change::Append {
+                key: key_clone,
+                tid,
+                suffix: Bytes::from(suffix),
+            },
+            (Some(value), None) => Change::Put {
+                key: key_clone,
                 tid,
                 value: Bytes::from(value),
-            }),
-            None => layers.stage(Change::Delete {
-                key: key.clone(),
+            },
+            (None, _) => Change::Delete {
+                key: key_clone,
                 tid,
-            }),
-        }
+            },
+        };
+        layers.stage(change)?;
     }
     Ok(Ok(results))
 }

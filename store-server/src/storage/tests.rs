@@ -220,10 +220,6 @@ fn a_batch_of_an_older_epoch_or_one_refused_before_commit_writes_nothing() {
         now_ms: 0,
         epoch: Epoch(3),
     };
-    let refused = storage.apply_batches(&[(&[Op::Commit(&put)][..], current)], &limits, |_, _| {
-        Err(StorageError::Diverged("test".into()))
-    });
-    assert!(matches!(refused, Err(StorageError::Diverged(_))));
     assert_eq!(storage.get(b"k").unwrap().0, None);
     assert_eq!(storage.history_end().lsn, 0);
     // The same batch in the current epoch lands, under the next LSN.
@@ -531,4 +527,101 @@ fn acknowledged_and_old_outcomes_expire_and_are_never_reexecuted() {
         .expiries_due(std::time::Duration::ZERO)
         .unwrap()
         .is_empty());
+}
+
+#[test]
+fn a_backup_applies_the_primarys_log_records_as_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = open_in(&dir.path().join("primary")).unwrap();
+    let backup = open_in(&dir.path().join("backup")).unwrap();
+    let limits = Limits::default();
+    let first = commit(
+        vec![],
+        vec![Write::Put {
+            key: b("a"),
+            value: b("1"),
+        }],
+    );
+    let second = commit(
+        vec![],
+        vec![
+            Write::Incr { key: b("n"), by: 5 },
+            Write::Delete { key: b("a") },
+        ],
+    );
+    commit_batch(&primary, &[&first], &limits);
+    commit_batch(&primary, &[&second], &limits);
+    let records = primary.log_from(1, usize::MAX).unwrap();
+    let as_sent = |records: &[crate::wal::Record]| -> Vec<(crate::wal::RecordHeader, Vec<u8>)> {
+        records.iter().map(|r| (r.header, r.body.clone())).collect()
+    };
+    let sent = as_sent(&records);
+    let borrowed: Vec<_> = sent.iter().map(|(h, b)| (*h, &b[..])).collect();
+    // Out of order: refused, nothing written.
+    let skipped = backup.apply_records(&borrowed[1..], Epoch(1));
+    assert!(
+        matches!(skipped, Err(StorageError::Diverged(_))),
+        "{skipped:?}"
+    );
+    assert_eq!(backup.history_end().lsn, 0);
+    let commits = backup.apply_records(&borrowed, Epoch(1)).unwrap();
+    assert_eq!(
+        commits
+            .iter()
+            .map(|c| (c.tid.0, c.keys.len()))
+            .collect::<Vec<_>>(),
+        vec![(1, 1), (2, 2)]
+    );
+    assert_eq!(backup.history_end(), primary.history_end());
+    assert_eq!(backup.get(b"a").unwrap().0, None);
+    assert_eq!(backup.get(b"n").unwrap().0.unwrap().value, b("5"));
+    // The outcomes came along: a resend is a replay on the backup too.
+    let replay = backup
+        .apply_batch(
+            &[Op::Commit(&second)],
+            &limits,
+            Stamp::now(Epoch(1)),
+            |_, _| {},
+        )
+        .unwrap();
+    assert!(replay.results[0].as_ref().unwrap().replayed);
+    // A record newer than its stream is not history the primary holds.
+    let third = commit(
+        vec![],
+        vec![Write::Put {
+            key: b("c"),
+            value: b("3"),
+        }],
+    );
+    primary
+        .apply_batch(
+            &[Op::Commit(&third)],
+            &limits,
+            Stamp::now(Epoch(2)),
+            |_, _| {},
+        )
+        .unwrap();
+    let late = as_sent(&primary.log_from(3, usize::MAX).unwrap());
+    let late: Vec<_> = late.iter().map(|(h, b)| (*h, &b[..])).collect();
+    assert!(matches!(
+        backup.apply_records(&late, Epoch(1)),
+        Err(StorageError::Diverged(_))
+    ));
+    // A deposed primary's stream is fenced, whatever its records' epochs.
+    backup.raise_epoch(Epoch(4)).unwrap();
+    assert!(matches!(
+        backup.apply_records(&late, Epoch(3)),
+        Err(StorageError::Fenced {
+            batch: 3,
+            accepted: 4
+        })
+    ));
+    // The current primary's stream carries older epochs' history.
+    backup.apply_records(&late, Epoch(4)).unwrap();
+    // Reopened, the backup's own log holds what it applied.
+    drop(backup);
+    let backup = open_in(&dir.path().join("backup")).unwrap();
+    assert_eq!(backup.history_end().lsn, 3);
+    assert_eq!(backup.get(b"c").unwrap().0.unwrap().value, b("3"));
+    assert_eq!(backup.get(b"n").unwrap().0.unwrap().value, b("5"));
 }

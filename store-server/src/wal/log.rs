@@ -48,6 +48,8 @@ pub struct Record {
 #[derive(Debug)]
 struct Sealed {
     name: String,
+    first_lsn: u64,
+    marks: Marks,
     last_lsn: u64,
     bytes: u64,
 }
@@ -57,6 +59,8 @@ struct Sealed {
 struct Active {
     name: String,
     file: Box<dyn StorageBackend>,
+    first_lsn: u64,
+    marks: Marks,
     /// Where the next record goes.
     end: u64,
 }
@@ -77,6 +81,21 @@ pub struct Wal {
     /// An append failed: refuse the rest.
     broken: bool,
     buf: Vec<u8>,
+}
+
+/// Where some records of a segment start, `(lsn, offset)` in LSN order:
+/// reading from an LSN starts at the mark before it, not at the segment's
+/// start.
+type Marks = Vec<(u64, u64)>;
+
+/// A segment's records are marked every this many LSNs (and its first).
+const MARK_EVERY: u64 = 64;
+
+/// Whether the record `lsn` at `offset` gets a mark.
+fn mark(marks: &mut Marks, lsn: u64, offset: u64) {
+    if marks.is_empty() || lsn % MARK_EVERY == 0 {
+        marks.push((lsn, offset));
+    }
 }
 
 /// Spare segments kept for recycling; more are removed.
@@ -157,26 +176,35 @@ impl Wal {
             if let Some(active) = wal.active.take() {
                 wal.seal(active);
             }
-            let end = wal.scan(&name, &*file, &mut each)?;
-            wal.active = Some(Active { name, file, end });
+            let (end, marks) = wal.scan(&name, &*file, &mut each)?;
+            wal.active = Some(Active {
+                name,
+                file,
+                first_lsn: first,
+                marks,
+                end,
+            });
         }
         Ok(wal)
     }
 
     /// Reads the records of one segment into `each`; returns where they
-    /// end (a torn record there is overwritten by the next append).
+    /// end (a torn record there is overwritten by the next append), and
+    /// the segment's marks.
     fn scan(
         &mut self,
         name: &str,
         file: &dyn StorageBackend,
         each: &mut impl FnMut(Record) -> Result<(), StorageError>,
-    ) -> Result<u64, StorageError> {
+    ) -> Result<(u64, Marks), StorageError> {
         let len = file.len().map_err(io_error(format!("reading {name}")))?;
         let mut offset = SEGMENT_HEADER;
+        let mut marks = Marks::new();
         loop {
             match self.read_record(file, offset, len, name)? {
                 Some(record) => {
                     let size = (RECORD_HEADER + record.body.len()) as u64;
+                    mark(&mut marks, record.header.lsn, offset);
                     self.next_lsn = record.header.lsn.saturating_add(1);
                     offset += size;
                     each(record)?;
@@ -189,7 +217,7 @@ impl Wal {
                             &format!("a valid record follows at offset {later}"),
                         ));
                     }
-                    return Ok(offset);
+                    return Ok((offset, marks));
                 }
             }
         }
@@ -297,6 +325,58 @@ impl Wal {
         self.since_checkpoint
     }
 
+    /// The records from `lsn` on, in order, up to about `max_bytes` of
+    /// bodies (at least one, if any): what a backup catching up is sent.
+    /// Empty if the log no longer holds `lsn` (or does not yet).
+    pub fn read_from(&self, lsn: u64, max_bytes: usize) -> Result<Vec<Record>, StorageError> {
+        let mut segments: Vec<(&str, u64, &Marks)> = self
+            .sealed
+            .iter()
+            .map(|s| (s.name.as_str(), s.first_lsn, &s.marks))
+            .collect();
+        segments.extend(
+            self.active
+                .as_ref()
+                .map(|a| (a.name.as_str(), a.first_lsn, &a.marks)),
+        );
+        let Some(start) = segments.iter().rposition(|&(_, first, _)| first <= lsn) else {
+            return Ok(Vec::new());
+        };
+        let mut records = Vec::new();
+        let mut bytes = 0usize;
+        let mut expected = segments[start].1;
+        for (index, &(name, first, marks)) in segments[start..].iter().enumerate() {
+            if first != expected {
+                break;
+            }
+            let file = self.open_file(name)?;
+            let len = file.len().map_err(io_error(format!("reading {name}")))?;
+            let mut offset = SEGMENT_HEADER;
+            if index == 0 {
+                // From the last mark at or before `lsn`.
+                if let Some(&(marked, at)) = marks.iter().rev().find(|&&(l, _)| l <= lsn) {
+                    (expected, offset) = (marked, at);
+                }
+            }
+            while expected < self.next_lsn {
+                let wanted = |l: u64| l == expected;
+                let Some(record) = self.record_at(&*file, offset, len, name, wanted)? else {
+                    break;
+                };
+                offset += (RECORD_HEADER + record.body.len()) as u64;
+                expected += 1;
+                if record.header.lsn >= lsn {
+                    bytes += record.body.len();
+                    records.push(record);
+                    if bytes >= max_bytes {
+                        return Ok(records);
+                    }
+                }
+            }
+        }
+        Ok(records)
+    }
+
     /// Appends records (consecutive LSNs from [`Wal::next_lsn`]) and makes
     /// them durable with one `fdatasync` before returning. After a failed
     /// append the log refuses every later one: what reached the disk is
@@ -336,6 +416,13 @@ impl Wal {
             self.broken = true;
         }
         result?;
+        if let Some(active) = self.active.as_mut() {
+            let mut offset = active.end - size;
+            for (header, body) in records {
+                mark(&mut active.marks, header.lsn, offset);
+                offset += (RECORD_HEADER + body.len()) as u64;
+            }
+        }
         self.next_lsn = lsn;
         self.since_checkpoint += size;
         Ok(())
@@ -395,6 +482,8 @@ impl Wal {
         self.active = Some(Active {
             name,
             file,
+            first_lsn,
+            marks: Marks::new(),
             end: SEGMENT_HEADER,
         });
         Ok(())
@@ -408,6 +497,8 @@ impl Wal {
         }
         self.sealed.push_back(Sealed {
             name: active.name,
+            first_lsn: active.first_lsn,
+            marks: active.marks,
             last_lsn: self.next_lsn.saturating_sub(1),
             bytes: active.end,
         });

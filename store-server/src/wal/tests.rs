@@ -162,3 +162,32 @@ fn a_failed_fsync_breaks_the_log_until_it_is_reopened() {
     assert_eq!(wal.next_lsn(), lsns.len() as u64 + 1);
     assert!(lsns.len() == 2 || lsns.len() == 3);
 }
+
+#[test]
+fn records_are_read_back_from_any_retained_lsn_across_segments() {
+    let disk = SimDisk::new();
+    let (mut wal, _) = open(&disk, 7).unwrap();
+    append(&mut wal, 1, 40);
+    let lsns = |records: Vec<Record>| records.iter().map(|r| r.header.lsn).collect::<Vec<_>>();
+    assert_eq!(
+        lsns(wal.read_from(1, usize::MAX).unwrap()),
+        (1..=40).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        lsns(wal.read_from(17, usize::MAX).unwrap()),
+        (17..=40).collect::<Vec<_>>()
+    );
+    // About max_bytes of bodies (300 each), at least one record.
+    assert_eq!(lsns(wal.read_from(5, 700).unwrap()), vec![5, 6, 7]);
+    assert_eq!(lsns(wal.read_from(5, 1).unwrap()), vec![5]);
+    assert!(wal.read_from(41, usize::MAX).unwrap().is_empty());
+    let body = &wal.read_from(23, 1).unwrap()[0].body;
+    assert_eq!(*body, self::body(23));
+    // A retired segment's records are no longer held.
+    wal.checkpointed(40).unwrap();
+    assert!(wal.read_from(1, usize::MAX).unwrap().is_empty());
+    assert_eq!(
+        lsns(wal.read_from(12, usize::MAX).unwrap()),
+        (12..=40).collect::<Vec<_>>()
+    );
+}
