@@ -244,6 +244,11 @@ pub struct RunArgs {
     /// from and for clients to revalidate their caches from.
     #[arg(long, value_name = "BYTES", default_value_t = WalConfig::default().retain_bytes)]
     pub wal_retain_bytes: u64,
+    /// How long a full log segment is kept past a checkpoint (counted from
+    /// when it filled, or from the last start); the log is bounded by this
+    /// and by --wal-retain-bytes, whichever retires a segment first.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub wal_retain_age: Duration,
     /// Access rules (TOML): identities (client certificate names) → role
     /// (read, readwrite, admin) and key prefixes. Without it every
     /// certificate of the CA is admin.
@@ -298,6 +303,7 @@ impl RunArgs {
             segment_bytes: self.wal_segment_bytes,
             checkpoint_bytes: self.checkpoint_bytes,
             retain_bytes: self.wal_retain_bytes,
+            retain_age: self.wal_retain_age,
         };
         let frame = u64::from(limits.max_frame_bytes);
         if self.max_connection_bytes < frame || self.max_request_bytes < frame {

@@ -48,6 +48,7 @@ fn tiny_log() -> WalConfig {
         segment_bytes: 8 << 10,
         checkpoint_bytes: 16 << 10,
         retain_bytes: 16 << 10,
+        retain_age: std::time::Duration::from_secs(3600),
     }
 }
 

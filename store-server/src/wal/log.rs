@@ -23,6 +23,10 @@ pub struct WalConfig {
     pub checkpoint_bytes: u64,
     /// Log bytes kept after a checkpoint for catch-up and the change log.
     pub retain_bytes: u64,
+    /// How long a full segment is kept after a checkpoint passed it,
+    /// counted from when it filled (or from the last start): the log is
+    /// bounded by `retain_bytes` and by this, whichever retires first.
+    pub retain_age: std::time::Duration,
 }
 
 impl Default for WalConfig {
@@ -31,6 +35,7 @@ impl Default for WalConfig {
             segment_bytes: 32 << 20,
             checkpoint_bytes: 64 << 20,
             retain_bytes: 256 << 20,
+            retain_age: std::time::Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -50,6 +55,8 @@ struct Sealed {
     name: String,
     first_lsn: u64,
     marks: Marks,
+    /// When it filled (or when this process found it).
+    sealed_at: std::time::SystemTime,
     last_lsn: u64,
     bytes: u64,
 }
@@ -499,20 +506,25 @@ impl Wal {
             name: active.name,
             first_lsn: active.first_lsn,
             marks: active.marks,
+            sealed_at: std::time::SystemTime::now(),
             last_lsn: self.next_lsn.saturating_sub(1),
             bytes: active.end,
         });
     }
 
     /// The index is durable through `lsn`: segments wholly at or before it
-    /// and beyond the retention window are retired.
+    /// and beyond the retention window (bytes or age) are retired.
     pub fn checkpointed(&mut self, lsn: u64) -> Result<(), StorageError> {
         self.since_checkpoint = 0;
         let mut kept: u64 = self.sealed.iter().map(|s| s.bytes).sum::<u64>()
             + self.active.as_ref().map_or(0, |a| a.end);
+        let now = std::time::SystemTime::now();
         while let Some(oldest) = self.sealed.front() {
-            if oldest.last_lsn > lsn || kept.saturating_sub(oldest.bytes) < self.config.retain_bytes
-            {
+            let too_much = kept.saturating_sub(oldest.bytes) >= self.config.retain_bytes;
+            let too_old = now
+                .duration_since(oldest.sealed_at)
+                .is_ok_and(|age| age >= self.config.retain_age);
+            if oldest.last_lsn > lsn || !(too_much || too_old) {
                 break;
             }
             kept -= oldest.bytes;

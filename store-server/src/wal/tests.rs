@@ -16,6 +16,7 @@ fn small() -> WalConfig {
         segment_bytes: 4096,
         checkpoint_bytes: 8192,
         retain_bytes: 8192,
+        retain_age: std::time::Duration::from_secs(3600),
     }
 }
 
@@ -190,4 +191,23 @@ fn records_are_read_back_from_any_retained_lsn_across_segments() {
         lsns(wal.read_from(12, usize::MAX).unwrap()),
         (12..=40).collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn segments_past_the_retention_age_are_retired_at_a_checkpoint() {
+    let disk = SimDisk::new();
+    let config = WalConfig {
+        retain_bytes: u64::MAX,
+        retain_age: std::time::Duration::ZERO,
+        ..small()
+    };
+    let mut wal = Wal::open(Arc::new(disk.clone()), 7, 1, config, |_| Ok(())).unwrap();
+    append(&mut wal, 1, 40);
+    // Not past the checkpoint: kept, however old.
+    wal.checkpointed(10).unwrap();
+    assert_eq!(wal.read_from(1, 1).unwrap()[0].header.lsn, 1);
+    wal.checkpointed(40).unwrap();
+    // Only the segment being written remains.
+    assert!(wal.read_from(33, 1).unwrap().is_empty());
+    assert_eq!(wal.read_from(34, 1).unwrap()[0].header.lsn, 34);
 }
