@@ -72,6 +72,9 @@ const NODE: &str = "node";
 /// The history's generation: the log's records carry it, and a snapshot
 /// install starts a new one (records of another are not this history's).
 const GENERATION: &str = "wal_generation";
+/// Set while a snapshot is being installed: a store found with it was cut
+/// short mid-install and is emptied at open.
+const INSTALLING: &str = "installing";
 /// The log's directory, beside the index file.
 pub const WAL_DIR: &str = "wal";
 
@@ -121,7 +124,7 @@ impl Drop for Storage {
 }
 
 /// Where a storage's history ends: what a joining backup tells its primary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HistoryEnd {
     /// The last durable batch.
     pub lsn: u64,
@@ -206,6 +209,16 @@ impl Storage {
                     id
                 }
             };
+            if meta_number(&meta, INSTALLING)? != 0 {
+                drop(meta);
+                tracing::warn!(
+                    "a snapshot install was cut short: the store is an empty history \
+                     until the primary sends it again"
+                );
+                snapshot::forget_history(&txn, new_generation())?;
+                meta = txn.open_table(META)?;
+                meta.remove(INSTALLING)?;
+            }
             let minted = meta_number(&meta, GENERATION)? == 0;
             if minted {
                 // A new store, or one from before the log: its history

@@ -1,6 +1,6 @@
 //! Snapshots: a consistent copy of every table streamed out in chunks, and
-//! one installed in place of a store's history in one transaction, the
-//! log starting a new history after it.
+//! one installed in place of a store's history chunk by chunk, the log
+//! starting a new history after it.
 
 use bytes::Bytes;
 use redb::ReadableTable;
@@ -8,8 +8,8 @@ use store_protocol::peer::SnapshotRow;
 use store_protocol::{Epoch, Tid, TxnId};
 
 use super::{
-    meta_number, new_generation, HistoryEnd, Storage, BATCH_EPOCH, DATA, GENERATION, LAST_TID, LSN,
-    META,
+    meta_number, new_generation, HistoryEnd, Storage, BATCH_EPOCH, DATA, GENERATION, INSTALLING,
+    LAST_TID, LSN, META,
 };
 use crate::error::StorageError;
 use crate::outcomes::{OUTCOMES, WATERMARKS};
@@ -87,37 +87,54 @@ impl Storage {
         Ok(())
     }
 
-    /// Replaces every table with a snapshot's rows, atomically (one write
-    /// transaction, one fsync): either the old history or the new one
-    /// survives a crash. `rows` yields chunks until the snapshot ends
-    /// ([`SnapshotPiece::Cut`]: it was cut short, and nothing changes).
-    /// Returns whether it was installed.
+    /// Replaces every table with a snapshot's rows, in one transaction
+    /// per chunk, so memory stays bounded whatever the store's size. The
+    /// old history is forgotten first, durably (the store is an empty
+    /// history until the last chunk lands, and one left half-installed by
+    /// a crash is emptied at the next open); the snapshot's end becomes
+    /// durable with its last chunk, and the log starts a new history after
+    /// it. `rows` yields chunks until the snapshot ends
+    /// ([`SnapshotPiece::Cut`]: it was cut short; the store stays an empty
+    /// history and asks for a snapshot again). Returns whether it was
+    /// installed.
     pub fn install_snapshot(
         &self,
         end: HistoryEnd,
         mut rows: impl FnMut() -> SnapshotPiece,
     ) -> Result<bool, StorageError> {
-        let generation = new_generation();
         let _writer = self.lock_writer();
-        let mut pending = self.write_pending();
-        let txn = self.db.begin_write()?;
         {
-            txn.delete_table(DATA)?;
-            txn.delete_table(OUTCOMES)?;
-            txn.delete_table(WATERMARKS)?;
-            let mut data = txn.open_table(DATA)?;
-            let mut outcomes = txn.open_table(OUTCOMES)?;
-            let mut watermarks = txn.open_table(WATERMARKS)?;
-            loop {
-                let chunk = match rows() {
-                    SnapshotPiece::Rows(chunk) => chunk,
-                    SnapshotPiece::End => break,
-                    SnapshotPiece::Cut => {
-                        drop((data, outcomes, watermarks));
-                        txn.abort()?;
-                        return Ok(false);
-                    }
-                };
+            let mut pending = self.write_pending();
+            let generation = new_generation();
+            let txn = self.db.begin_write()?;
+            forget_history(&txn, generation)?;
+            txn.open_table(META)?.insert(INSTALLING, 1)?;
+            txn.commit()?;
+            pending.take_changes();
+            self.lock_wal().reset(generation, 1)?;
+            self.publish_end(HistoryEnd::default());
+        }
+        loop {
+            let chunk = match rows() {
+                SnapshotPiece::Rows(chunk) => chunk,
+                SnapshotPiece::End => break,
+                SnapshotPiece::Cut => {
+                    // Nothing of a snapshot cut short stays.
+                    let generation = new_generation();
+                    self.lock_wal().reset(generation, 1)?;
+                    let txn = self.db.begin_write()?;
+                    forget_history(&txn, generation)?;
+                    txn.open_table(META)?.remove(INSTALLING)?;
+                    txn.commit()?;
+                    return Ok(false);
+                }
+            };
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(redb::Durability::None);
+            {
+                let mut data = txn.open_table(DATA)?;
+                let mut outcomes = txn.open_table(OUTCOMES)?;
+                let mut watermarks = txn.open_table(WATERMARKS)?;
                 for row in chunk {
                     match row {
                         SnapshotRow::Data { key, serial, value } => {
@@ -132,20 +149,46 @@ impl Storage {
                     }
                 }
             }
+            txn.commit()?;
+        }
+        // The log's new history first: until the commit below, the store
+        // is still marked installing, and a restart empties it.
+        let generation = new_generation();
+        self.lock_wal().reset(generation, end.lsn + 1)?;
+        let txn = self.db.begin_write()?;
+        {
             let mut meta = txn.open_table(META)?;
             meta.insert(LAST_TID, end.last_tid.0)?;
             meta.insert(LSN, end.lsn)?;
             meta.insert(BATCH_EPOCH, end.batch_epoch.0)?;
             meta.insert(GENERATION, generation)?;
+            meta.remove(INSTALLING)?;
         }
-        // Durable (the default): the index is the history's checkpoint now,
-        // and the log starts a new history after it.
+        // Durable (the default): every chunk with it.
         txn.commit()?;
-        pending.take_changes();
-        self.lock_wal().reset(generation, end.lsn + 1)?;
         self.publish_end(end);
         Ok(true)
     }
+}
+
+/// Empties every table and the history's end in `txn`, under a new log
+/// `generation`: the store is an empty history.
+pub(super) fn forget_history(
+    txn: &redb::WriteTransaction,
+    generation: u64,
+) -> Result<(), StorageError> {
+    txn.delete_table(DATA)?;
+    txn.delete_table(OUTCOMES)?;
+    txn.delete_table(WATERMARKS)?;
+    txn.open_table(DATA)?;
+    txn.open_table(OUTCOMES)?;
+    txn.open_table(WATERMARKS)?;
+    let mut meta = txn.open_table(META)?;
+    meta.insert(LAST_TID, 0)?;
+    meta.insert(LSN, 0)?;
+    meta.insert(BATCH_EPOCH, 0)?;
+    meta.insert(GENERATION, generation)?;
+    Ok(())
 }
 
 /// The next piece of a snapshot being installed.

@@ -12,6 +12,7 @@ use store_protocol::{
 
 use super::*;
 use crate::outcomes::Expiry;
+use store_protocol::peer::SnapshotRow;
 
 use crate::error::StorageError;
 
@@ -293,13 +294,28 @@ fn a_snapshot_replaces_another_store_whole() {
         .apply_batch(&[Op::Commit(&a)], &limits, stamp, |_, _| {})
         .unwrap();
     assert!(replay.results[0].as_ref().unwrap().replayed);
-    // A snapshot cut short changes nothing.
-    let mut cut = [SnapshotPiece::Cut].into_iter();
-    let before = target.history_end();
+    // A snapshot cut short after its first chunk leaves an empty
+    // history (never a mix of two), and so does a restart after it.
+    let mut cut = [
+        SnapshotPiece::Rows(vec![SnapshotRow::Data {
+            key: b("half"),
+            serial: Tid(1),
+            value: b("x"),
+        }]),
+        SnapshotPiece::Cut,
+    ]
+    .into_iter();
     assert!(!target
         .install_snapshot(end, || cut.next().unwrap_or(SnapshotPiece::Cut))
         .unwrap());
-    assert_eq!(target.history_end(), before);
+    assert_eq!(target.history_end(), HistoryEnd::default());
+    assert_eq!(target.get(b"a").unwrap().0, None);
+    assert_eq!(target.get(b"half").unwrap().0, None);
+    drop(target);
+    let target = open_in(&dir.path().join("target")).unwrap();
+    assert_eq!(target.history_end(), HistoryEnd::default());
+    assert_eq!(target.get(b"half").unwrap().0, None);
+    assert_eq!(target.get(b"a").unwrap().0, None);
 }
 
 #[test]
@@ -624,4 +640,58 @@ fn a_backup_applies_the_primarys_log_records_as_they_are() {
     assert_eq!(backup.history_end().lsn, 3);
     assert_eq!(backup.get(b"c").unwrap().0.unwrap().value, b("3"));
     assert_eq!(backup.get(b"n").unwrap().0.unwrap().value, b("5"));
+}
+
+#[test]
+fn a_store_found_half_installed_is_emptied_at_open() {
+    let disk = crate::wal::sim::SimDisk::new();
+    let open = || {
+        let index = disk.backend("store.redb");
+        let exists = redb::StorageBackend::len(&index).is_ok_and(|len| len > 0);
+        let db = redb::Builder::new().create_with_backend(index).unwrap();
+        let path = std::path::Path::new("sim/store.redb");
+        Storage::assemble(
+            db,
+            exists,
+            path,
+            Arc::new(disk.clone()),
+            WalConfig::default(),
+        )
+    };
+    let storage = open().unwrap();
+    let limits = Limits::default();
+    let old = commit(
+        vec![],
+        vec![Write::Put {
+            key: b("old"),
+            value: b("1"),
+        }],
+    );
+    commit_batch(&storage, &[&old], &limits);
+    let end = HistoryEnd {
+        lsn: 9,
+        batch_epoch: Epoch(2),
+        last_tid: Tid(9),
+    };
+    let mut calls = 0;
+    let installed = storage.install_snapshot(end, || {
+        calls += 1;
+        if calls == 1 {
+            SnapshotPiece::Rows(vec![SnapshotRow::Data {
+                key: b("half"),
+                serial: Tid(3),
+                value: b("x"),
+            }])
+        } else {
+            // The power fails before the snapshot's end lands.
+            disk.power_cut(7);
+            SnapshotPiece::End
+        }
+    });
+    assert!(installed.is_err());
+    drop(storage);
+    let storage = open().unwrap();
+    assert_eq!(storage.history_end(), HistoryEnd::default());
+    assert_eq!(storage.get(b"half").unwrap().0, None);
+    assert_eq!(storage.get(b"old").unwrap().0, None);
 }
