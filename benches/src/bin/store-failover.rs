@@ -5,10 +5,12 @@
 //! * failover: SIGKILL of the primary → first successful commit of a
 //!   client that commits back to back (`--trials` times, alternating
 //!   nodes; the killed node rejoins and catches up between trials);
-//! * catch-up: a node restarted after a failover rejoins by snapshot
-//!   (`--keys` 1 KiB values in the store), and a backup restarted in the
-//!   same term by log shipping (`--log-keys` written while it was down):
-//!   the time from its restart to being recorded in sync, and the rate.
+//! * catch-up: the old primary restarted after a failover rejoins
+//!   (`--keys` 1 KiB values in the store; from the new primary's
+//!   write-ahead log when its history end is still there, else by
+//!   snapshot: the line says which), and a backup restarted in the same
+//!   term (`--log-keys` written while it was down): the time from its
+//!   restart to being recorded in sync, and the rate.
 //!
 //! ```text
 //! cargo build --release -p store-server -p store-benches
@@ -95,15 +97,23 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
         failovers.len()
     ));
 
-    // Catch-up by snapshot: fill the store, fail over, and time the old
-    // primary's return (its history differs in epoch: it gets a snapshot).
+    // The old primary's return after a failover: from the new primary's
+    // write-ahead log if it still holds the old one's history end.
     let value = bytes::Bytes::from(vec![b'x'; 1024]);
     put_keys(&client, 0..args.keys, &value).await?;
     cluster.wait_in_sync(primary).await;
     cluster.nodes[primary].kill();
     cluster.wait_for_primary(Some(1 - primary)).await;
     let took = rejoin(&mut cluster, primary).await;
-    report_catch_up("snapshot", args.keys, took);
+    let how = if cluster.nodes[primary]
+        .log_text()
+        .contains("snapshot installed")
+    {
+        "snapshot"
+    } else {
+        "log"
+    };
+    report_catch_up(&format!("{how} node=restarted-primary"), args.keys, took);
     primary = 1 - primary;
 
     // Catch-up by log shipping: the backup is down while keys are written
@@ -111,7 +121,7 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
     cluster.nodes[1 - primary].kill();
     put_keys(&client, args.keys..args.keys + args.log_keys, &value).await?;
     let took = rejoin(&mut cluster, 1 - primary).await;
-    report_catch_up("log", args.log_keys, took);
+    report_catch_up("log node=restarted-backup", args.log_keys, took);
     client.close().await;
     if std::env::var_os("STORE_FAILOVER_KEEP").is_some() {
         drop(cluster);

@@ -70,23 +70,16 @@ impl Storage {
         let start = self.history_end();
         let mut last = start.last_tid;
         let mut staged = Pending::default();
-        let results = {
-            let pending = self.read_pending();
-            let index = self.index()?;
-            let mut layers = Layers {
-                staged: Some(&mut staged),
-                pending: &pending,
-                index: &index,
-            };
+        let results = self.with_layers(Some(&mut staged), |layers| {
             let mut results = Vec::with_capacity(batch.len());
             for op in batch {
-                results.push(decide(&mut layers, op, &mut last, stamp.now_ms, limits)?);
+                results.push(decide(layers, op, &mut last, stamp.now_ms, limits)?);
                 if layers.staged_bytes() >= MAX_RECORD_BYTES {
                     break;
                 }
             }
-            results
-        };
+            Ok(results)
+        })?;
         if staged.changes().is_empty() {
             // Only replays and refusals: nothing to make durable.
             return Ok(Applied { results, lsn: None });
@@ -132,15 +125,8 @@ impl Storage {
         }
         let start = self.history_end();
         let mut staged = Pending::default();
-        let mut commits = Vec::new();
-        {
-            let pending = self.read_pending();
-            let index = self.index()?;
-            let mut layers = Layers {
-                staged: Some(&mut staged),
-                pending: &pending,
-                index: &index,
-            };
+        let commits = self.with_layers(Some(&mut staged), |layers| {
+            let mut commits = Vec::new();
             for (i, (header, body)) in records.iter().enumerate() {
                 if header.epoch > epoch {
                     return Err(StorageError::Diverged(format!(
@@ -161,7 +147,8 @@ impl Storage {
                     layers.stage(change)?;
                 }
             }
-        }
+            Ok(commits)
+        })?;
         let Some((last, _)) = records.last() else {
             return Ok(commits);
         };

@@ -42,7 +42,7 @@ use crate::error::StorageError;
 use crate::invalidation::RecentChanges;
 use crate::outcomes::{OUTCOMES, WATERMARKS};
 use crate::wal::{Disk, OsDisk, Record, Wal, WalConfig};
-use pending::{Index, Pending};
+use pending::{Index, Layers, Pending};
 use redo::Tables;
 
 use batch::now_ms;
@@ -77,6 +77,16 @@ const GENERATION: &str = "wal_generation";
 const INSTALLING: &str = "installing";
 /// The log's directory, beside the index file.
 pub const WAL_DIR: &str = "wal";
+
+/// A write transaction that is durable when committed, with redb's
+/// quick-repair: these are rare (checkpoints, epoch changes, snapshot
+/// installs), and with it a store reopened after a crash is not walked
+/// page by page before it serves.
+fn durable_txn(db: &Database) -> Result<redb::WriteTransaction, StorageError> {
+    let mut txn = db.begin_write()?;
+    txn.set_quick_repair(true);
+    Ok(txn)
+}
 
 /// A random non-zero generation.
 fn new_generation() -> u64 {
@@ -188,7 +198,7 @@ impl Storage {
         log_disk: Arc<dyn Disk>,
         wal_config: WalConfig,
     ) -> Result<Storage, StorageError> {
-        let txn = db.begin_write()?;
+        let txn = durable_txn(&db)?;
         let (server_id, minted, numbers) = {
             txn.open_table(DATA)?;
             txn.open_table(OUTCOMES)?;
@@ -300,7 +310,7 @@ impl Storage {
     pub fn checkpoint(&self) -> Result<(), StorageError> {
         let mut pending = self.write_pending();
         let end = self.history_end();
-        let txn = self.db.begin_write()?;
+        let txn = durable_txn(&self.db)?;
         {
             let mut tables = Tables {
                 data: txn.open_table(DATA)?,
@@ -327,6 +337,22 @@ impl Storage {
             data: txn.open_table(DATA)?,
             outcomes: txn.open_table(OUTCOMES)?,
             watermarks: txn.open_table(WATERMARKS)?,
+        })
+    }
+
+    /// Runs `f` on one consistent view of the store: the pending rows over
+    /// the index, with `staged` (a batch being decided) on top.
+    fn with_layers<T>(
+        &self,
+        staged: Option<&mut Pending>,
+        f: impl FnOnce(&mut Layers<'_>) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let pending = self.read_pending();
+        let index = self.index()?;
+        f(&mut Layers {
+            staged,
+            pending: &pending,
+            index: &index,
         })
     }
 
@@ -378,7 +404,7 @@ impl Storage {
                 theirs: cluster_id,
             });
         }
-        let txn = self.db.begin_write()?;
+        let txn = durable_txn(&self.db)?;
         txn.open_table(META)?.insert(CLUSTER_ID, cluster_id)?;
         txn.commit()?;
         self.cluster_id.store(cluster_id, Ordering::Release);
@@ -389,7 +415,7 @@ impl Storage {
     /// refuses if it is another member's.
     pub fn claim_node(&self, node: NodeId) -> Result<(), StorageError> {
         let wanted = u64::from(node) + 1;
-        let txn = self.db.begin_write()?;
+        let txn = durable_txn(&self.db)?;
         {
             let mut meta = txn.open_table(META)?;
             match meta_number(&meta, NODE)? {
@@ -441,7 +467,7 @@ impl Storage {
         }
         // Compared inside the write transaction: two raises at once never
         // leave the lower one on disk.
-        let txn = self.db.begin_write()?;
+        let txn = durable_txn(&self.db)?;
         {
             let mut meta = txn.open_table(META)?;
             let stored = meta_number(&meta, EPOCH)?;

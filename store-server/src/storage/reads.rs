@@ -3,7 +3,6 @@
 
 use store_protocol::{Entry, ScanRequest, Tid, Versioned};
 
-use super::pending::Layers;
 use super::Storage;
 use crate::error::StorageError;
 
@@ -19,23 +18,19 @@ impl Storage {
         &self,
         keys: &[K],
     ) -> Result<(Vec<Option<Versioned>>, Tid), StorageError> {
-        let pending = self.read_pending();
-        let index = self.index()?;
-        let read_tid = self.last_tid();
-        let layers = Layers {
-            staged: None,
-            pending: &pending,
-            index: &index,
-        };
-        let values = keys
-            .iter()
-            .map(|key| {
-                Ok(layers
-                    .value(key.as_ref())?
-                    .map(|(serial, value)| Versioned { value, serial }))
-            })
-            .collect::<Result<_, StorageError>>()?;
-        Ok((values, read_tid))
+        self.with_layers(None, |layers| {
+            // Read under the same view: the TID the values are current at.
+            let read_tid = self.last_tid();
+            let values = keys
+                .iter()
+                .map(|key| {
+                    Ok(layers
+                        .value(key.as_ref())?
+                        .map(|(serial, value)| Versioned { value, serial }))
+                })
+                .collect::<Result<_, StorageError>>()?;
+            Ok((values, read_tid))
+        })
     }
 
     /// Reads a range in key order: at most `max_entries` entries and about
@@ -47,31 +42,26 @@ impl Storage {
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<(Vec<Entry>, bool, Tid), StorageError> {
-        let mut entries = Vec::new();
-        let pending = self.read_pending();
-        let index = self.index()?;
-        let read_tid = self.last_tid();
-        if scan.end.as_ref().is_some_and(|end| *end <= scan.start) {
-            return Ok((entries, false, read_tid));
-        }
-        let layers = Layers {
-            staged: None,
-            pending: &pending,
-            index: &index,
-        };
-        let limit = max_entries.min(scan.limit as usize);
-        let mut bytes = 0usize;
-        let mut more = false;
-        layers.range(&scan.start, scan.end.as_deref(), |key, serial, value| {
-            let size = key.len() + value.len();
-            if entries.len() >= limit || (!entries.is_empty() && bytes + size > max_bytes) {
-                more = true;
-                return false;
+        self.with_layers(None, |layers| {
+            let mut entries = Vec::new();
+            let read_tid = self.last_tid();
+            if scan.end.as_ref().is_some_and(|end| *end <= scan.start) {
+                return Ok((entries, false, read_tid));
             }
-            bytes += size;
-            entries.push(Entry { key, value, serial });
-            true
-        })?;
-        Ok((entries, more, read_tid))
+            let limit = max_entries.min(scan.limit as usize);
+            let mut bytes = 0usize;
+            let mut more = false;
+            layers.range(&scan.start, scan.end.as_deref(), |key, serial, value| {
+                let size = key.len() + value.len();
+                if entries.len() >= limit || (!entries.is_empty() && bytes + size > max_bytes) {
+                    more = true;
+                    return false;
+                }
+                bytes += size;
+                entries.push(Entry { key, value, serial });
+                true
+            })?;
+            Ok((entries, more, read_tid))
+        })
     }
 }

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use store_protocol::Tid;
 
 use super::redo::{self, Change, Tables};
-use super::{HistoryEnd, BATCH_EPOCH, DATA, LAST_TID, LSN, META};
+use super::{durable_txn, HistoryEnd, BATCH_EPOCH, DATA, LAST_TID, LSN, META};
 use crate::error::StorageError;
 use crate::invalidation::{Invalidation, RecentChanges, DEFAULT_CHANGE_LOG_KEYS};
 use crate::outcomes::{OUTCOMES, WATERMARKS};
@@ -44,7 +44,7 @@ pub(super) fn replay_log(
     let checkpoint = index.end.lsn;
     let damaged =
         |detail: String| StorageError::damaged(&path.with_file_name(super::WAL_DIR), detail);
-    let txn = db.begin_write()?;
+    let txn = durable_txn(db)?;
     let mut first: Option<u64> = None;
     let mut last: Option<RecordHeader> = None;
     let mut recent = Recent::default();

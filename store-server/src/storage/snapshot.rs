@@ -8,8 +8,8 @@ use store_protocol::peer::SnapshotRow;
 use store_protocol::{Epoch, Tid, TxnId};
 
 use super::{
-    meta_number, new_generation, HistoryEnd, Storage, BATCH_EPOCH, DATA, GENERATION, INSTALLING,
-    LAST_TID, LSN, META,
+    durable_txn, meta_number, new_generation, HistoryEnd, Storage, BATCH_EPOCH, DATA, GENERATION,
+    INSTALLING, LAST_TID, LSN, META,
 };
 use crate::error::StorageError;
 use crate::outcomes::{OUTCOMES, WATERMARKS};
@@ -106,7 +106,7 @@ impl Storage {
         {
             let mut pending = self.write_pending();
             let generation = new_generation();
-            let txn = self.db.begin_write()?;
+            let txn = durable_txn(&self.db)?;
             forget_history(&txn, generation)?;
             txn.open_table(META)?.insert(INSTALLING, 1)?;
             txn.commit()?;
@@ -122,7 +122,7 @@ impl Storage {
                     // Nothing of a snapshot cut short stays.
                     let generation = new_generation();
                     self.lock_wal().reset(generation, 1)?;
-                    let txn = self.db.begin_write()?;
+                    let txn = durable_txn(&self.db)?;
                     forget_history(&txn, generation)?;
                     txn.open_table(META)?.remove(INSTALLING)?;
                     txn.commit()?;
@@ -155,7 +155,7 @@ impl Storage {
         // is still marked installing, and a restart empties it.
         let generation = new_generation();
         self.lock_wal().reset(generation, end.lsn + 1)?;
-        let txn = self.db.begin_write()?;
+        let txn = durable_txn(&self.db)?;
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(LAST_TID, end.last_tid.0)?;
