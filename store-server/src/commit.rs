@@ -62,6 +62,9 @@ struct Decision {
 pub struct CommitPipeline {
     committer: Committer,
     thread: JoinHandle<()>,
+    /// Folds the rows in memory into the index while commits go on.
+    checkpointer: JoinHandle<()>,
+    storage: Arc<Storage>,
 }
 
 /// A cheap handle that submits work to the pipeline.
@@ -92,8 +95,12 @@ impl CommitPipeline {
         write_epoch: WriteEpoch,
     ) -> std::io::Result<CommitPipeline> {
         let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
+        let folding = storage.clone();
+        let checkpointer = std::thread::Builder::new()
+            .name("zeolite-checkpointer".into())
+            .spawn(move || folding.run_checkpointer())?;
         let committer = Pipeline {
-            storage,
+            storage: storage.clone(),
             invalidations,
             limits,
             release,
@@ -108,6 +115,8 @@ impl CommitPipeline {
                 in_flight: Arc::default(),
             },
             thread,
+            checkpointer,
+            storage,
         })
     }
 
@@ -120,8 +129,13 @@ impl CommitPipeline {
     /// Handles still held elsewhere keep it running until they are dropped.
     pub async fn shutdown(self) {
         drop(self.committer);
-        let thread = self.thread;
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        let (thread, checkpointer, storage) = (self.thread, self.checkpointer, self.storage);
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = thread.join();
+            storage.stop_checkpointer();
+            let _ = checkpointer.join();
+        })
+        .await;
     }
 }
 

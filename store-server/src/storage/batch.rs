@@ -166,8 +166,8 @@ impl Storage {
     /// one is due.
     fn land(&self, staged: Pending, last: &RecordHeader) -> Result<(), StorageError> {
         {
-            let mut pending = self.write_pending();
-            pending.merge(staged);
+            let mut memory = self.write_memory();
+            memory.active.merge(staged);
             self.publish_end(HistoryEnd {
                 lsn: last.lsn,
                 batch_epoch: last.epoch,

@@ -13,6 +13,8 @@
 //! * `rules`: what one commit does to the data (conflicts, `Incr`,
 //!   `Append`, the transaction's byte budget);
 //! * `snapshot`: streaming a snapshot out and installing one;
+//! * `pending`: rows durable in the log, in memory until folded into the
+//!   index; `fold`: checkpoints, in a thread of their own;
 //! * `check`: `store-server check`, a store's soundness without serving it;
 //! * `crash`: the crash-consistency suite, run on a simulated disk.
 
@@ -21,6 +23,7 @@ mod check;
 #[cfg(feature = "crash-seam")]
 pub mod crash;
 mod file;
+mod fold;
 mod pending;
 mod reads;
 mod redo;
@@ -42,8 +45,7 @@ use crate::error::StorageError;
 use crate::invalidation::RecentChanges;
 use crate::outcomes::{OUTCOMES, WATERMARKS};
 use crate::wal::{Disk, OsDisk, Record, Wal, WalConfig};
-use pending::{Index, Layers, Pending};
-use redo::Tables;
+use pending::{Index, Layers, Memory, Pending};
 
 use batch::now_ms;
 pub use batch::{Op, OpResult, MAX_RECORD_BYTES};
@@ -119,7 +121,11 @@ pub struct Storage {
     /// The commits the log held at open, until the change log takes them.
     recent: std::sync::Mutex<RecentChanges>,
     /// Rows durable in the log, not yet in the index.
-    pending: std::sync::RwLock<Pending>,
+    memory: std::sync::RwLock<Memory>,
+    /// Held while rows are folded into the index.
+    fold: std::sync::Mutex<()>,
+    /// Wakes the checkpointer thread, and tells when a fold is done.
+    folds: fold::Signal,
     /// Held by the one writer.
     writer: std::sync::Mutex<()>,
 }
@@ -274,7 +280,9 @@ impl Storage {
             wal: std::sync::Mutex::new(wal),
             wal_config,
             recent: std::sync::Mutex::new(recent),
-            pending: std::sync::RwLock::default(),
+            memory: std::sync::RwLock::default(),
+            fold: std::sync::Mutex::default(),
+            folds: fold::Signal::default(),
             writer: std::sync::Mutex::default(),
         })
     }
@@ -303,32 +311,6 @@ impl Storage {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Folds the pending rows into the index and makes it durable (one
-    /// redb transaction and fsync), so that a restart replays nothing before
-    /// it; then retires log segments the checkpoint and the retention
-    /// window are past.
-    pub fn checkpoint(&self) -> Result<(), StorageError> {
-        let mut pending = self.write_pending();
-        let end = self.history_end();
-        let txn = durable_txn(&self.db)?;
-        {
-            let mut tables = Tables {
-                data: txn.open_table(DATA)?,
-                outcomes: txn.open_table(OUTCOMES)?,
-                watermarks: txn.open_table(WATERMARKS)?,
-            };
-            redo::replay(&mut tables, pending.changes().to_vec())?;
-            let mut meta = txn.open_table(META)?;
-            meta.insert(LAST_TID, end.last_tid.0)?;
-            meta.insert(LSN, end.lsn)?;
-            meta.insert(BATCH_EPOCH, end.batch_epoch.0)?;
-        }
-        txn.commit()?;
-        pending.take_changes();
-        drop(pending);
-        self.lock_wal().checkpointed(end.lsn)
-    }
-
     /// The index's tables, read from one snapshot: taken while the pending
     /// rows are held, the two are one consistent view.
     fn index(&self) -> Result<Index, StorageError> {
@@ -340,30 +322,31 @@ impl Storage {
         })
     }
 
-    /// Runs `f` on one consistent view of the store: the pending rows over
-    /// the index, with `staged` (a batch being decided) on top.
+    /// Runs `f` on one consistent view of the store: the rows in memory
+    /// over the index, with `staged` (a batch being decided) on top.
     fn with_layers<T>(
         &self,
         staged: Option<&mut Pending>,
         f: impl FnOnce(&mut Layers<'_>) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
-        let pending = self.read_pending();
+        let memory = self.read_memory();
         let index = self.index()?;
         f(&mut Layers {
             staged,
-            pending: &pending,
+            pending: &memory.active,
+            frozen: memory.frozen.as_deref(),
             index: &index,
         })
     }
 
-    fn read_pending(&self) -> std::sync::RwLockReadGuard<'_, Pending> {
-        self.pending
+    fn read_memory(&self) -> std::sync::RwLockReadGuard<'_, Memory> {
+        self.memory
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn write_pending(&self) -> std::sync::RwLockWriteGuard<'_, Pending> {
-        self.pending
+    fn write_memory(&self) -> std::sync::RwLockWriteGuard<'_, Memory> {
+        self.memory
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -374,15 +357,6 @@ impl Storage {
         self.writer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// A checkpoint, once the log has grown by `checkpoint_bytes` since the
-    /// last.
-    fn checkpoint_if_due(&self) -> Result<(), StorageError> {
-        if self.lock_wal().since_checkpoint() >= self.wal_config.checkpoint_bytes {
-            self.checkpoint()?;
-        }
-        Ok(())
     }
 
     /// The cluster this store belongs to; 0 if it has not taken part in

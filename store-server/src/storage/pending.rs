@@ -64,6 +64,11 @@ impl Pending {
         self.changes.push(change);
     }
 
+    /// Whether it holds no change.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
     /// Takes in a decided batch's rows (newer than these).
     pub fn merge(&mut self, staged: Pending) {
         self.data.extend(staged.data);
@@ -76,13 +81,6 @@ impl Pending {
     /// About the bytes of the changes as encoded.
     pub fn bytes(&self) -> usize {
         self.bytes
-    }
-
-    /// The changes, for folding into the index; leaves this empty.
-    pub fn take_changes(&mut self) -> Vec<Change> {
-        let changes = std::mem::take(&mut self.changes);
-        *self = Pending::default();
-        changes
     }
 
     /// The changes, in order.
@@ -107,17 +105,31 @@ pub(super) struct Index {
     pub watermarks: WatermarkTable,
 }
 
+/// The rows in memory: the newest, and an older set being folded into the
+/// index (a checkpoint in progress) with where its history ends.
+#[derive(Debug, Default)]
+pub(super) struct Memory {
+    pub active: Pending,
+    pub frozen: Option<std::sync::Arc<Pending>>,
+    pub frozen_end: super::HistoryEnd,
+}
+
 /// A view of the store, newest layer first: a batch's own rows (if
-/// deciding), the pending rows, the index.
+/// deciding), the rows in memory, the index.
 pub(super) struct Layers<'a> {
     pub staged: Option<&'a mut Pending>,
     pub pending: &'a Pending,
+    pub frozen: Option<&'a Pending>,
     pub index: &'a Index,
 }
 
 impl Layers<'_> {
     fn layers(&self) -> impl Iterator<Item = &Pending> {
-        self.staged.as_deref().into_iter().chain([self.pending])
+        self.staged
+            .as_deref()
+            .into_iter()
+            .chain([self.pending])
+            .chain(self.frozen)
     }
 
     /// `key`'s serial and value, if it exists.
@@ -180,8 +192,8 @@ impl Layers<'_> {
         Ok(())
     }
 
-    /// The rows of `[start, end)` in key order, pending rows over the
-    /// index's, deleted ones left out; `each` returns `false` to stop.
+    /// The rows of `[start, end)` in key order, newer layers' rows over
+    /// older ones', deleted ones left out; `each` returns `false` to stop.
     pub fn range(
         &self,
         start: &[u8],
@@ -189,48 +201,60 @@ impl Layers<'_> {
         mut each: impl FnMut(Bytes, Tid, Bytes) -> bool,
     ) -> Result<(), StorageError> {
         let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut newer = self
-            .pending
-            .data
-            .range::<[u8], _>((Bound::Included(start), upper))
-            .peekable();
+        let mut newer: Vec<_> = [Some(self.pending), self.frozen]
+            .into_iter()
+            .flatten()
+            .map(|layer| {
+                layer
+                    .data
+                    .range::<[u8], _>((Bound::Included(start), upper))
+                    .peekable()
+            })
+            .collect();
         let mut older = self
             .index
             .data
             .range::<&[u8]>((Bound::Included(start), upper))?;
         let mut next_older = older.next().transpose()?;
         loop {
+            let in_memory = newer
+                .iter_mut()
+                .filter_map(|layer| layer.peek().map(|(key, _)| (*key).clone()))
+                .min();
             let older_key = next_older.as_ref().map(|(k, _)| k.value());
-            let take_newer = match (newer.peek(), older_key) {
+            let row = match (in_memory, older_key) {
                 (None, None) => return Ok(()),
-                (Some((key, _)), Some(older)) => key.as_ref() <= older,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-            };
-            if take_newer {
-                let Some((key, row)) = newer.next() else {
-                    return Ok(());
-                };
-                if next_older
-                    .as_ref()
-                    .is_some_and(|(k, _)| k.value() == key.as_ref())
-                {
-                    next_older = older.next().transpose()?;
-                }
-                if let Some((serial, value)) = row {
-                    if !each(key.clone(), *serial, value.clone()) {
-                        return Ok(());
+                (Some(key), head) if head.is_none_or(|head| key.as_ref() <= head) => {
+                    // The newest layer holding the key has its row.
+                    let mut row = None;
+                    for layer in &mut newer {
+                        if layer.peek().is_some_and(|(k, _)| **k == key) {
+                            if let Some((_, r)) = layer.next() {
+                                row.get_or_insert_with(|| r.clone());
+                            }
+                        }
                     }
+                    if older_key.is_some_and(|head| head == key.as_ref()) {
+                        next_older = older.next().transpose()?;
+                    }
+                    row.flatten().map(|(serial, value)| (key, serial, value))
                 }
-            } else if let Some((key, value)) = next_older.take() {
-                let (serial, value) = value.value();
-                let row = (
-                    Bytes::copy_from_slice(key.value()),
-                    Tid(serial),
-                    Bytes::copy_from_slice(value),
-                );
-                next_older = older.next().transpose()?;
-                if !each(row.0, row.1, row.2) {
+                _ => match next_older.take() {
+                    Some((key, value)) => {
+                        let (serial, value) = value.value();
+                        let row = (
+                            Bytes::copy_from_slice(key.value()),
+                            Tid(serial),
+                            Bytes::copy_from_slice(value),
+                        );
+                        next_older = older.next().transpose()?;
+                        Some(row)
+                    }
+                    None => return Ok(()),
+                },
+            };
+            if let Some((key, serial, value)) = row {
+                if !each(key, serial, value) {
                     return Ok(());
                 }
             }

@@ -8,8 +8,8 @@ use store_protocol::peer::SnapshotRow;
 use store_protocol::{Epoch, Tid, TxnId};
 
 use super::{
-    durable_txn, meta_number, new_generation, HistoryEnd, Storage, BATCH_EPOCH, DATA, GENERATION,
-    INSTALLING, LAST_TID, LSN, META,
+    durable_txn, meta_number, new_generation, HistoryEnd, Memory, Storage, BATCH_EPOCH, DATA,
+    GENERATION, INSTALLING, LAST_TID, LSN, META,
 };
 use crate::error::StorageError;
 use crate::outcomes::{OUTCOMES, WATERMARKS};
@@ -103,14 +103,16 @@ impl Storage {
         mut rows: impl FnMut() -> SnapshotPiece,
     ) -> Result<bool, StorageError> {
         let _writer = self.lock_writer();
+        // No fold in progress: it would write the old history's rows.
+        let _fold = self.lock_fold();
         {
-            let mut pending = self.write_pending();
+            let mut memory = self.write_memory();
             let generation = new_generation();
             let txn = durable_txn(&self.db)?;
             forget_history(&txn, generation)?;
             txn.open_table(META)?.insert(INSTALLING, 1)?;
             txn.commit()?;
-            pending.take_changes();
+            *memory = Memory::default();
             self.lock_wal().reset(generation, 1)?;
             self.publish_end(HistoryEnd::default());
         }

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use store_protocol::{
@@ -694,4 +695,55 @@ fn a_store_found_half_installed_is_emptied_at_open() {
     assert_eq!(storage.history_end(), HistoryEnd::default());
     assert_eq!(storage.get(b"half").unwrap().0, None);
     assert_eq!(storage.get(b"old").unwrap().0, None);
+}
+
+#[test]
+fn rows_folded_in_the_background_stay_readable_throughout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let config = WalConfig {
+        segment_bytes: 64 << 10,
+        checkpoint_bytes: 16 << 10,
+        ..WalConfig::default()
+    };
+    let storage = Arc::new(Storage::open(&path, config).unwrap());
+    let folding = storage.clone();
+    let checkpointer = std::thread::spawn(move || folding.run_checkpointer());
+    let limits = Limits::default();
+    let key = |i: u32| b(&format!("k{i:04}"));
+    for i in 0..600u32 {
+        // Overwrite older keys too, so layers disagree about them.
+        let writes = vec![
+            Write::Put {
+                key: key(i),
+                value: Bytes::from(vec![i as u8; 1000]),
+            },
+            Write::Put {
+                key: key(i / 2),
+                value: Bytes::from(i.to_string()),
+            },
+        ];
+        commit_batch(&storage, &[&commit(vec![], writes)], &limits);
+        assert_eq!(
+            storage.get(&key(i / 2)).unwrap().0.unwrap().value,
+            Bytes::from(i.to_string())
+        );
+        if i % 50 == 49 {
+            let scan = ScanRequest {
+                start: b("k"),
+                end: None,
+                limit: 10_000,
+            };
+            let (entries, more, _) = storage.scan(&scan, 10_000, usize::MAX).unwrap();
+            assert!(!more);
+            assert_eq!(entries.len(), i as usize + 1, "after {i}");
+            assert!(entries.windows(2).all(|w| w[0].key < w[1].key));
+        }
+    }
+    storage.stop_checkpointer();
+    checkpointer.join().unwrap();
+    drop(storage);
+    let storage = Storage::open(&path, config).unwrap();
+    assert_eq!(storage.get(&key(599)).unwrap().0.unwrap().value.len(), 1000);
+    assert_eq!(storage.get(&key(299)).unwrap().0.unwrap().value, b("599"));
 }

@@ -83,8 +83,6 @@ pub struct Wal {
     /// Retired segment files, recycled before new ones are made.
     spare: Vec<String>,
     next_lsn: u64,
-    /// Bytes appended since the last checkpoint.
-    since_checkpoint: u64,
     /// An append failed: refuse the rest.
     broken: bool,
     buf: Vec<u8>,
@@ -146,7 +144,6 @@ impl Wal {
             active: None,
             spare: Vec::new(),
             next_lsn,
-            since_checkpoint: 0,
             broken: false,
             buf: Vec::new(),
         };
@@ -327,11 +324,6 @@ impl Wal {
         self.next_lsn
     }
 
-    /// Bytes appended since the last [`Wal::checkpointed`].
-    pub fn since_checkpoint(&self) -> u64 {
-        self.since_checkpoint
-    }
-
     /// The records from `lsn` on, in order, up to about `max_bytes` of
     /// bodies (at least one, if any): what a backup catching up is sent.
     /// Empty if the log no longer holds `lsn` (or does not yet).
@@ -431,7 +423,6 @@ impl Wal {
             }
         }
         self.next_lsn = lsn;
-        self.since_checkpoint += size;
         Ok(())
     }
 
@@ -515,7 +506,6 @@ impl Wal {
     /// The index is durable through `lsn`: segments wholly at or before it
     /// and beyond the retention window (bytes or age) are retired.
     pub fn checkpointed(&mut self, lsn: u64) -> Result<(), StorageError> {
-        self.since_checkpoint = 0;
         let mut kept: u64 = self.sealed.iter().map(|s| s.bytes).sum::<u64>()
             + self.active.as_ref().map_or(0, |a| a.end);
         let now = std::time::SystemTime::now();
@@ -545,7 +535,6 @@ impl Wal {
         }
         self.generation = generation;
         self.next_lsn = next_lsn;
-        self.since_checkpoint = 0;
         self.roll(next_lsn)
     }
 
