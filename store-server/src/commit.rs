@@ -433,7 +433,12 @@ impl Pipeline {
     }
 
     fn expire(&self, retention: Duration) -> Result<usize, WireError> {
-        let expiries = self.storage.expiries_due(retention).map_err(internal)?;
+        // Reading the outcomes may fold rows into the index: a disk that
+        // refuses that stops the node, as any refused write does.
+        let expiries = match self.storage.expiries_due(retention) {
+            Ok(expiries) => expiries,
+            Err(e) => crate::storage::fail_stop(&e),
+        };
         if expiries.is_empty() {
             return Ok(0);
         }
@@ -491,12 +496,6 @@ impl Pipeline {
             });
             batch = rest;
         }
-    }
-}
-
-fn internal(e: impl std::fmt::Display) -> WireError {
-    WireError::Internal {
-        detail: format!("storage: {e}"),
     }
 }
 

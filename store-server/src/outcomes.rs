@@ -155,32 +155,28 @@ pub(crate) fn encode(recorded: &Recorded) -> Result<Vec<u8>, StorageError> {
         .map_err(|e| StorageError::corrupt(format!("encoding an outcome: {e}")))
 }
 
-/// The expiries that forget every outcome decided at or before `before_ms`: per
-/// client, everything up to its newest such outcome.
-pub(crate) fn expiries_before(
-    outcomes: &impl ReadableTable<(u128, u64), &'static [u8]>,
+/// The expiries that forget every outcome decided at or before
+/// `before_ms`: per client, everything up to its newest such outcome.
+/// `rows` are outcome rows as stored, `(client_id, seq, row)`, in any
+/// order.
+pub(crate) fn expiries_before<'a>(
+    rows: impl IntoIterator<Item = (u128, u64, &'a [u8])>,
     before_ms: u64,
-) -> Result<Vec<Expiry>, StorageError> {
-    let mut expiries: Vec<Expiry> = Vec::new();
-    for row in outcomes.iter()? {
-        let (key, value) = row?;
-        let (client_id, seq) = key.value();
-        let Ok(recorded) = postcard::from_bytes::<Recorded>(value.value()) else {
+) -> Vec<Expiry> {
+    let mut below: std::collections::BTreeMap<u128, u64> = std::collections::BTreeMap::new();
+    for (client_id, seq, row) in rows {
+        let Ok(recorded) = postcard::from_bytes::<Recorded>(row) else {
             continue;
         };
-        if recorded.at_ms > before_ms {
-            continue;
-        }
-        // Rows come in key order: one client's rows are adjacent.
-        match expiries.last_mut() {
-            Some(last) if last.client_id == client_id => last.below = seq.saturating_add(1),
-            _ => expiries.push(Expiry {
-                client_id,
-                below: seq.saturating_add(1),
-            }),
+        if recorded.at_ms <= before_ms {
+            let watermark = below.entry(client_id).or_default();
+            *watermark = (*watermark).max(seq.saturating_add(1));
         }
     }
-    Ok(expiries)
+    below
+        .into_iter()
+        .map(|(client_id, below)| Expiry { client_id, below })
+        .collect()
 }
 
 #[cfg(test)]

@@ -534,7 +534,12 @@ async fn send_snapshot(
             },
         );
         let _ = frames_tx.blocking_send(ReplFrame::SnapshotEnd);
-        result.map(|()| lsn).map_err(|e| e.to_string())
+        // A snapshot folds rows into the index first: a disk that refuses
+        // that stops the node, as any refused write does.
+        match result {
+            Ok(()) => Ok::<u64, String>(lsn),
+            Err(e) => crate::storage::fail_stop(&e),
+        }
     });
     let started = Instant::now();
     let mut rows = 0usize;

@@ -4,13 +4,15 @@
 
 use store_protocol::{CommitRequest, Committed, Epoch, Limits, Tid, TxnId, WireError};
 
+use redb::ReadableTable as _;
+
 use super::pending::{Layers, Pending};
 use super::redo::{self, Change};
 use super::rules::apply_commit;
 use super::{HistoryEnd, Stamp, Storage};
 use crate::error::StorageError;
 use crate::invalidation::Invalidation;
-use crate::outcomes::{self, Expiry, Known, Recorded, RecordedResult, Verdict, OUTCOMES};
+use crate::outcomes::{self, Expiry, Known, Recorded, RecordedResult, Verdict};
 use crate::wal::RecordHeader;
 
 /// Bytes of rows after which a batch stops taking operations: a log record
@@ -85,7 +87,7 @@ impl Storage {
             return Ok(Applied { results, lsn: None });
         }
         let header = RecordHeader {
-            lsn: start.lsn + 1,
+            lsn: start.lsn.saturating_add(1),
             epoch: stamp.epoch,
             first_tid: if last > start.last_tid {
                 start.last_tid.next()
@@ -127,21 +129,42 @@ impl Storage {
         let mut staged = Pending::default();
         let commits = self.with_layers(Some(&mut staged), |layers| {
             let mut commits = Vec::new();
-            for (i, (header, body)) in records.iter().enumerate() {
-                if header.epoch > epoch {
-                    return Err(StorageError::Diverged(format!(
-                        "record {} of epoch {} on a stream of epoch {}",
-                        header.lsn, header.epoch.0, epoch.0
-                    )));
-                }
-                let due = start.lsn + 1 + i as u64;
-                if header.lsn != due {
-                    return Err(StorageError::Diverged(format!(
-                        "record {} where {due} was due",
+            let mut before = start;
+            for (header, body) in records {
+                let diverged = |why: String| {
+                    Err(StorageError::Diverged(format!(
+                        "record {}: {why}",
                         header.lsn
-                    )));
+                    )))
+                };
+                if Some(header.lsn) != before.lsn.checked_add(1) {
+                    return diverged(format!("{} was due", before.lsn.saturating_add(1)));
                 }
-                let changes = redo::decode(header.lsn, body)?;
+                if header.epoch > epoch || header.epoch < before.batch_epoch {
+                    return diverged(format!(
+                        "epoch {} after {}, on a stream of epoch {}",
+                        header.epoch.0, before.batch_epoch.0, epoch.0
+                    ));
+                }
+                // TIDs only go forward, each batch's from the one after
+                // the last.
+                let first_ok = header.first_tid == Tid(0)
+                    || Some(header.first_tid.0) == before.last_tid.0.checked_add(1);
+                let gap_ok = header.first_tid != Tid(0) || header.last_tid == before.last_tid;
+                if !first_ok || !gap_ok || header.last_tid < header.first_tid {
+                    return diverged(format!(
+                        "TIDs {}..{} after {}",
+                        header.first_tid.0, header.last_tid.0, before.last_tid.0
+                    ));
+                }
+                before = HistoryEnd {
+                    lsn: header.lsn,
+                    batch_epoch: header.epoch,
+                    last_tid: header.last_tid,
+                };
+                let Ok(changes) = redo::decode(header.lsn, body) else {
+                    return diverged("its body does not decode".into());
+                };
                 commits.extend(redo::commits(&changes));
                 for change in changes {
                     layers.stage(change)?;
@@ -186,12 +209,27 @@ impl Storage {
     ) -> Result<Vec<Expiry>, StorageError> {
         let before_ms =
             now_ms().saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
-        // The outcomes are read from the index: fold the pending ones in
-        // (at most once a minute, so also a checkpoint by time).
-        self.checkpoint()?;
-        let txn = self.db.begin_read()?;
-        let outcomes = txn.open_table(OUTCOMES)?;
-        outcomes::expiries_before(&outcomes, before_ms)
+        // Asked at most once a minute: also a checkpoint by time.
+        self.request_fold()?;
+        self.with_layers(None, |layers| {
+            let mut rows: Vec<(u128, u64, Vec<u8>)> = Vec::new();
+            for row in layers.index.outcomes.iter()? {
+                let (key, value) = row?;
+                let (client_id, seq) = key.value();
+                rows.push((client_id, seq, value.value().to_vec()));
+            }
+            for layer in [Some(layers.pending), layers.frozen].into_iter().flatten() {
+                rows.extend(
+                    layer
+                        .outcome_rows()
+                        .map(|(client_id, seq, row)| (client_id, seq, row.to_vec())),
+                );
+            }
+            Ok(outcomes::expiries_before(
+                rows.iter().map(|(c, s, row)| (*c, *s, &row[..])),
+                before_ms,
+            ))
+        })
     }
 }
 

@@ -122,7 +122,7 @@ fn check_log(
     let opened = Wal::open(
         Arc::new(disk),
         generation,
-        checkpoint + 1,
+        checkpoint.saturating_add(1),
         WalConfig::default(),
         |record| {
             first.get_or_insert(record.header.lsn);

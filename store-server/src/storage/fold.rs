@@ -63,16 +63,22 @@ impl Storage {
         if bytes < threshold {
             return Ok(());
         }
+        if folding && bytes >= threshold.saturating_mul(2) {
+            self.wait_for_fold();
+            return Ok(());
+        }
+        self.request_fold()
+    }
+
+    /// Has the rows in memory folded: by the checkpointer thread if one
+    /// runs (returning at once), else here.
+    pub(super) fn request_fold(&self) -> Result<(), StorageError> {
         if !self.folds.lock().running {
             return self.checkpoint();
         }
-        if !folding {
-            self.freeze();
-            self.folds.lock().wanted = true;
-            self.folds.changed.notify_all();
-        } else if bytes >= threshold.saturating_mul(2) {
-            self.wait_for_fold();
-        }
+        self.freeze();
+        self.folds.lock().wanted = true;
+        self.folds.changed.notify_all();
         Ok(())
     }
 

@@ -64,6 +64,13 @@ impl Pending {
         self.changes.push(change);
     }
 
+    /// The outcome rows it holds, `(client_id, seq, row)`.
+    pub fn outcome_rows(&self) -> impl Iterator<Item = (u128, u64, &Bytes)> {
+        self.outcomes
+            .iter()
+            .map(|(&(client_id, seq), row)| (client_id, seq, row))
+    }
+
     /// Whether it holds no change.
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()

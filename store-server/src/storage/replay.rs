@@ -57,7 +57,7 @@ pub(super) fn replay_log(
         Wal::open(
             disk,
             index.generation,
-            checkpoint + 1,
+            checkpoint.saturating_add(1),
             config,
             |record: Record| {
                 first.get_or_insert(record.header.lsn);
@@ -91,7 +91,7 @@ pub(super) fn replay_log(
     }
     txn.commit()?;
     tracing::info!(
-        from = checkpoint + 1,
+        from = checkpoint.saturating_add(1),
         to = last.lsn,
         "replayed the log past the index's checkpoint"
     );
@@ -159,7 +159,10 @@ impl LogReach {
     /// at `checkpoint` (`minted`: the history began at this open), or what
     /// is missing.
     pub fn covers(&self, checkpoint: u64, minted: bool) -> Result<(), String> {
-        if let Some(first) = self.first.filter(|&first| first > checkpoint + 1) {
+        if let Some(first) = self
+            .first
+            .filter(|&first| first > checkpoint.saturating_add(1))
+        {
             return Err(format!(
                 "the log starts at LSN {first}, after the index's checkpoint at {checkpoint}: \
                  the records between are missing"

@@ -102,6 +102,12 @@ impl Storage {
         end: HistoryEnd,
         mut rows: impl FnMut() -> SnapshotPiece,
     ) -> Result<bool, StorageError> {
+        let Some(next_lsn) = end.lsn.checked_add(1) else {
+            return Err(StorageError::Diverged(format!(
+                "a snapshot ending at LSN {}",
+                end.lsn
+            )));
+        };
         let _writer = self.lock_writer();
         // No fold in progress: it would write the old history's rows.
         let _fold = self.lock_fold();
@@ -156,7 +162,7 @@ impl Storage {
         // The log's new history first: until the commit below, the store
         // is still marked installing, and a restart empties it.
         let generation = new_generation();
-        self.lock_wal().reset(generation, end.lsn + 1)?;
+        self.lock_wal().reset(generation, next_lsn)?;
         let txn = durable_txn(&self.db)?;
         {
             let mut meta = txn.open_table(META)?;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::disk::{Disk, StorageBackend};
 use super::format::{
     encode_record, parse_record_header, parse_segment_header, record_crc, segment_header,
-    RecordHeader, RECORD_HEADER, SEGMENT_HEADER,
+    ParsedHeader, RecordHeader, RECORD_HEADER, SEGMENT_HEADER,
 };
 use crate::error::StorageError;
 
@@ -155,8 +155,28 @@ impl Wal {
                 Some((g, first)) if g == generation && name == segment_name(first) => {
                     ours.push((name, file, first))
                 }
-                // Another history's, or a roll that never took a record.
-                _ => wal.spare.push(name),
+                // Another history's, a retired one (zeroed), or a roll
+                // that never took a record.
+                Some(_) => wal.spare.push(name),
+                None if head.iter().all(|&b| b == 0) => wal.spare.push(name),
+                None => {
+                    // A damaged header on a segment that holds this
+                    // history's records would silently drop them.
+                    let len = file.len().map_err(io_error(format!("reading {name}")))?;
+                    let any = |_: u64| true;
+                    if wal
+                        .record_at(&*file, SEGMENT_HEADER, len, &name, any)?
+                        .is_some()
+                    {
+                        return Err(StorageError::Damaged {
+                            path: name,
+                            detail: "the segment's header is damaged, and it holds records of \
+                                     this history"
+                                .into(),
+                        });
+                    }
+                    wal.spare.push(name);
+                }
             }
         }
         for (name, file, first) in ours {
@@ -204,8 +224,9 @@ impl Wal {
         let len = file.len().map_err(io_error(format!("reading {name}")))?;
         let mut offset = SEGMENT_HEADER;
         let mut marks = Marks::new();
+        let mut group = None;
         loop {
-            match self.read_record(file, offset, len, name)? {
+            match self.read_record(file, offset, len, name, &mut group)? {
                 Some(record) => {
                     let size = (RECORD_HEADER + record.body.len()) as u64;
                     mark(&mut marks, record.header.lsn, offset);
@@ -214,7 +235,12 @@ impl Wal {
                     each(record)?;
                 }
                 None => {
-                    if let Some(later) = self.valid_record_after(file, offset, len, name)? {
+                    // A later group was written only after this record was
+                    // fsynced: a valid record of one means the record was
+                    // damaged since. Valid records of its own group mean
+                    // the group was torn before its fsync (never
+                    // acknowledged): the log ends here.
+                    if let Some(later) = self.later_group_after(file, offset, len, name)? {
                         return Err(damage(
                             name,
                             offset,
@@ -228,16 +254,33 @@ impl Wal {
     }
 
     /// The record at `offset` if it is the next one of this history.
+    /// The next record of this history at `offset`: the next LSN, and
+    /// either the first of a group or one continuing `group` (its first
+    /// LSN and nonce), which it then continues.
     fn read_record(
         &self,
         file: &dyn StorageBackend,
         offset: u64,
         len: u64,
         name: &str,
+        group: &mut Option<(u64, u32)>,
     ) -> Result<Option<Record>, StorageError> {
-        self.record_at(file, offset, len, name, |lsn| lsn == self.next_lsn)
+        let Some((record, parsed)) =
+            self.record_at(file, offset, len, name, |lsn| lsn == self.next_lsn)?
+        else {
+            return Ok(None);
+        };
+        let this = (parsed.group_first, parsed.nonce);
+        if parsed.group_first != parsed.header.lsn && *group != Some(this) {
+            // Left over from a group torn before its fsync.
+            return Ok(None);
+        }
+        *group = Some(this);
+        Ok(Some(record))
     }
 
+    /// The record of this history at `offset` whose LSN is `wanted`, with
+    /// its header as read.
     fn record_at(
         &self,
         file: &dyn StorageBackend,
@@ -245,34 +288,35 @@ impl Wal {
         len: u64,
         name: &str,
         wanted: impl Fn(u64) -> bool,
-    ) -> Result<Option<Record>, StorageError> {
-        let header = read_upto(file, offset, RECORD_HEADER, name)?;
-        let Some((body_len, crc, header)) = parse_record_header(&header) else {
+    ) -> Result<Option<(Record, ParsedHeader)>, StorageError> {
+        let bytes = read_upto(file, offset, RECORD_HEADER, name)?;
+        let Some(parsed) = parse_record_header(self.generation, &bytes) else {
             return Ok(None);
         };
         let body_start = offset + RECORD_HEADER as u64;
         // A damaged length never allocates more than the file holds.
-        if !wanted(header.lsn) || body_start + u64::from(body_len) > len {
+        let fits = body_start
+            .checked_add(u64::from(parsed.body_len))
+            .is_some_and(|end| end <= len);
+        if !wanted(parsed.header.lsn) || !fits {
             return Ok(None);
         }
-        let covered = read_upto(
-            file,
-            offset + 8,
-            RECORD_HEADER - 8 + body_len as usize,
-            name,
-        )?;
-        if record_crc(self.generation, &covered) != crc {
+        let body = read_upto(file, body_start, parsed.body_len as usize, name)?;
+        if record_crc(self.generation, &bytes[8..48], &body) != parsed.crc {
             return Ok(None);
         }
-        Ok(Some(Record {
-            header,
-            body: covered[RECORD_HEADER - 8..].to_vec(),
-        }))
+        let record = Record {
+            header: parsed.header,
+            body,
+        };
+        Ok(Some((record, parsed)))
     }
 
-    /// The offset of a record of this history with a later LSN past
-    /// `from`, if any: the mark of damage rather than a torn tail.
-    fn valid_record_after(
+    /// The offset of a valid record of this history past `from` in a group
+    /// that starts after the next LSN, if any: the mark of damage rather
+    /// than of a torn tail. Only headers whose own checksum holds have
+    /// their body read.
+    fn later_group_after(
         &self,
         file: &dyn StorageBackend,
         from: u64,
@@ -286,15 +330,15 @@ impl Wal {
             let window = read_upto(file, start, (WINDOW + RECORD_HEADER as u64) as usize, name)?;
             let last = window.len().saturating_sub(RECORD_HEADER);
             for at in 0..=last.min(WINDOW as usize) {
-                let Some((_, _, header)) = parse_record_header(&window[at..]) else {
-                    break;
+                let Some(parsed) = parse_record_header(self.generation, &window[at..]) else {
+                    continue;
                 };
-                if header.lsn < next || header.lsn - next > u64::from(u32::MAX) {
+                if parsed.header.lsn < next || parsed.group_first <= next {
                     continue;
                 }
                 let offset = start + at as u64;
                 if self
-                    .record_at(file, offset, len, name, |lsn| lsn >= next)?
+                    .record_at(file, offset, len, name, |lsn| lsn > next)?
                     .is_some()
                 {
                     return Ok(Some(offset));
@@ -359,7 +403,7 @@ impl Wal {
             }
             while expected < self.next_lsn {
                 let wanted = |l: u64| l == expected;
-                let Some(record) = self.record_at(&*file, offset, len, name, wanted)? else {
+                let Some((record, _)) = self.record_at(&*file, offset, len, name, wanted)? else {
                     break;
                 };
                 offset += (RECORD_HEADER + record.body.len()) as u64;
@@ -389,6 +433,7 @@ impl Wal {
         }
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
+        let nonce = rand::random::<u32>();
         let mut lsn = self.next_lsn;
         for (header, body) in records {
             if header.lsn != lsn {
@@ -397,7 +442,13 @@ impl Wal {
                     source: std::io::Error::other("out of order"),
                 });
             }
-            encode_record(self.generation, header, body, &mut buf);
+            encode_record(
+                self.generation,
+                header,
+                (self.next_lsn, nonce),
+                body,
+                &mut buf,
+            );
             lsn += 1;
         }
         let size = buf.len() as u64;
@@ -518,9 +569,10 @@ impl Wal {
                 break;
             }
             kept -= oldest.bytes;
-            if let Some(oldest) = self.sealed.pop_front() {
-                self.retire_file(oldest.name)?;
-            }
+            // Off the list only once retired: a failure leaves it in place.
+            let name = oldest.name.clone();
+            self.retire_file(name)?;
+            self.sealed.pop_front();
         }
         Ok(())
     }

@@ -78,8 +78,8 @@ impl SimDisk {
     }
 
     /// A power cut: every file keeps what was synced, plus, from `seed`,
-    /// some of the writes since (each kept whole, dropped, or torn at a
-    /// sector boundary). Handles opened before it fail from now on.
+    /// some of the writes since (each kept whole, dropped, or torn: any of
+    /// its sectors kept). Handles opened before it fail from now on.
     pub fn power_cut(&self, seed: u64) {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut state = self.lock();
@@ -90,12 +90,19 @@ impl SimDisk {
             let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
             let mut survived = file.durable.clone();
             for (offset, data) in std::mem::take(&mut file.pending) {
-                let kept = match rng.gen_range(0..3) {
-                    0 => 0,
-                    1 => data.len(),
-                    _ => (rng.gen_range(0..=data.len()) / SECTOR) * SECTOR,
-                };
-                write_into(&mut survived, offset, &data[..kept]);
+                match rng.gen_range(0..3) {
+                    0 => {}
+                    1 => write_into(&mut survived, offset, &data),
+                    // Torn: each sector of the write reached the disk or
+                    // not, in any order.
+                    _ => {
+                        for (i, sector) in data.chunks(SECTOR).enumerate() {
+                            if rng.gen_bool(0.5) {
+                                write_into(&mut survived, offset + (i * SECTOR) as u64, sector);
+                            }
+                        }
+                    }
+                }
             }
             file.current = survived.clone();
             file.durable = survived;

@@ -52,6 +52,14 @@ fn open(disk: &SimDisk, generation: u64) -> Result<(Wal, Vec<u64>), StorageError
     Ok((wal, lsns))
 }
 
+/// Why the log refuses to open.
+fn refusal(disk: &SimDisk) -> String {
+    match open(disk, 7) {
+        Err(e) => e.to_string(),
+        Ok((_, lsns)) => panic!("opened, with {lsns:?}"),
+    }
+}
+
 fn segments(disk: &SimDisk) -> Vec<String> {
     disk.list().unwrap()
 }
@@ -78,7 +86,7 @@ fn a_torn_last_record_is_cut_off_and_overwritten() {
     append(&mut wal, 1, 3);
     // The last record's last byte: it fails its checksum, nothing follows.
     let name = segments(&disk)[0].clone();
-    let end = 32 + 3 * (40 + 300);
+    let end = 32 + 3 * (56 + 300);
     disk.flip_bit(&name, end - 1);
     let (mut wal, lsns) = open(&disk, 7).unwrap();
     assert_eq!(lsns, vec![1, 2]);
@@ -94,9 +102,9 @@ fn damage_before_the_tail_refuses_naming_file_and_offset() {
     let (mut wal, _) = open(&disk, 7).unwrap();
     append(&mut wal, 1, 5);
     let name = segments(&disk)[0].clone();
-    let second = 32 + 40 + 300;
+    let second = 32 + 56 + 300;
     disk.flip_bit(&name, second + 50);
-    let error = open(&disk, 7).unwrap_err().to_string();
+    let error = refusal(&disk);
     assert!(error.contains(&name), "{error}");
     assert!(error.contains(&format!("offset {second}")), "{error}");
 }
@@ -107,10 +115,10 @@ fn a_damaged_last_record_of_a_full_segment_is_a_gap_not_a_tail() {
     let (mut wal, _) = open(&disk, 7).unwrap();
     append(&mut wal, 1, 20);
     let first = segments(&disk)[0].clone();
-    // 4096-byte segments hold 11 records of 340 bytes after the header.
-    let last = 32 + 10 * 340;
+    // 4096-byte segments hold 11 records of 356 bytes after the header.
+    let last = 32 + 10 * 356;
     disk.flip_bit(&first, last + 45);
-    let error = open(&disk, 7).unwrap_err().to_string();
+    let error = refusal(&disk);
     assert!(
         error.contains(&first) && error.contains("goes on at LSN 12"),
         "{error}"
@@ -210,4 +218,43 @@ fn segments_past_the_retention_age_are_retired_at_a_checkpoint() {
     // Only the segment being written remains.
     assert!(wal.read_from(33, 1).unwrap().is_empty());
     assert_eq!(wal.read_from(34, 1).unwrap()[0].header.lsn, 34);
+}
+
+#[test]
+fn a_group_torn_before_its_fsync_ends_the_log_and_is_not_damage() {
+    let disk = SimDisk::new();
+    let (mut wal, _) = open(&disk, 7).unwrap();
+    append(&mut wal, 1, 2);
+    // A backup appends what arrived together: one write, one fsync.
+    let group: Vec<_> = (3..6).map(|lsn| (header(lsn), body(lsn))).collect();
+    wal.append(&group).unwrap();
+    // The power failed mid-write: the group's first record is torn, the
+    // others reached the disk.
+    let name = segments(&disk)[0].clone();
+    disk.flip_bit(&name, 32 + 2 * 356 + 100);
+    let (mut wal, lsns) = open(&disk, 7).unwrap();
+    assert_eq!(lsns, vec![1, 2]);
+    append(&mut wal, 3, 1);
+    let (_, lsns) = open(&disk, 7).unwrap();
+    assert_eq!(lsns, vec![1, 2, 3]);
+    // The same damage to a record with a later group after it is damage.
+    let disk = SimDisk::new();
+    let (mut wal, _) = open(&disk, 7).unwrap();
+    wal.append(&group[..0]).unwrap();
+    append(&mut wal, 1, 2);
+    wal.append(&group).unwrap();
+    append(&mut wal, 6, 1);
+    disk.flip_bit(&segments(&disk)[0], 32 + 2 * 356 + 100);
+    let error = refusal(&disk);
+    assert!(error.contains("valid record follows"), "{error}");
+}
+
+#[test]
+fn a_damaged_header_on_a_segment_with_records_refuses_to_open() {
+    let disk = SimDisk::new();
+    let (mut wal, _) = open(&disk, 7).unwrap();
+    append(&mut wal, 1, 3);
+    disk.flip_bit(&segments(&disk)[0], 20);
+    let error = refusal(&disk);
+    assert!(error.contains("header is damaged"), "{error}");
 }
