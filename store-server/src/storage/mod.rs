@@ -235,12 +235,10 @@ impl Storage {
                 meta = txn.open_table(META)?;
                 meta.remove(INSTALLING)?;
             }
+            // A new store, or one from before the log: its history starts
+            // here, under a generation recorded once its first segment is
+            // made (a crash between makes another at the next open).
             let minted = meta_number(&meta, GENERATION)? == 0;
-            if minted {
-                // A new store, or one from before the log: its history
-                // starts here.
-                meta.insert(GENERATION, new_generation())?;
-            }
             let read = |name| meta_number(&meta, name);
             (
                 server_id,
@@ -256,7 +254,8 @@ impl Storage {
             )
         };
         txn.commit()?;
-        let [last_tid, lsn, batch_epoch, epoch, cluster_id, generation] = numbers;
+        let [last_tid, lsn, batch_epoch, epoch, cluster_id, stored] = numbers;
+        let generation = if minted { new_generation() } else { stored };
         let index = replay::IndexState {
             generation,
             minted,
@@ -270,6 +269,11 @@ impl Storage {
         // A disk too small for one segment refuses here, not at the first
         // commit.
         wal.start()?;
+        if minted {
+            let txn = durable_txn(&db)?;
+            txn.open_table(META)?.insert(GENERATION, generation)?;
+            txn.commit()?;
+        }
         Ok(Storage {
             db,
             server_id,
