@@ -49,12 +49,13 @@ fn main() -> ExitCode {
     }
     let _ = writeln!(
         std::io::stdout(),
-        "{} schedules in {:.1} s: {} batches acknowledged, {} with the answer lost to a fault, {} power cuts survived",
+        "{} schedules in {:.1} s: {} batches acknowledged, {} with the answer lost to a fault, {} power cuts survived, {} backup snapshots",
         args.schedules,
         started.elapsed().as_secs_f64(),
         total.acked,
         total.unknown,
-        total.power_cuts
+        total.power_cuts,
+        total.snapshots
     );
     ExitCode::SUCCESS
 }

@@ -3,7 +3,11 @@
 //! against the store on a [`SimDisk`] and against a model (`BTreeMap`).
 //! After every power cut and restart: every acknowledged commit is present
 //! with its outcome, a batch whose answer was lost landed whole or not at
-//! all, the data equals the model's, and TIDs never go back.
+//! all, the data equals the model's, and TIDs never go back. A backup on a
+//! disk of its own applies the store's log records in groups (or a
+//! snapshot, chunk by chunk, when the log no longer reaches), with faults
+//! and power cuts of its own, and always holds the model's data as of the
+//! LSN it reached.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +20,7 @@ use store_protocol::{
     WireError, Write, WriteResult,
 };
 
-use super::{Op, Stamp, Storage};
+use super::{Op, SnapshotPiece, Stamp, Storage};
 use crate::error::StorageError;
 use crate::wal::sim::SimDisk;
 use crate::wal::WalConfig;
@@ -28,8 +32,11 @@ pub struct Tally {
     pub acked: u64,
     /// Batches whose answer was an error (a fault): outcome unknown.
     pub unknown: u64,
-    /// Power cuts survived.
+    /// Power cuts survived (the store's and its backup's).
     pub power_cuts: u64,
+    /// Snapshots the backup took because the store's log no longer
+    /// reached.
+    pub snapshots: u64,
 }
 
 impl Tally {
@@ -38,6 +45,7 @@ impl Tally {
         self.acked += other.acked;
         self.unknown += other.unknown;
         self.power_cuts += other.power_cuts;
+        self.snapshots += other.snapshots;
     }
 }
 
@@ -190,6 +198,10 @@ pub fn run_schedule(seed: u64, steps: u64) -> Result<Tally, String> {
     let mut sent: BTreeMap<u64, CommitRequest> = BTreeMap::new();
     let mut seq = 0u64;
     let mut tally = Tally::default();
+    let mut backup = Backup::open()?;
+    // The model's data as of each LSN the store reached after a step.
+    let mut model_at: BTreeMap<u64, BTreeMap<Bytes, (Tid, Bytes)>> = BTreeMap::new();
+    model_at.insert(0, BTreeMap::new());
     for step in 0..steps {
         let Some(store) = storage.as_ref() else {
             return Err("no store".into());
@@ -263,9 +275,128 @@ pub fn run_schedule(seed: u64, steps: u64) -> Result<Tally, String> {
         }
         if let Some(store) = storage.as_ref() {
             verify(store, &model, &sent, &mut rng, step)?;
+            model_at.insert(store.history_end().lsn, model.data.clone());
+            if rng.gen_bool(0.05) {
+                // The backup lost its disk: it starts again, empty.
+                backup = Backup::open()?;
+            }
+            backup.step(store, &mut rng, &model_at, &mut tally, step)?;
         }
     }
     Ok(tally)
+}
+
+/// A backup of the store under test, on a disk of its own.
+struct Backup {
+    disk: SimDisk,
+    store: Option<Storage>,
+}
+
+impl Backup {
+    fn open() -> Result<Backup, String> {
+        let disk = SimDisk::new();
+        let store = open(&disk).map_err(|e| format!("backup: first open: {e}"))?;
+        Ok(Backup {
+            disk,
+            store: Some(store),
+        })
+    }
+
+    /// Catches up with `primary` as far as a random group reaches (or by
+    /// snapshot), maybe through a fault or a power cut, then checks the
+    /// data against the model as of the LSN reached.
+    fn step(
+        &mut self,
+        primary: &Storage,
+        rng: &mut StdRng,
+        model_at: &BTreeMap<u64, BTreeMap<Bytes, (Tid, Bytes)>>,
+        tally: &mut Tally,
+        step: u64,
+    ) -> Result<(), String> {
+        let store = self.store.as_ref().ok_or("no backup")?;
+        let from = store.history_end().lsn + 1;
+        let records = primary
+            .log_from(from, rng.gen_range(1..8) * 1024)
+            .map_err(|e| format!("step {step}: reading the log: {e}"))?;
+        if rng.gen_bool(0.15) {
+            self.disk
+                .fail_in(Some(rng.gen_range(0..4)), rng.gen_bool(0.5));
+        }
+        let applied = if records.first().is_some_and(|r| r.header.lsn == from) {
+            let group: Vec<_> = records.iter().map(|r| (r.header, &r.body[..])).collect();
+            store.apply_records(&group, Epoch(1)).map(|_| ())
+        } else if primary.history_end().lsn >= from {
+            // The store's log no longer reaches: a snapshot.
+            tally.snapshots += 1;
+            let mut end = None;
+            let mut chunks = Vec::new();
+            primary
+                .snapshot(
+                    256,
+                    |e| {
+                        end = Some(e);
+                        true
+                    },
+                    |rows| {
+                        chunks.push(rows);
+                        true
+                    },
+                )
+                .map_err(|e| format!("step {step}: snapshot: {e}"))?;
+            let end = end.ok_or("a snapshot without its end")?;
+            let mut pieces = chunks
+                .into_iter()
+                .map(SnapshotPiece::Rows)
+                .chain([SnapshotPiece::End]);
+            store
+                .install_snapshot(end, || pieces.next().unwrap_or(SnapshotPiece::Cut))
+                .map(|_| ())
+        } else {
+            Ok(())
+        };
+        self.disk.fail_in(None, false);
+        if let Err(e) = &applied {
+            if !self.disk.failed() {
+                return Err(format!("step {step}: the backup failed with no fault: {e}"));
+            }
+        }
+        if applied.is_err() || rng.gen_bool(0.1) {
+            tally.power_cuts += 1;
+            self.disk.power_cut(rng.gen());
+            drop(self.store.take());
+            let reopened = open(&self.disk).map_err(|e| format!("step {step}: backup: {e}"))?;
+            self.store = Some(reopened);
+        }
+        let store = self.store.as_ref().ok_or("no backup")?;
+        let lsn = store.history_end().lsn;
+        let Some((_, expected)) = model_at.range(lsn..).next() else {
+            return Err(format!(
+                "step {step}: the backup is at LSN {lsn}, past the store"
+            ));
+        };
+        if data(store)? != *expected {
+            return Err(format!(
+                "step {step}: the backup's data at LSN {lsn} differs from the model's"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Every row of `store`, in key order.
+fn data(store: &Storage) -> Result<BTreeMap<Bytes, (Tid, Bytes)>, String> {
+    let scan = ScanRequest {
+        start: Bytes::new(),
+        end: None,
+        limit: 1000,
+    };
+    let (entries, _, _) = store
+        .scan(&scan, 1000, usize::MAX)
+        .map_err(|e| e.to_string())?;
+    Ok(entries
+        .into_iter()
+        .map(|e| (e.key, (e.serial, e.value)))
+        .collect())
 }
 
 /// After a restart: the new commits of a batch whose answer was lost are
@@ -341,19 +472,7 @@ fn verify(
             model.last.0
         ));
     }
-    let scan = ScanRequest {
-        start: Bytes::new(),
-        end: None,
-        limit: 1000,
-    };
-    let (entries, _, _) = store
-        .scan(&scan, 1000, usize::MAX)
-        .map_err(|e| e.to_string())?;
-    let found: BTreeMap<Bytes, (Tid, Bytes)> = entries
-        .into_iter()
-        .map(|e| (e.key, (e.serial, e.value)))
-        .collect();
-    if found != model.data {
+    if data(store)? != model.data {
         return Err(format!("step {step}: the data differs from the model's"));
     }
     let seqs: Vec<u64> = sent.keys().copied().collect();
