@@ -30,3 +30,16 @@ pub use proxy::{Direction, FaultProxy, LinkFault};
 
 /// A generous deadline for events in tests: the machine may be slow and shared.
 pub const EVENT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The seed of a randomised test: `ZEOLITE_SEED` if set (a replay), else
+/// a random one; printed either way, with how to replay it. A seed
+/// replays a test's random choices (faults, schedules), not the machine's
+/// timing.
+pub fn test_seed(test: &str) -> u64 {
+    let seed = std::env::var("ZEOLITE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("{test}: seed {seed} (replay with ZEOLITE_SEED={seed})");
+    seed
+}

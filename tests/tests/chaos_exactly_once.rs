@@ -5,11 +5,14 @@
 //! token missing, any definitely-failed token present, and any replay whose
 //! result differs from the original. The history is kept as Jepsen-shaped
 //! JSON (invoke/ok/fail/info per operation) in the test's temp dir.
+//! The fault schedule comes from a printed seed; `ZEOLITE_SEED=N` replays
+//! it (the machine's timing is not replayed).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
-use rand::Rng as _;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
 use store_client::ClientConfig;
 use store_tests::history::Workload;
 use store_tests::{Direction, FaultProxy, LinkFault, ServerProcess};
@@ -33,15 +36,13 @@ async fn chaos_never_loses_duplicates_or_invents_a_write() {
     let proxy = FaultProxy::start(server.addr()).await;
     let workload = Workload::start(CLIENTS, config(&proxy, &server)).await;
 
-    let kill_at = rand::thread_rng().gen_range(5..FAULT_CYCLES - 5);
+    let mut rng = StdRng::seed_from_u64(store_tests::test_seed("chaos"));
+    let kill_at = rng.gen_range(5..FAULT_CYCLES - 5);
     for cycle in 0..FAULT_CYCLES {
-        let (fault, length) = {
-            let mut rng = rand::thread_rng();
-            (
-                rng.gen_range(0..3),
-                Duration::from_millis(rng.gen_range(1000..=5000)),
-            )
-        };
+        let (fault, length) = (
+            rng.gen_range(0..3),
+            Duration::from_millis(rng.gen_range(1000..=5000)),
+        );
         match fault {
             0 => proxy.cut(),
             1 => {

@@ -5,12 +5,15 @@
 //! checker of `chaos_exactly_once` then resolves every unknown outcome and
 //! fails the test on any duplicate, lost acknowledged write, applied
 //! definite failure or replay that answered differently. The history is
-//! kept as Jepsen-shaped JSON in the test's temp dir.
+//! kept as Jepsen-shaped JSON in the test's temp dir. The pauses come
+//! from a printed seed; `ZEOLITE_SEED=N` replays them (the machine's
+//! timing is not replayed).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
-use rand::Rng as _;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
 use store_tests::history::Workload;
 use store_tests::session::fast;
 use store_tests::{Cluster, Direction};
@@ -29,10 +32,11 @@ async fn chaos_on_a_pair_never_loses_duplicates_or_invents_a_write() {
     config.timeout = Duration::from_secs(4);
     let workload = Workload::start(CLIENTS, config).await;
 
+    let mut rng = StdRng::seed_from_u64(store_tests::test_seed("pair chaos"));
     for cycle in 0..FAULT_CYCLES {
         let primary = cluster.wait_for_primary(None).await;
         let backup = 1 - primary;
-        let pause = Duration::from_millis(rand::thread_rng().gen_range(0..1000));
+        let pause = Duration::from_millis(rng.gen_range(0..1000));
         match cycle % 3 {
             0 => {
                 cluster.nodes[primary].kill();

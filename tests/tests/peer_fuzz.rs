@@ -108,11 +108,7 @@ fn observe(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arbitrary_peer_messages_lose_nothing_and_never_make_two_primaries() {
-    let seed: u64 = std::env::var("ZEOLITE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("peer fuzz seed: {seed} (replay with ZEOLITE_SEED={seed})");
+    let seed = store_tests::test_seed("peer fuzz");
     let mut rng = StdRng::seed_from_u64(seed);
 
     let dir = tempfile::tempdir().unwrap();

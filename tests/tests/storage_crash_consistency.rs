@@ -9,11 +9,7 @@ use store_server::crash::{run_schedule, Tally};
 
 #[test]
 fn every_acknowledged_commit_survives_power_cuts_and_faults() {
-    let base: u64 = std::env::var("ZEOLITE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("crash consistency: ZEOLITE_SEED={base}");
+    let base = store_tests::test_seed("crash consistency");
     let mut total = Tally::default();
     for i in 0..100 {
         let seed = base.wrapping_add(i);
