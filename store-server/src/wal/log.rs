@@ -150,7 +150,8 @@ impl Wal {
         let mut ours = Vec::new();
         for name in names {
             let file = wal.open_file(&name)?;
-            let head = read_upto(&*file, 0, SEGMENT_HEADER as usize, &name)?;
+            let len = file_len(&*file, &name)?;
+            let head = read_upto(&*file, len, 0, SEGMENT_HEADER as usize, &name)?;
             match parse_segment_header(&head) {
                 Some((g, first)) if g == generation && name == segment_name(first) => {
                     ours.push((name, file, first))
@@ -162,7 +163,6 @@ impl Wal {
                 None => {
                     // A damaged header on a segment that holds this
                     // history's records would silently drop them.
-                    let len = file.len().map_err(io_error(format!("reading {name}")))?;
                     let any = |_: u64| true;
                     if wal
                         .record_at(&*file, SEGMENT_HEADER, len, &name, any)?
@@ -221,7 +221,7 @@ impl Wal {
         file: &dyn StorageBackend,
         each: &mut impl FnMut(Record) -> Result<(), StorageError>,
     ) -> Result<(u64, Marks), StorageError> {
-        let len = file.len().map_err(io_error(format!("reading {name}")))?;
+        let len = file_len(file, name)?;
         let mut offset = SEGMENT_HEADER;
         let mut marks = Marks::new();
         let mut group = None;
@@ -289,7 +289,7 @@ impl Wal {
         name: &str,
         wanted: impl Fn(u64) -> bool,
     ) -> Result<Option<(Record, ParsedHeader)>, StorageError> {
-        let bytes = read_upto(file, offset, RECORD_HEADER, name)?;
+        let bytes = read_upto(file, len, offset, RECORD_HEADER, name)?;
         let Some(parsed) = parse_record_header(self.generation, &bytes) else {
             return Ok(None);
         };
@@ -301,7 +301,7 @@ impl Wal {
         if !wanted(parsed.header.lsn) || !fits {
             return Ok(None);
         }
-        let body = read_upto(file, body_start, parsed.body_len as usize, name)?;
+        let body = read_upto(file, len, body_start, parsed.body_len as usize, name)?;
         if record_crc(self.generation, &bytes[8..48], &body) != parsed.crc {
             return Ok(None);
         }
@@ -327,7 +327,13 @@ impl Wal {
         let next = self.next_lsn;
         let mut start = from.saturating_add(1);
         while start + RECORD_HEADER as u64 <= len {
-            let window = read_upto(file, start, (WINDOW + RECORD_HEADER as u64) as usize, name)?;
+            let window = read_upto(
+                file,
+                len,
+                start,
+                (WINDOW + RECORD_HEADER as u64) as usize,
+                name,
+            )?;
             let last = window.len().saturating_sub(RECORD_HEADER);
             for at in 0..=last.min(WINDOW as usize) {
                 let Some(parsed) = parse_record_header(self.generation, &window[at..]) else {
@@ -393,7 +399,7 @@ impl Wal {
                 break;
             }
             let file = self.open_file(name)?;
-            let len = file.len().map_err(io_error(format!("reading {name}")))?;
+            let len = file_len(&*file, name)?;
             let mut offset = SEGMENT_HEADER;
             if index == 0 {
                 // From the last mark at or before `lsn`.
@@ -618,20 +624,26 @@ impl Wal {
     }
 }
 
-/// Up to `len` bytes at `offset` (fewer at the end of the file).
+/// Up to `len` bytes at `offset` of a file of `size` bytes (fewer at its
+/// end).
 fn read_upto(
     file: &dyn StorageBackend,
+    size: u64,
     offset: u64,
     len: usize,
     name: &str,
 ) -> Result<Vec<u8>, StorageError> {
-    let context = || format!("reading {name}");
-    let size = file.len().map_err(io_error(context()))?;
     let available = size.saturating_sub(offset).min(len as u64) as usize;
     if available == 0 {
         return Ok(Vec::new());
     }
-    file.read(offset, available).map_err(io_error(context()))
+    file.read(offset, available)
+        .map_err(io_error(format!("reading {name}")))
+}
+
+/// The size of `file`.
+fn file_len(file: &dyn StorageBackend, name: &str) -> Result<u64, StorageError> {
+    file.len().map_err(io_error(format!("reading {name}")))
 }
 
 fn damage(name: &str, offset: u64, detail: &str) -> StorageError {
