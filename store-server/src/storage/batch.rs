@@ -98,7 +98,7 @@ impl Storage {
         };
         let body = redo::encode(staged.changes())?;
         before_commit(&header, &body);
-        self.lock_wal().append(&[(header, body)])?;
+        self.lock_wal().append(&[(header, &body[..])])?;
         self.land(staged, &header)?;
         Ok(Applied {
             results,
@@ -175,11 +175,7 @@ impl Storage {
         let Some((last, _)) = records.last() else {
             return Ok(commits);
         };
-        let owned: Vec<(RecordHeader, Vec<u8>)> = records
-            .iter()
-            .map(|(h, body)| (*h, body.to_vec()))
-            .collect();
-        self.lock_wal().append(&owned)?;
+        self.lock_wal().append(records)?;
         self.land(staged, last)?;
         Ok(commits)
     }

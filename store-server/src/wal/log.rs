@@ -430,7 +430,7 @@ impl Wal {
     /// them durable with one `fdatasync` before returning. After a failed
     /// append the log refuses every later one: what reached the disk is
     /// unknown until a restart reads it back.
-    pub fn append(&mut self, records: &[(RecordHeader, Vec<u8>)]) -> Result<(), StorageError> {
+    pub fn append(&mut self, records: &[(RecordHeader, &[u8])]) -> Result<(), StorageError> {
         if self.broken {
             return Err(StorageError::Log {
                 context: "appending to the log after it failed".into(),

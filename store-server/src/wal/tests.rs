@@ -38,7 +38,7 @@ fn body(lsn: u64) -> Vec<u8> {
 
 fn append(wal: &mut Wal, from: u64, count: u64) {
     for lsn in from..from + count {
-        wal.append(&[(header(lsn), body(lsn))]).unwrap();
+        wal.append(&[(header(lsn), &body(lsn)[..])]).unwrap();
     }
 }
 
@@ -163,9 +163,9 @@ fn a_failed_fsync_breaks_the_log_until_it_is_reopened() {
     let (mut wal, _) = open(&disk, 7).unwrap();
     append(&mut wal, 1, 2);
     disk.fail_in(Some(1), true);
-    let error = wal.append(&[(header(3), body(3))]).unwrap_err();
+    let error = wal.append(&[(header(3), &body(3)[..])]).unwrap_err();
     assert!(error.to_string().contains("No space"), "{error}");
-    assert!(wal.append(&[(header(3), body(3))]).is_err(), "broken");
+    assert!(wal.append(&[(header(3), &body(3)[..])]).is_err(), "broken");
     disk.power_cut(3);
     let (wal, lsns) = open(&disk, 7).unwrap();
     assert_eq!(wal.next_lsn(), lsns.len() as u64 + 1);
@@ -226,7 +226,11 @@ fn a_group_torn_before_its_fsync_ends_the_log_and_is_not_damage() {
     let (mut wal, _) = open(&disk, 7).unwrap();
     append(&mut wal, 1, 2);
     // A backup appends what arrived together: one write, one fsync.
-    let group: Vec<_> = (3..6).map(|lsn| (header(lsn), body(lsn))).collect();
+    let bodies: Vec<_> = (3..6).map(body).collect();
+    let group: Vec<_> = (3..6)
+        .zip(&bodies)
+        .map(|(lsn, b)| (header(lsn), &b[..]))
+        .collect();
     wal.append(&group).unwrap();
     // The power failed mid-write: the group's first record is torn, the
     // others reached the disk.
