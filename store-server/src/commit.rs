@@ -388,7 +388,7 @@ impl Pipeline {
         })?;
         let stamp = Stamp::now(epoch);
         let mut shipped = None;
-        let ship = |record: &RecordHeader, body: &[u8]| {
+        let ship = |record: &RecordHeader, body: &bytes::Bytes| {
             let Release::Replicated(replicator) = &self.release else {
                 return;
             };
@@ -397,7 +397,8 @@ impl Pipeline {
                 lsn: record.lsn,
                 first_tid: record.first_tid,
                 last_tid: record.last_tid,
-                body: bytes::Bytes::copy_from_slice(body),
+                // Shared with the log's copy, not copied.
+                body: body.clone(),
             });
             let _ = replicator.blocking_send(ToReplicator::Ship(batch.clone()));
             shipped = Some(batch);

@@ -2,6 +2,7 @@
 //! commits (exactly once), resolves and expiries, each seeing the ones
 //! before it.
 
+use bytes::Bytes;
 use store_protocol::{CommitRequest, Committed, Epoch, Limits, Tid, TxnId, WireError};
 
 use redb::ReadableTable as _;
@@ -57,7 +58,7 @@ impl Storage {
         batch: &[Op<'_>],
         limits: &Limits,
         stamp: Stamp,
-        before_commit: impl FnOnce(&RecordHeader, &[u8]),
+        before_commit: impl FnOnce(&RecordHeader, &Bytes),
     ) -> Result<Applied, StorageError> {
         // One writer: no other batch, snapshot install or epoch change
         // interleaves with this one.
@@ -96,7 +97,7 @@ impl Storage {
             },
             last_tid: last,
         };
-        let body = redo::encode(staged.changes())?;
+        let body = Bytes::from(redo::encode(staged.changes())?);
         before_commit(&header, &body);
         self.lock_wal().append(&[(header, &body[..])])?;
         self.land(staged, &header)?;
