@@ -10,11 +10,15 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::{json, Value};
-use store_client::{Client, ClientConfig, Error, WriteResult};
+use store_client::{
+    Client, ClientConfig, CommitError, CommitOutcome, Error, ReadPolicy, Source, WriteResult,
+};
 
+use crate::registers;
 use crate::EVENT_DEADLINE;
 
 /// Upper bound on operations per client, so the loop ends even if the
@@ -28,6 +32,11 @@ enum Kind {
         tid: u64,
         replayed: bool,
         result: WriteResult,
+    },
+    /// A read returned `value` (from the cache if `cached`).
+    Read {
+        value: Option<String>,
+        cached: bool,
     },
     Fail(String),
     Info(String, store_client::TxnId),
@@ -72,10 +81,18 @@ impl History {
     fn to_json(&self) -> Value {
         let mut events = Vec::new();
         for op in self.ops.lock().unwrap().iter() {
-            let value = json!([op.key, op.token]);
+            let reading = op.f.starts_with("read");
+            let value = if reading {
+                json!([op.key, null])
+            } else {
+                json!([op.key, op.token])
+            };
             events.push(json!({"type": "invoke", "f": op.f, "value": value, "process": op.process, "time": op.invoked_ns as u64}));
             let (kind, extra) = match &op.kind {
                 Kind::Ok { tid, replayed, .. } => ("ok", json!({"tid": tid, "replayed": replayed})),
+                Kind::Read { value, cached } => {
+                    ("ok", json!({"value": [op.key, value], "cached": cached}))
+                }
                 Kind::Fail(e) => ("fail", json!({"error": e})),
                 Kind::Info(e, txn) => ("info", json!({"error": e, "txn": txn.to_string()})),
             };
@@ -89,58 +106,110 @@ impl History {
     }
 }
 
+/// How long a read waits for proof of liveness before it fails.
+const READ_WAIT: Duration = Duration::from_secs(10);
+
+/// Operation `n` of a client: what it does and to which key. Writes
+/// (appends, increments, register puts) and reads of the registers, from
+/// the server and through the cache, interleave.
+fn step(n: usize) -> (&'static str, String) {
+    match n % 6 {
+        0 | 3 => ("append", format!("list/{}", n % 3)),
+        1 => ("incr", format!("counter/{}", n % 3)),
+        2 => ("write", format!("register/{}", n % 2)),
+        4 => ("read", format!("register/{}", n % 2)),
+        _ => ("read-cached", format!("register/{}", n % 2)),
+    }
+}
+
 /// Runs one client's operations until `stop`.
 async fn run_client(process: usize, client: Client, history: Arc<History>, stop: Arc<AtomicBool>) {
     for n in 0..MAX_OPS_PER_CLIENT {
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let append = n % 2 == 0;
-        let key = if append {
-            format!("list/{}", n % 3)
-        } else {
-            format!("counter/{}", n % 3)
-        };
+        let (f, key) = step(n);
         let token = format!("p{process}-{n};");
         let invoked_ns = history.now();
-        let result = if append {
-            client.append(key.clone(), token.clone()).await
-        } else {
-            client.incr(key.clone(), 1).await
-        };
-        let kind = match result {
-            Ok(outcome) => Kind::Ok {
-                tid: outcome.tid.0,
-                replayed: outcome.replayed,
-                result: outcome.results[0],
-            },
-            Err(failed) => match failed.error().clone() {
-                Error::OutcomeUnknown { txn_id, detail } => {
-                    history
-                        .unknown
-                        .lock()
-                        .unwrap()
-                        .extend(failed.into_prepared());
-                    Kind::Info(detail, txn_id)
-                }
-                other => {
-                    assert!(
-                        other.is_not_applied(),
-                        "only unknown outcomes may be unclear: {other}"
-                    );
-                    Kind::Fail(other.to_string())
-                }
-            },
+        let kind = match f {
+            "read" => read(&client, &key, false).await,
+            "read-cached" => read(&client, &key, true).await,
+            _ => {
+                let result = match f {
+                    "append" => client.append(key.clone(), token.clone()).await,
+                    "incr" => client.incr(key.clone(), 1).await,
+                    _ => client.put(key.clone(), token.clone()).await,
+                };
+                written(result, &history)
+            }
         };
         history.ops.lock().unwrap().push(Op {
             process,
-            f: if append { "append" } else { "incr" },
+            f,
             key,
             token,
             invoked_ns,
             completed_ns: history.now(),
             kind,
         });
+    }
+}
+
+/// Reads a register: from the server (bypassing the cache), or as an
+/// application reads, through the cache while the session is proven live.
+async fn read(client: &Client, key: &str, through_cache: bool) -> Kind {
+    let text = |b: Bytes| String::from_utf8(b.to_vec()).expect("registers hold text");
+    if through_cache {
+        match client
+            .read(key.to_string(), ReadPolicy::Wait(READ_WAIT))
+            .await
+        {
+            Ok(read) => {
+                assert!(!read.stale, "a waiting read is never answered stale");
+                Kind::Read {
+                    value: read.value.map(text),
+                    cached: read.source == Source::Cache,
+                }
+            }
+            Err(e) => Kind::Fail(e.to_string()),
+        }
+    } else {
+        match client.get_versioned(key.to_string()).await {
+            Ok(found) => Kind::Read {
+                value: found.map(|v| text(v.value)),
+                cached: false,
+            },
+            Err(e) => Kind::Fail(e.to_string()),
+        }
+    }
+}
+
+/// How a write ended; an unknown outcome's transaction is kept for the
+/// checker to resolve.
+fn written(result: Result<CommitOutcome, CommitError>, history: &History) -> Kind {
+    match result {
+        Ok(outcome) => Kind::Ok {
+            tid: outcome.tid.0,
+            replayed: outcome.replayed,
+            result: outcome.results[0],
+        },
+        Err(failed) => match failed.error().clone() {
+            Error::OutcomeUnknown { txn_id, detail } => {
+                history
+                    .unknown
+                    .lock()
+                    .unwrap()
+                    .extend(failed.into_prepared());
+                Kind::Info(detail, txn_id)
+            }
+            other => {
+                assert!(
+                    other.is_not_applied(),
+                    "only unknown outcomes may be unclear: {other}"
+                );
+                Kind::Fail(other.to_string())
+            }
+        },
     }
 }
 
@@ -156,6 +225,7 @@ pub struct Workload {
     stop: Arc<AtomicBool>,
     clients: Vec<Client>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    stale_after: Duration,
 }
 
 impl Workload {
@@ -168,6 +238,7 @@ impl Workload {
             stop,
             clients: Vec::new(),
             tasks: Vec::new(),
+            stale_after: config.session.stale_after,
         };
         for process in 0..clients {
             let client = Client::connect(config.clone()).await.unwrap();
@@ -180,6 +251,11 @@ impl Workload {
             )));
         }
         workload
+    }
+
+    /// The clients, for watching their sessions.
+    pub fn clients(&self) -> &[Client] {
+        &self.clients
     }
 
     /// Waits (up to the event deadline) until at least `oks` operations
@@ -217,7 +293,7 @@ impl Workload {
                 .unwrap()
                 .unwrap();
         }
-        let report = check(&self.history, checker, json).await;
+        let report = check(&self.history, checker, json, self.stale_after).await;
         for client in self.clients {
             client.close().await;
         }
@@ -240,20 +316,28 @@ pub struct Report {
     pub unknown: usize,
     /// Of those, committed.
     pub unknown_committed: usize,
+    /// Register reads answered by the server.
+    pub server_reads: usize,
+    /// Register reads answered from a client's cache.
+    pub cached_reads: usize,
+    /// The most any cached read lagged behind an acknowledged write (the
+    /// bound is `stale_after`).
+    pub max_staleness: Duration,
 }
 
 /// Checks `history` against the store as `checker` reads it (resolving
 /// every unknown outcome first), writes it as JSON to `json`, and panics
 /// on any violation.
-async fn check(history: &History, checker: &Client, json: &Path) -> Report {
+async fn check(history: &History, checker: &Client, json: &Path, stale_after: Duration) -> Report {
     // Unknown outcomes: ask the server what happened to each.
     let ops = history.ops.lock().unwrap().clone();
-    let mut resolved: HashMap<String, bool> = HashMap::new();
+    // The TID each one committed at, or `None`.
+    let mut resolved: HashMap<String, Option<u64>> = HashMap::new();
     for op in &ops {
         if let Kind::Info(_, txn_id) = &op.kind {
             let committed = match checker.resolve(*txn_id).await {
-                Ok(_) => true,
-                Err(Error::Abandoned { .. }) => false,
+                Ok(outcome) => Some(outcome.tid.0),
+                Err(Error::Abandoned { .. }) => None,
                 Err(e) => panic!("resolving {txn_id}: {e}"),
             };
             resolved.insert(op.token.clone(), committed);
@@ -280,7 +364,7 @@ async fn check(history: &History, checker: &Client, json: &Path) -> Report {
     let (mut duplicates, mut lost, mut phantom, mut bad_replays) = (0, 0, 0, 0);
     let mut counted: HashMap<&str, (i64, i64)> = HashMap::new();
     let mut incr_values: HashMap<&str, Vec<i64>> = HashMap::new();
-    for op in &ops {
+    for op in ops.iter().filter(|op| op.f == "append" || op.f == "incr") {
         if op.f == "incr" {
             let entry = counted.entry(&op.key).or_default();
             match &op.kind {
@@ -291,7 +375,9 @@ async fn check(history: &History, checker: &Client, json: &Path) -> Report {
                     entry.0 += 1;
                     incr_values.entry(&op.key).or_default().push(*v);
                 }
-                Kind::Info(..) if resolved.get(&op.token) == Some(&true) => entry.0 += 1,
+                Kind::Info(..) if resolved.get(&op.token).is_some_and(Option::is_some) => {
+                    entry.0 += 1
+                }
                 _ => {}
             }
             continue;
@@ -322,13 +408,15 @@ async fn check(history: &History, checker: &Client, json: &Path) -> Report {
                 }
             }
             Kind::Info(..) => {
-                let committed = resolved[&op.token];
+                let committed = resolved[&op.token].is_some();
                 if usize::from(committed) != found {
                     lost += 1;
                 }
             }
+            Kind::Read { .. } => unreachable!("lists are not read"),
         }
     }
+    let registers = check_registers(&ops, &resolved, stale_after);
     // Kept before any verdict: a failing history is the one to read.
     std::fs::write(json, serde_json::to_vec_pretty(&history.to_json()).unwrap()).unwrap();
     for (key, (applied, _)) in &counted {
@@ -362,12 +450,62 @@ async fn check(history: &History, checker: &Client, json: &Path) -> Report {
         .count();
     assert!(oks > 100, "the clients made progress");
     assert_eq!((duplicates, lost, phantom, bad_replays), (0, 0, 0, 0));
+    assert!(
+        registers.violations.is_empty(),
+        "register reads:\n{}",
+        registers.violations.join("\n")
+    );
     Report {
         ops: ops.len(),
         oks,
         replays,
         fails,
         unknown: resolved.len(),
-        unknown_committed: resolved.values().filter(|c| **c).count(),
+        unknown_committed: resolved.values().filter(|c| c.is_some()).count(),
+        server_reads: registers.server_reads,
+        cached_reads: registers.cached_reads,
+        max_staleness: registers.max_staleness,
     }
+}
+
+/// Checks every register's reads against its writes (see [`registers`]);
+/// the verdicts of all keys in one.
+fn check_registers(
+    ops: &[Op],
+    resolved: &HashMap<String, Option<u64>>,
+    stale_after: Duration,
+) -> registers::Verdict {
+    let mut keys: HashMap<&str, (Vec<registers::Write>, Vec<registers::Read>)> = HashMap::new();
+    for op in ops.iter().filter(|op| op.key.starts_with("register/")) {
+        let (writes, reads) = keys.entry(&op.key).or_default();
+        match &op.kind {
+            Kind::Read { value, cached } => reads.push(registers::Read {
+                process: op.process,
+                value: value.clone(),
+                cached: *cached,
+                invoked: op.invoked_ns,
+                completed: op.completed_ns,
+            }),
+            Kind::Fail(_) if op.f.starts_with("read") => {}
+            kind => writes.push(registers::Write {
+                value: op.token.clone(),
+                tid: match kind {
+                    Kind::Ok { tid, .. } => Some(*tid),
+                    Kind::Info(..) => resolved[&op.token],
+                    _ => None,
+                },
+                invoked: op.invoked_ns,
+                acked: matches!(kind, Kind::Ok { .. }).then_some(op.completed_ns),
+            }),
+        }
+    }
+    let mut all = registers::Verdict::default();
+    for (key, (writes, reads)) in &keys {
+        let verdict = registers::check(key, writes, reads, stale_after);
+        all.server_reads += verdict.server_reads;
+        all.cached_reads += verdict.cached_reads;
+        all.max_staleness = all.max_staleness.max(verdict.max_staleness);
+        all.violations.extend(verdict.violations);
+    }
+    all
 }

@@ -12,16 +12,22 @@
 //! * [`raw`]: a hand-driven QUIC peer for protocol tests.
 //! * [`session`]: short session timers and waiting for session states.
 //! * [`cli`]: run `store-cli` against a server and capture what it printed.
-//! * [`history`]: clients appending unique tokens under faults, and the
-//!   checker of their history.
+//! * [`history`]: clients appending unique tokens, writing and reading
+//!   registers under faults, and the checker of their history.
+//! * [`registers`]: the checkers of reads: linearizable on the server,
+//!   bounded staleness from the cache, monotonic per client.
+//! * [`netns`]: a private network namespace per test and nftables drops
+//!   between chosen members.
 //! * [`binary`]: where the workspace's binaries were built.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod cluster;
 pub mod history;
+pub mod netns;
 mod process;
 mod proxy;
 pub mod raw;
+pub mod registers;
 pub mod session;
 
 pub use cluster::Cluster;

@@ -21,7 +21,7 @@ impl Instant {
         let now = clock_gettime(ClockId::Boottime);
         let secs = u64::try_from(now.tv_sec).unwrap_or(0);
         let nanos = u32::try_from(now.tv_nsec).unwrap_or(0);
-        Instant(Duration::new(secs, nanos))
+        Instant(skewed(Duration::new(secs, nanos)))
     }
 
     /// Time from `earlier` to this moment (zero if `earlier` is later).
@@ -33,6 +33,28 @@ impl Instant {
     pub fn elapsed(&self) -> Duration {
         Instant::now().duration_since(*self)
     }
+}
+
+/// The test-only clock-rate hook: in debug builds, `ZEOLITE_TEST_CLOCK_RATE`
+/// (0.9 to 1.1, e.g. `1.01` for a clock running 1 % fast) scales this
+/// process's pair clock, so that partition tests can run a node whose
+/// clock drifts. Release builds have no hook.
+#[cfg(debug_assertions)]
+fn skewed(now: Duration) -> Duration {
+    static RATE: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let rate = *RATE.get_or_init(|| {
+        std::env::var("ZEOLITE_TEST_CLOCK_RATE")
+            .ok()
+            .and_then(|r| r.parse::<f64>().ok())
+            .filter(|r| (0.9..=1.1).contains(r))
+            .unwrap_or(1.0)
+    });
+    now.mul_f64(rate)
+}
+
+#[cfg(not(debug_assertions))]
+fn skewed(now: Duration) -> Duration {
+    now
 }
 
 impl Add<Duration> for Instant {
