@@ -23,7 +23,7 @@ use crate::EVENT_DEADLINE;
 
 /// Upper bound on operations per client, so the loop ends even if the
 /// fault schedule misbehaves.
-const MAX_OPS_PER_CLIENT: usize = 5_000;
+const MAX_OPS_PER_CLIENT: usize = 200_000;
 
 /// How an operation ended.
 #[derive(Debug, Clone, PartialEq)]

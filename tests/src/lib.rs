@@ -16,11 +16,14 @@
 //!   registers under faults, and the checker of their history.
 //! * [`registers`]: the checkers of reads: linearizable on the server,
 //!   bounded staleness from the cache, monotonic per client.
+//! * [`chaos`]: the partition suite: cycles of link faults (with SIGKILL
+//!   or SIGSTOP) on a pair in its own namespace, and its checkers.
 //! * [`netns`]: a private network namespace per test and nftables drops
 //!   between chosen members.
 //! * [`binary`]: where the workspace's binaries were built.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod chaos;
 mod cluster;
 pub mod history;
 pub mod netns;

@@ -50,6 +50,7 @@ pub struct ServerProcess {
     /// `store-server witness` instead of a data node.
     witness: bool,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
     log: PathBuf,
 }
 
@@ -71,6 +72,7 @@ impl ServerProcess {
             addr,
             witness: false,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
             log: dir.join("server.log"),
         };
         server.spawn();
@@ -99,6 +101,7 @@ impl ServerProcess {
             addr,
             witness,
             extra_args,
+            env: Vec::new(),
             log: dir.join("server.log"),
         };
         server.spawn();
@@ -122,6 +125,7 @@ impl ServerProcess {
             .arg(self.addr.to_string())
             .args(&self.extra_args)
             .env("RUST_LOG", "store_server=debug,info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -251,6 +255,12 @@ impl ServerProcess {
     pub fn respawn(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// Sets an environment variable for every later start.
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.env.retain(|(k, _)| k != name);
+        self.env.push((name.to_string(), value.to_string()));
     }
 
     /// Adds `args` to the flags of every later start.
