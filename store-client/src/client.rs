@@ -19,6 +19,7 @@ use crate::connection::{resolve_now, Connection, RoundTripError};
 use crate::driver::{self, Command, SessionShared, SessionStatus};
 use crate::error::Error;
 use crate::retry::Backoff;
+use crate::session::SUSPECT_AFTER;
 use crate::tls::quic_client_config;
 use crate::txn::{CommitError, CommitOutcome, PreparedTxn, Transaction, TxnIds};
 
@@ -473,7 +474,10 @@ impl Client {
                 .connection(self.write_policy(), deadline, failed.as_ref())
                 .await?;
             let attempt = Instant::now() + self.attempt_timeout();
-            let failure = match connection.round_trip(&request, attempt.min(deadline)).await {
+            let failure = match self
+                .round_trip(&connection, &request, attempt.min(deadline))
+                .await
+            {
                 Ok(Response::Committed(c)) => return Ok(self.committed(txn_id, c)),
                 Ok(Response::Error(e)) if !is_retry_signal(&e) => {
                     return Err(commit_error(txn_id, e))
@@ -524,7 +528,7 @@ impl Client {
                 Err(e) => break e.to_string(),
             };
             let attempt = (Instant::now() + self.attempt_timeout()).min(send_until);
-            let failure = match connection.round_trip(&request, attempt).await {
+            let failure = match self.round_trip(&connection, &request, attempt).await {
                 Ok(Response::Committed(c)) => return Ok(self.committed(txn_id, c)),
                 Ok(Response::Error(e)) if !is_retry_signal(&e) => {
                     // A refusal of a resend says nothing of an earlier copy
@@ -647,7 +651,7 @@ impl Client {
             let connection = self.connection(policy, deadline, failed.as_ref()).await?;
             let proven = self.inner.shared.is_fresh(std::time::Instant::now());
             let attempt = (Instant::now() + self.attempt_timeout()).min(deadline);
-            match connection.round_trip(request, attempt).await {
+            match self.round_trip(&connection, request, attempt).await {
                 // Deposed, or its lease ran out: read from the new primary.
                 Ok(Response::Error(e @ (WireError::NotPrimary { .. } | WireError::InProgress)))
                     if !self.inner.config.any_role =>
@@ -669,6 +673,28 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Sends `request` on `connection` and waits for the answer until
+    /// `until`. An answer later than [`SUSPECT_AFTER`] makes the driver
+    /// look for a newer primary meanwhile (a failover is found by the
+    /// request that meets it, not only by the next ping).
+    async fn round_trip(
+        &self,
+        connection: &Arc<Connection>,
+        request: &Request,
+        until: Instant,
+    ) -> Result<Response, RoundTripError> {
+        let answer = connection.round_trip(request, until);
+        tokio::pin!(answer);
+        tokio::select! {
+            result = &mut answer => return result,
+            () = tokio::time::sleep(SUSPECT_AFTER) => {
+                let id = connection.connection.stable_id();
+                let _ = self.inner.commands.send(Command::Unanswered(id));
+            }
+        }
+        answer.await
     }
 
     /// Tells the driver that `connection`'s server is not the primary.

@@ -127,6 +127,9 @@ pub(crate) enum Command {
     /// The server of the connection with this `stable_id` answered
     /// `NotPrimary`: leave it and find the primary.
     NotPrimary(usize),
+    /// A request on the connection with this `stable_id` has gone
+    /// unanswered for [`crate::session::SUSPECT_AFTER`].
+    Unanswered(usize),
 }
 
 /// What reaches the driver from its helper tasks.
@@ -238,9 +241,13 @@ impl Driver {
                 command = self.commands.recv() => match command {
                     Some(Command::PingNow) => self.liveness.ping_now(Instant::now()),
                     Some(Command::NotPrimary(id)) => {
-                        let current = self.link.as_ref().is_some_and(|l| l.connection.connection.stable_id() == id);
-                        if current && !self.config.any_role {
+                        if self.is_current_connection(id) && !self.config.any_role {
                             self.leave("the server is not the primary");
+                        }
+                    }
+                    Some(Command::Unanswered(id)) => {
+                        if self.is_current_connection(id) {
+                            self.liveness.request_unanswered();
                         }
                     }
                     // Closed, or every client handle is gone.
@@ -250,6 +257,13 @@ impl Driver {
         }
         self.link = None;
         self.shared.publish_fresh_until(None);
+    }
+
+    /// Whether `stable_id` names the current session's connection.
+    fn is_current_connection(&self, stable_id: usize) -> bool {
+        self.link
+            .as_ref()
+            .is_some_and(|l| l.connection.connection.stable_id() == stable_id)
     }
 
     fn carry_out_actions(&mut self) {

@@ -32,6 +32,13 @@ pub const DEFAULT_PING_JITTER: f64 = 0.1;
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(3);
 /// Default time without proof after which the session is `Expired`.
 pub const DEFAULT_EXPIRE_AFTER: Duration = Duration::from_secs(40);
+/// An answer this late (a ping's pong, or a request's reply) makes the
+/// server suspect while the session is Live: a healthy server answers in
+/// milliseconds. Suspicion only looks around (the servers are dialed, and
+/// a primary of a newer epoch is adopted if one welcomes the client); the
+/// session and its proof stay until then, so a false suspicion costs one
+/// handshake per server.
+pub const SUSPECT_AFTER: Duration = Duration::from_millis(300);
 /// Pings remembered while unanswered; older ones are forgotten.
 const MAX_OUTSTANDING_PINGS: usize = 64;
 
@@ -260,25 +267,36 @@ impl Liveness {
         }
     }
 
-    /// When an unanswered ping makes the server suspect: one ping interval
-    /// after it was sent (a healthy server answers in milliseconds).
+    /// When an unanswered ping makes the server suspect:
+    /// [`SUSPECT_AFTER`] (at most a ping interval) after it was sent.
     fn suspect_at(&self) -> Option<Instant> {
         if self.suspected || self.state != SessionState::Live {
             return None;
         }
-        self.sent
-            .front()
-            .map(|(_, sent_at)| *sent_at + self.config.ping_interval)
+        let after = SUSPECT_AFTER.min(self.config.ping_interval);
+        self.sent.front().map(|(_, sent_at)| *sent_at + after)
+    }
+
+    /// A request on the current session has gone unanswered for
+    /// [`SUSPECT_AFTER`]: suspect the server, as for a late pong.
+    pub fn request_unanswered(&mut self) {
+        if !self.suspected && self.state == SessionState::Live {
+            self.suspect();
+        }
+    }
+
+    /// Still Live (the proof has not lapsed), but look around: if a
+    /// failover is under way, the new primary is found before the proof
+    /// runs out. The current session stays until one opens.
+    fn suspect(&mut self) {
+        self.suspected = true;
+        self.actions.push_back(Action::Dial);
     }
 
     /// Advances the timers to `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.suspect_at().is_some_and(|at| at <= now) {
-            // Still Live (the proof has not lapsed), but look around: if a
-            // failover is under way, the new primary is found before the
-            // proof runs out. The current session stays until one opens.
-            self.suspected = true;
-            self.actions.push_back(Action::Dial);
+            self.suspect();
         }
         if self.state == SessionState::Live && self.fresh_until.is_some_and(|at| at <= now) {
             self.fresh_until = None;
@@ -497,7 +515,46 @@ mod tests {
     }
 
     #[test]
-    fn a_ping_unanswered_for_an_interval_dials_the_others_once_while_live() {
+    fn a_late_pong_or_reply_raises_suspicion_after_suspect_after_only() {
+        let mut sim = Sim::new();
+        sim.open();
+        sim.actions.clear();
+        // The next ping goes unanswered: no suspicion until SUSPECT_AFTER
+        // after it was sent, then one look around.
+        let before = sim.pings().len();
+        while sim.pings().len() == before {
+            sim.advance(MS);
+        }
+        sim.actions.clear();
+        sim.advance(SUSPECT_AFTER - MS);
+        assert!(!sim.actions.contains(&Action::Dial));
+        sim.advance(MS);
+        assert!(sim.took(Action::Dial));
+        // A slow reply in the same episode adds nothing.
+        sim.live.request_unanswered();
+        sim.drain();
+        assert!(!sim.took(Action::Dial));
+        // Proof ends the episode; a slow reply then looks around once.
+        let seq = sim.last_ping();
+        sim.pong(seq);
+        sim.live.request_unanswered();
+        sim.live.request_unanswered();
+        sim.drain();
+        let dials = sim.actions.iter().filter(|a| **a == Action::Dial).count();
+        assert_eq!(dials, 1);
+    }
+
+    #[test]
+    fn a_slow_reply_while_not_live_dials_nothing_more() {
+        let mut sim = Sim::new();
+        sim.actions.clear();
+        sim.live.request_unanswered();
+        sim.drain();
+        assert!(!sim.took(Action::Dial), "connecting: already dialing");
+    }
+
+    #[test]
+    fn a_silence_dials_the_others_once_per_episode_while_live() {
         let mut sim = Sim::new();
         sim.open();
         sim.actions.clear();

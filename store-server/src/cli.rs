@@ -91,7 +91,7 @@ pub struct WitnessArgs {
     #[arg(long, value_name = "A1,A2", value_parser = parse_cluster)]
     pub cluster: Cluster,
     /// Lease duration; must match the data nodes'.
-    #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "1200ms", value_parser = parse_duration)]
     pub lease: Duration,
     /// Certificates.
     #[command(flatten)]
@@ -200,7 +200,7 @@ pub struct RunArgs {
     pub join: bool,
     /// Lease duration in a pair: a dead primary is replaced about this long
     /// after its last renewal (renewals every lease/8).
-    #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "1200ms", value_parser = parse_duration)]
     pub lease: Duration,
     /// Largest key in bytes.
     #[arg(long, default_value_t = Limits::default().max_key_bytes)]

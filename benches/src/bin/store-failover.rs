@@ -2,9 +2,10 @@
 //! Starts a witness and two data nodes (release builds beside this
 //! binary) on 127.0.0.1 and measures, with default timers:
 //!
-//! * failover: SIGKILL of the primary → first successful commit of a
-//!   client that commits back to back (`--trials` times, alternating
-//!   nodes; the killed node rejoins and catches up between trials);
+//! * failover: SIGKILL of the primary (or SIGSTOP with `--fault stop`)
+//!   → first successful commit of a client that commits back to back
+//!   (`--trials` times, alternating nodes; the killed node rejoins, or the
+//!   frozen one is thawed and rejoins, and catches up between trials);
 //! * catch-up: the old primary restarted after a failover rejoins
 //!   (`--keys` 1 KiB values in the store; from the new primary's
 //!   write-ahead log when its history end is still there, else by
@@ -15,6 +16,7 @@
 //! ```text
 //! cargo build --release -p store-server -p store-benches
 //! target/release/store-failover --trials 10
+//! target/release/store-failover --trials 20 --fault stop --no-catch-up
 //! ```
 
 use std::process::ExitCode;
@@ -40,6 +42,12 @@ struct Args {
     /// log-shipping catch-up.
     #[arg(long, default_value_t = 5_000)]
     log_keys: usize,
+    /// How the primary fails: `kill` (SIGKILL) or `stop` (SIGSTOP).
+    #[arg(long, default_value = "kill", value_parser = ["kill", "stop"])]
+    fault: String,
+    /// Measure failovers only, not catch-up.
+    #[arg(long)]
+    no_catch_up: bool,
 }
 
 fn main() -> ExitCode {
@@ -56,7 +64,7 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
     let mut cluster = Cluster::start(dir.path()).await;
     cluster.wait_in_sync(0).await;
     let client = Client::connect(cluster.client_config()).await?;
-    let last_ok = Arc::new(Mutex::new(None::<Instant>));
+    let last_ok = Arc::new(Mutex::new(LastOk::None));
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn(commit_back_to_back(
         client.clone(),
@@ -68,24 +76,42 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
     for trial in 0..args.trials {
         // A random phase against the lease renewals and pings.
         tokio::time::sleep(Duration::from_millis(500 + rand::random::<u64>() % 1000)).await;
-        cluster.nodes[primary].kill();
-        // Dead now: nothing it answers can count.
+        let stop_it = args.fault == "stop";
+        if stop_it {
+            cluster.nodes[primary].freeze();
+        } else {
+            cluster.nodes[primary].kill();
+        }
+        // Dead (or frozen) now: nothing it answers can count.
         let killed_at = Instant::now();
         let first_ok = loop {
             tokio::time::sleep(Duration::from_millis(5)).await;
-            let last = *last_ok.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-            if let Some(at) = last.filter(|at| *at > killed_at) {
+            let last = last_ok
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .clone();
+            // A reply the failed node sent just before the signal landed
+            // does not count: only one from the other node.
+            let failed = cluster.nodes[primary].addr().to_string();
+            if let Some((at, _)) =
+                last.filter(|(at, server)| *at > killed_at && server.as_ref() != Some(&failed))
+            {
                 break at;
             }
             anyhow::ensure!(killed_at.elapsed() < Duration::from_secs(60), "no failover");
         };
         let took = first_ok - killed_at;
         out(format!(
-            "trial={trial} killed=node{primary} failover_s={:.3}",
+            "trial={trial} {}=node{primary} failover_s={:.3}",
+            if stop_it { "stopped" } else { "killed" },
             took.as_secs_f64()
         ));
         failovers.push(took);
-        cluster.nodes[primary].respawn();
+        if stop_it {
+            cluster.nodes[primary].thaw();
+        } else {
+            cluster.nodes[primary].respawn();
+        }
         cluster.wait_in_sync(1 - primary).await;
         primary = 1 - primary;
     }
@@ -93,18 +119,36 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
     writer.await??;
     let (median, max) = store_benches::median_max(&failovers);
     out(format!(
-        "failover trials={} median_s={median:.3} max_s={max:.3}",
+        "failover fault={} trials={} median_s={median:.3} max_s={max:.3}",
+        args.fault,
         failovers.len()
     ));
+    if !args.no_catch_up {
+        catch_up(args, &mut cluster, &client, primary).await?;
+    }
+    client.close().await;
+    if std::env::var_os("STORE_FAILOVER_KEEP").is_some() {
+        drop(cluster);
+        let _ = dir.keep();
+    }
+    Ok(())
+}
 
+/// Times the returns of a restarted primary and of a restarted backup.
+async fn catch_up(
+    args: &Args,
+    cluster: &mut Cluster,
+    client: &Client,
+    mut primary: usize,
+) -> anyhow::Result<()> {
     // The old primary's return after a failover: from the new primary's
     // write-ahead log if it still holds the old one's history end.
     let value = bytes::Bytes::from(vec![b'x'; 1024]);
-    put_keys(&client, 0..args.keys, &value).await?;
+    put_keys(client, 0..args.keys, &value).await?;
     cluster.wait_in_sync(primary).await;
     cluster.nodes[primary].kill();
     cluster.wait_for_primary(Some(1 - primary)).await;
-    let took = rejoin(&mut cluster, primary).await;
+    let took = rejoin(cluster, primary).await;
     let how = if cluster.nodes[primary]
         .log_text()
         .contains("snapshot installed")
@@ -119,14 +163,9 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
     // Catch-up by log shipping: the backup is down while keys are written
     // in the same term; back, its history is a prefix of the primary's.
     cluster.nodes[1 - primary].kill();
-    put_keys(&client, args.keys..args.keys + args.log_keys, &value).await?;
-    let took = rejoin(&mut cluster, 1 - primary).await;
+    put_keys(client, args.keys..args.keys + args.log_keys, &value).await?;
+    let took = rejoin(cluster, 1 - primary).await;
     report_catch_up("log node=restarted-backup", args.log_keys, took);
-    client.close().await;
-    if std::env::var_os("STORE_FAILOVER_KEEP").is_some() {
-        drop(cluster);
-        let _ = dir.keep();
-    }
     Ok(())
 }
 
@@ -163,15 +202,20 @@ fn report_catch_up(how: &str, keys: usize, took: Duration) {
     ));
 }
 
+/// When the last commit succeeded, and which server answered it.
+type LastOk = Option<(Instant, Option<String>)>;
+
 /// Commits back to back, recording when each success was answered.
 async fn commit_back_to_back(
     client: Client,
     stop: Arc<AtomicBool>,
-    last_ok: Arc<Mutex<Option<Instant>>>,
+    last_ok: Arc<Mutex<LastOk>>,
 ) -> anyhow::Result<()> {
     while !stop.load(Ordering::Acquire) {
         if client.incr("failover-counter", 1).await.is_ok() {
-            *last_ok.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(Instant::now());
+            let server = client.session().server;
+            *last_ok.lock().map_err(|_| anyhow::anyhow!("poisoned"))? =
+                Some((Instant::now(), server));
         }
     }
     Ok(())

@@ -13,7 +13,7 @@ use store_protocol::{Epoch, Role};
 use super::lease::{Lease, LeaseConfig, Promise};
 
 /// How long a failed election waits before the next attempt.
-const CAMPAIGN_RETRY: Duration = Duration::from_millis(200);
+const CAMPAIGN_RETRY: Duration = Duration::from_millis(50);
 
 /// What the shell should do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,14 +248,14 @@ mod tests {
     fn granted(epoch: u64) -> PeerResponse {
         PeerResponse::Granted {
             epoch: Epoch(epoch),
-            lease_ms: 2000,
+            lease_ms: LeaseConfig::default().duration_ms(),
         }
     }
 
     fn elected(epoch: u64) -> PeerResponse {
         PeerResponse::Elected {
             epoch: Epoch(epoch),
-            lease_ms: 2000,
+            lease_ms: LeaseConfig::default().duration_ms(),
             cluster_id: 1,
         }
     }
