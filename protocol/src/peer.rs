@@ -84,6 +84,15 @@ pub enum PeerRequest {
         /// empty store joining with `--join`).
         cluster_id: u64,
     },
+    /// Primary → backup, as the primary stops (SIGTERM): I have stepped
+    /// down and released my lease at the witness; stand for election now,
+    /// once you hold my history up to `lsn` (a leadership transfer).
+    HandOver {
+        /// The epoch the sender was primary of.
+        epoch: Epoch,
+        /// The end of the sender's history.
+        lsn: u64,
+    },
 }
 
 /// A point in the replicated history: a batch's epoch and LSN, ordered as

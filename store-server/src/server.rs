@@ -258,15 +258,20 @@ impl Server {
             () = shutdown => {}
         }
         expiry.abort();
-        for task in pair_tasks {
-            task.abort();
-        }
         tracing::info!("draining");
         self.shared.draining.store(true, Ordering::Release);
         self.endpoint.set_server_config(None);
+        // The pair's tasks go on while in-flight commits drain: they need
+        // the lease and the replication stream.
         let drained = tokio::time::timeout(self.drain_timeout, wait_idle(&self.shared)).await;
         if drained.is_err() {
             tracing::warn!("drain timeout passed with requests still in flight");
+        }
+        if let Some(pair) = &self.shared.pair {
+            pair.hand_over().await;
+        }
+        for task in pair_tasks {
+            task.abort();
         }
         self.endpoint
             .close(CLOSE_SHUTDOWN.into(), b"server shutting down");

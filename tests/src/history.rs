@@ -323,6 +323,10 @@ pub struct Report {
     /// The most any cached read lagged behind an acknowledged write (the
     /// bound is `stale_after`).
     pub max_staleness: Duration,
+    /// The 99th percentile of the time operations that succeeded took.
+    pub p99: Duration,
+    /// The longest any operation that succeeded took.
+    pub max_latency: Duration,
 }
 
 /// Checks `history` against the store as `checker` reads it (resolving
@@ -465,7 +469,22 @@ async fn check(history: &History, checker: &Client, json: &Path, stale_after: Du
         server_reads: registers.server_reads,
         cached_reads: registers.cached_reads,
         max_staleness: registers.max_staleness,
+        p99: latency(&ops, 0.99),
+        max_latency: latency(&ops, 1.0),
     }
+}
+
+/// The `quantile` of the time successful operations took.
+fn latency(ops: &[Op], quantile: f64) -> Duration {
+    let mut took: Vec<u128> = ops
+        .iter()
+        .filter(|op| matches!(op.kind, Kind::Ok { .. } | Kind::Read { .. }))
+        .map(|op| op.completed_ns - op.invoked_ns)
+        .collect();
+    took.sort_unstable();
+    let index = ((took.len() as f64 * quantile) as usize).min(took.len().saturating_sub(1));
+    took.get(index)
+        .map_or(Duration::ZERO, |ns| Duration::from_nanos(*ns as u64))
 }
 
 /// Checks every register's reads against its writes (see [`registers`]);

@@ -48,6 +48,11 @@ struct Args {
     /// Measure failovers only, not catch-up.
     #[arg(long)]
     no_catch_up: bool,
+    /// Instead of failing anything, watch the pair for this many seconds
+    /// under the back-to-back writer and count elections (there should be
+    /// none: run it beside a stress load, see `benches/false-elections.sh`).
+    #[arg(long, value_name = "SECS")]
+    quiet_for: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -71,6 +76,13 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
         stop.clone(),
         last_ok.clone(),
     ));
+    if let Some(secs) = args.quiet_for {
+        watch_quietly(&cluster, Duration::from_secs(secs), &last_ok).await?;
+        stop.store(true, Ordering::Release);
+        writer.await??;
+        client.close().await;
+        return Ok(());
+    }
     let mut failovers = Vec::with_capacity(args.trials);
     let mut primary = 0;
     for trial in 0..args.trials {
@@ -131,6 +143,48 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
         drop(cluster);
         let _ = dir.keep();
     }
+    Ok(())
+}
+
+/// Watches the pair for `length`: elections (epoch changes), and the
+/// longest time without a successful commit.
+async fn watch_quietly(
+    cluster: &Cluster,
+    length: Duration,
+    last_ok: &Mutex<LastOk>,
+) -> anyhow::Result<()> {
+    let epoch_now = || async {
+        for i in 0..2 {
+            if let Some(status) = cluster.status(i).await {
+                return Some(status.epoch.0);
+            }
+        }
+        None
+    };
+    let first = epoch_now()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no node answers"))?;
+    let started = Instant::now();
+    let (mut longest_gap, mut last_epoch, mut unanswered) = (Duration::ZERO, first, 0u64);
+    while started.elapsed() < length {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let last = last_ok
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .clone();
+        let since = last.map_or(started.elapsed(), |(at, _)| at.elapsed());
+        longest_gap = longest_gap.max(since);
+        match epoch_now().await {
+            Some(epoch) => last_epoch = last_epoch.max(epoch),
+            None => unanswered += 1,
+        }
+    }
+    out(format!(
+        "quiet watch_s={} elections={} longest_commit_gap_s={:.3} status_unanswered={unanswered}",
+        length.as_secs(),
+        last_epoch - first,
+        longest_gap.as_secs_f64()
+    ));
     Ok(())
 }
 

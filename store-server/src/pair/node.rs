@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::clock::Instant;
 
 use store_protocol::peer::{PeerRequest, PeerResponse, PeerStatus};
-use store_protocol::{read_frame, write_frame, WireError};
+use store_protocol::{read_frame, write_frame, Epoch, WireError};
 
 use super::link::PEER_FRAME_LIMIT;
 use super::replicator::{serve_join, Joiner};
@@ -289,6 +289,71 @@ impl Pair {
     }
 }
 
+impl Pair {
+    /// Hands the lease to an in-sync backup as this primary stops
+    /// (SIGTERM), after its in-flight commits drained: steps down (it
+    /// stops serving at once), releases its lease at the witness, and
+    /// asks the backup to stand for election now instead of a lease from
+    /// now. Clients move on their next request, without an error. Does
+    /// nothing on a backup, or when the backup is out of sync (the witness
+    /// would not elect it: the pair waits for this node to return).
+    pub async fn hand_over(self: &Arc<Pair>) {
+        if !self.serving() || !self.status().backup_in_sync {
+            return;
+        }
+        let epoch = self.update(|standing| {
+            standing.step_down(Instant::now());
+            standing.epoch()
+        });
+        let lsn = self.storage.history_end().lsn;
+        tracing::warn!(
+            epoch = epoch.0,
+            lsn,
+            "stopping: handing the lease to the backup"
+        );
+        let release = PeerRequest::Release { epoch };
+        if let Err(e) = self.witness.request(&release, Duration::from_secs(1)).await {
+            tracing::warn!(error = %e, "the witness did not take the release; the backup takes over when the lease runs out");
+        }
+        let hand_over = PeerRequest::HandOver { epoch, lsn };
+        match self.peer.request(&hand_over, Duration::from_secs(2)).await {
+            Ok(PeerResponse::Recorded) => tracing::info!("the backup is standing for election"),
+            Ok(other) => tracing::warn!(answer = ?other, "the backup refused the hand-over"),
+            Err(e) => tracing::warn!(error = %e, "the backup did not answer the hand-over"),
+        }
+    }
+
+    /// The primary of `epoch` stopped and handed its lease over: once this
+    /// node holds its history up to `lsn`, stand for election at once.
+    async fn take_over(self: &Arc<Pair>, epoch: Epoch, lsn: u64) -> PeerResponse {
+        let peer = self.peer_id();
+        let ours =
+            self.update(|s| !s.is_primary() && s.epoch() == epoch && s.primary() == Some(peer));
+        if !ours {
+            return self.denied(format!(
+                "not the backup of the primary of epoch {}",
+                epoch.0
+            ));
+        }
+        let caught_up = wait_until(Duration::from_secs(5), || {
+            self.storage.history_end().lsn >= lsn
+        })
+        .await;
+        if !caught_up {
+            return self.denied(format!(
+                "behind the primary (lsn {} < {lsn})",
+                self.storage.history_end().lsn
+            ));
+        }
+        tracing::warn!(
+            epoch = epoch.0,
+            "the primary handed over: standing for election"
+        );
+        self.update(|s| s.promote(Instant::now(), true));
+        PeerResponse::Recorded
+    }
+}
+
 /// Polls `done` until it holds or `timeout` passes.
 async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -348,6 +413,7 @@ async fn serve_stream(pair: Arc<Pair>, mut send: quinn::SendStream, mut recv: qu
             return serve_join(pair, send, recv, joiner).await;
         }
         PeerRequest::StepDown { .. } => pair.step_down().await,
+        PeerRequest::HandOver { epoch, lsn } => pair.take_over(epoch, lsn).await,
         PeerRequest::Elect { .. } | PeerRequest::SetInSync { .. } | PeerRequest::Release { .. } => {
             pair.denied("a data node holds no votes; ask the witness".into())
         }

@@ -204,9 +204,9 @@ impl Witness {
                 }),
                 None,
             ),
-            PeerRequest::StepDown { .. } | PeerRequest::Join { .. } => {
-                deny("a witness holds no data")
-            }
+            PeerRequest::StepDown { .. }
+            | PeerRequest::Join { .. }
+            | PeerRequest::HandOver { .. } => deny("a witness holds no data"),
         }
     }
 }
