@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use rustix::time::{clock_gettime, ClockId};
 
-/// A moment on the boot clock, shaped like `std::time::Instant`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A moment on the boot clock, shaped like `std::time::Instant`. The
+/// default is the boot itself, earlier than any moment `now` returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Instant(Duration);
 
 impl Instant {
@@ -32,6 +33,12 @@ impl Instant {
     /// Time since this moment.
     pub fn elapsed(&self) -> Duration {
         Instant::now().duration_since(*self)
+    }
+
+    /// How long from now until this moment (zero if it has passed): what
+    /// a shell sleeps for a core's `poll_timeout`.
+    pub fn remaining(&self) -> Duration {
+        self.duration_since(Instant::now())
     }
 }
 

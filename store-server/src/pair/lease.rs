@@ -101,6 +101,11 @@ impl Promise {
         config.duration
     }
 
+    /// Until when the granter is bound, if it is.
+    pub fn until(&self) -> Option<Instant> {
+        self.bound_until
+    }
+
     /// Whether a promise made before `now` still binds the granter.
     pub fn binds(&self, now: Instant) -> bool {
         self.bound_until.is_some_and(|until| now < until)

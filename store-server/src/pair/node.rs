@@ -16,18 +16,16 @@ use super::role::Action;
 use super::{Pair, Voucher};
 use crate::identity::admit_node;
 
-/// How often the standing is checked.
-const TICK: Duration = Duration::from_millis(25);
 /// How often the peer is asked for its status (lag, reachability).
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 
-/// Runs the standing's timers forever.
+/// Runs the standing's timers forever: sleeps until the standing's
+/// `poll_timeout` (or the next status probe), or until the standing
+/// changes, then carries out what it asks.
 pub(super) async fn run(pair: Arc<Pair>) {
-    let mut ticks = tokio::time::interval(TICK);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_probe: Option<Instant> = None;
+    let mut changed = pair.changed.subscribe();
+    let mut next_probe = Instant::now();
     loop {
-        ticks.tick().await;
         let now = Instant::now();
         let action = pair.standing().tick(now);
         match action {
@@ -40,9 +38,17 @@ pub(super) async fn run(pair: Arc<Pair>) {
             }
             None => {}
         }
-        if last_probe.is_none_or(|at| now.duration_since(at) >= PROBE_EVERY) {
-            last_probe = Some(now);
+        if now >= next_probe {
+            next_probe = now + PROBE_EVERY;
             tokio::spawn(probe_peer(pair.clone()));
+        }
+        let wake = pair
+            .standing()
+            .poll_timeout()
+            .map_or(next_probe, |at| at.min(next_probe));
+        tokio::select! {
+            () = tokio::time::sleep(wake.remaining()) => {}
+            _ = changed.changed() => {}
         }
     }
 }

@@ -123,14 +123,31 @@ impl Replication {
         self.asking = None;
     }
 
-    /// What to do at `now`.
-    pub fn ready(&mut self, now: Instant) -> Ready {
-        let oldest_unacked = self
-            .waiting
+    /// When the oldest batch the backup has not acknowledged became
+    /// durable here.
+    fn oldest_unacked(&self) -> Option<Instant> {
+        self.waiting
             .iter()
             .find(|(lsn, _)| lsn.is_some_and(|lsn| lsn > self.acked))
-            .map(|(_, at)| *at);
-        let overdue = oldest_unacked.is_some_and(|at| now.duration_since(at) >= self.timeout);
+            .map(|(_, at)| *at)
+    }
+
+    /// When [`Replication::ready`] would give up on the backup if nothing
+    /// is acknowledged before (quinn's `poll_timeout`).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            SyncState::Syncing | SyncState::InSync => {
+                self.oldest_unacked().map(|at| at + self.timeout)
+            }
+            SyncState::Alone | SyncState::Demoting => None,
+        }
+    }
+
+    /// What to do at `now`.
+    pub fn ready(&mut self, now: Instant) -> Ready {
+        let overdue = self
+            .oldest_unacked()
+            .is_some_and(|at| now.duration_since(at) >= self.timeout);
         match self.state {
             SyncState::Alone if self.joined && self.acked >= self.durable => {
                 self.state = SyncState::Syncing;

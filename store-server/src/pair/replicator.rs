@@ -103,8 +103,17 @@ pub(super) async fn run(
     // The current replication stream: its generation and the backup's
     // acknowledged LSN.
     let mut stream: Option<(u64, u64)> = None;
-    let mut ticks = tokio::time::interval(Duration::from_millis(20));
+    // Woken by the committer, the stream, a change of the standing (a term
+    // starts or ends), or the replication's own timeout.
+    let mut changed = pair.changed.subscribe();
     loop {
+        let timeout = machine.as_ref().and_then(|(_, r)| r.poll_timeout());
+        let sleep = async {
+            match timeout {
+                Some(at) => tokio::time::sleep(at.remaining()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             from_committer = committer.recv() => match from_committer {
                 Some(ToReplicator::Ship(batch)) => {
@@ -164,7 +173,8 @@ pub(super) async fn run(
                     }
                 }
             }
-            _ = ticks.tick() => {}
+            _ = changed.changed() => {}
+            () = sleep => {}
         }
         follow_standing(&pair, &mut machine, &mut waiting, stream);
         let Some((epoch, replication)) = machine.as_mut() else {

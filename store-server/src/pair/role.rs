@@ -125,6 +125,26 @@ impl Standing {
         })
     }
 
+    /// When [`Standing::tick`] next has something to do (quinn's
+    /// `poll_timeout`): the next renewal while primary; otherwise the next
+    /// election attempt, once this node's promise has run out; `None` while
+    /// a campaign waits for its answer. The shell sleeps until then, or
+    /// until the standing changes.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.primary_role {
+            return Some(
+                self.last_renewal
+                    .map_or_else(Instant::default, |at| at + self.config.renew_every),
+            );
+        }
+        if self.campaigning {
+            return None;
+        }
+        Some(self.promise.until().map_or(self.next_campaign, |until| {
+            until.max(self.next_campaign)
+        }))
+    }
+
     /// An operator asked for this node to be primary. After the primary
     /// stepped down (`stepped_down`), its lease from this node is void:
     /// stand for election now. Forced (the primary is presumed gone), keep
