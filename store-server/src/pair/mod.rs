@@ -26,6 +26,8 @@ mod node;
 mod replication;
 mod replicator;
 mod role;
+#[cfg(test)]
+mod sim;
 mod votes;
 pub mod witness;
 

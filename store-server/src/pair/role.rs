@@ -140,9 +140,11 @@ impl Standing {
         if self.campaigning {
             return None;
         }
-        Some(self.promise.until().map_or(self.next_campaign, |until| {
-            until.max(self.next_campaign)
-        }))
+        Some(
+            self.promise
+                .until()
+                .map_or(self.next_campaign, |until| until.max(self.next_campaign)),
+        )
     }
 
     /// An operator asked for this node to be primary. After the primary
