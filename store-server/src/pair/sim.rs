@@ -81,6 +81,8 @@ enum Asked {
     Renew,
     Campaign,
     InSync(Epoch, bool),
+    /// Sent as a node stops; nobody waits for the answer.
+    Parting,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +103,11 @@ enum Event {
     },
     Write,
     Crash {
+        member: usize,
+    },
+    /// SIGTERM of a data node: a primary with its backup in sync hands
+    /// its lease over (as `Pair::hand_over` does), then the node stops.
+    Stop {
         member: usize,
     },
     Restart {
@@ -158,6 +165,7 @@ struct World {
     /// Which node was primary of each epoch.
     primaries: BTreeMap<Epoch, usize>,
     elections: u64,
+    hand_overs: u64,
     /// What happened, for a failure's message.
     trace: Vec<String>,
 }
@@ -167,6 +175,7 @@ struct World {
 struct Tally {
     acknowledged: usize,
     elections: u64,
+    hand_overs: u64,
 }
 
 impl World {
@@ -217,6 +226,7 @@ impl World {
             acknowledged: BTreeSet::new(),
             primaries: BTreeMap::new(),
             elections: 0,
+            hand_overs: 0,
             trace: Vec::new(),
         };
         for member in 0..2 {
@@ -289,9 +299,12 @@ impl World {
         let faults = self.rng.gen_range(0..12);
         for _ in 0..faults {
             let when = Duration::from_millis(self.rng.gen_range(0..length.as_millis() as u64));
-            let event = match self.rng.gen_range(0..3) {
+            let event = match self.rng.gen_range(0..4) {
                 0 => Event::Crash {
                     member: self.rng.gen_range(0..3),
+                },
+                1 => Event::Stop {
+                    member: self.rng.gen_range(0..2),
                 },
                 _ => {
                     let from = self.rng.gen_range(0..3);
@@ -330,6 +343,7 @@ impl World {
         Ok(Tally {
             acknowledged: self.acknowledged.len(),
             elections: self.elections,
+            hand_overs: self.hand_overs,
         })
     }
 
@@ -365,6 +379,10 @@ impl World {
                 let back = self.now + Duration::from_millis(self.rng.gen_range(50..3000));
                 self.at(back, Event::Restart { member });
             }
+            Event::Stop { member } => {
+                self.hand_over(member);
+                self.handle(Event::Crash { member })?;
+            }
             Event::Restart { member } => self.restart(member),
             Event::Cut { from, to, until } => {
                 self.cut_until[from][to] = self.cut_until[from][to].max(until);
@@ -374,6 +392,32 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// A stopping primary with its backup in sync steps down, releases its
+    /// lease at the witness and tells the backup to stand at once.
+    fn hand_over(&mut self, n: usize) {
+        let now = self.clock(n);
+        let node = &mut self.nodes[n];
+        let in_sync = node
+            .replication
+            .as_ref()
+            .is_some_and(|(_, r)| r.state() == super::replication::SyncState::InSync);
+        if !node.up || !node.standing.serving(now) || !in_sync {
+            return;
+        }
+        node.standing.step_down(now);
+        self.hand_overs += 1;
+        let epoch = node.standing.epoch();
+        let lsn = node.log.len() as u64;
+        self.note(format!("node {n} hands over epoch {} at {lsn}", epoch.0));
+        self.request(n, WITNESS, PeerRequest::Release { epoch }, Asked::Parting);
+        self.request(
+            n,
+            1 - n,
+            PeerRequest::HandOver { epoch, lsn },
+            Asked::Parting,
+        );
     }
 
     fn restart(&mut self, member: usize) {
@@ -555,6 +599,25 @@ impl World {
                         let node = &mut self.nodes[to];
                         node.standing.lease_requested(now, epoch, from as NodeId)
                     }
+                    // As `Pair::take_over` (which also waits a while for
+                    // the history to arrive).
+                    PeerRequest::HandOver { epoch, lsn } => {
+                        let node = &mut self.nodes[to];
+                        let s = &node.standing;
+                        let ours = !s.is_primary()
+                            && s.epoch() == epoch
+                            && s.primary() == Some(from as NodeId);
+                        if ours && node.log.len() as u64 >= lsn {
+                            node.standing.promote(now, true);
+                            PeerResponse::Recorded
+                        } else {
+                            PeerResponse::Denied {
+                                epoch: s.epoch(),
+                                primary: s.primary(),
+                                reason: "not taking over".into(),
+                            }
+                        }
+                    }
                     _ => return Ok(()),
                 };
                 self.send(to, from, Msg::Response { id, response });
@@ -690,6 +753,7 @@ impl World {
                     self.elected(n, epoch)?;
                 }
             }
+            (Asked::Parting, _) => {}
             (Asked::InSync(epoch, in_sync), answer) => {
                 if let Some((ours, replication)) = self.nodes[n].replication.as_mut() {
                     if *ours == epoch {
@@ -788,12 +852,14 @@ mod tests {
                 });
             total.acknowledged += tally.acknowledged;
             total.elections += tally.elections;
+            total.hand_overs += tally.hand_overs;
         }
         eprintln!(
-            "{count} schedules of 20 s in {:.2} s: {} batches acknowledged, {} elections",
+            "{count} schedules of 20 s in {:.2} s: {} batches acknowledged, {} elections, {} hand-overs",
             started.elapsed().as_secs_f64(),
             total.acknowledged,
-            total.elections
+            total.elections,
+            total.hand_overs
         );
         assert!(total.elections >= count, "every schedule elects");
         assert!(total.acknowledged > 0);
