@@ -108,11 +108,12 @@ impl Client {
             .iter()
             .map(|server| resolve_now(server))
             .collect::<Result<Vec<_>, _>>()?;
-        let bind: SocketAddr = if addrs.first().is_some_and(SocketAddr::is_ipv6) {
+        let any: SocketAddr = if addrs.first().is_some_and(SocketAddr::is_ipv6) {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
+        let bind = config.local_addr.unwrap_or(any);
         let endpoint = quinn::Endpoint::client(bind).map_err(|e| Error::Config {
             detail: format!("binding a UDP socket: {e}"),
         })?;

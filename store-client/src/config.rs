@@ -110,6 +110,10 @@ pub struct ClientConfig {
     /// server) is followed, and a client leaves a server that stops
     /// being primary.
     pub any_role: bool,
+    /// The local address the client's UDP socket binds to. Default `None`:
+    /// any address of the servers' family, an ephemeral port (a fixed one
+    /// suits a firewall rule, or a test that cuts this client off).
+    pub local_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for ClientConfig {
@@ -132,6 +136,7 @@ impl ClientConfig {
             read_policy: ReadPolicy::default(),
             any_role: false,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            local_addr: None,
         }
     }
 

@@ -14,6 +14,7 @@
 //! within [`BACK_TO_LIVE`] of each heal.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,7 +27,7 @@ use store_protocol::Role;
 use crate::history::{Report, Workload};
 use crate::netns::Firewall;
 use crate::session::fast;
-use crate::{Cluster, EVENT_DEADLINE};
+use crate::{free_udp_port, Cluster, EVENT_DEADLINE};
 
 /// Every client must be Live again this soon after a heal.
 pub const BACK_TO_LIVE: Duration = Duration::from_secs(10);
@@ -56,11 +57,16 @@ pub enum Fault {
     Flapping,
     /// Clients cut from P; the members still reach it.
     ClientsOfPrimary,
+    /// P's packets to one client dropped (its pongs and invalidations),
+    /// that client's to P delivered, while the others write: its cached
+    /// reads may lag by less than `stale_after`, then its cache stops
+    /// answering.
+    PrimaryToOneClient,
 }
 
 impl Fault {
     /// Every fault, in a fixed order.
-    pub const ALL: [Fault; 7] = [
+    pub const ALL: [Fault; 8] = [
         Fault::PrimaryIsolated,
         Fault::BackupIsolated,
         Fault::WitnessIsolated,
@@ -68,6 +74,7 @@ impl Fault {
         Fault::BackupToPrimary,
         Fault::Flapping,
         Fault::ClientsOfPrimary,
+        Fault::PrimaryToOneClient,
     ];
 }
 
@@ -142,6 +149,8 @@ pub struct Chaos {
     pub figures: Vec<Figure>,
     /// Clients that were not Live within [`BACK_TO_LIVE`] of a heal.
     late: Vec<String>,
+    /// Where client 0 sends from ([`Fault::PrimaryToOneClient`] cuts it).
+    watched_client: SocketAddr,
 }
 
 /// What the suite found; it has already asserted that nothing is wrong.
@@ -166,7 +175,10 @@ impl Chaos {
         // Long enough to ride out a failover, short enough that some
         // operations end with an unknown outcome.
         config.timeout = Duration::from_secs(4);
-        let workload = Workload::start(CLIENTS, config).await;
+        let watched_client = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+        let mut configs = vec![config; CLIENTS];
+        configs[0].local_addr = Some(watched_client);
+        let workload = Workload::start_each(configs).await;
         let samples = Arc::new(Mutex::new(Vec::new()));
         let monitor = tokio::spawn(monitor(
             (0..2).map(|i| cluster.nodes[i].client_config()).collect(),
@@ -182,6 +194,7 @@ impl Chaos {
             monitor,
             figures: Vec::new(),
             late: Vec::new(),
+            watched_client,
         }
     }
 
@@ -259,6 +272,7 @@ impl Chaos {
             Fault::BackupToPrimary => self.firewall.cut_one_way(b, p),
             Fault::Flapping => {}
             Fault::ClientsOfPrimary => self.firewall.cut_clients(p, [b, w]),
+            Fault::PrimaryToOneClient => self.firewall.cut_one_way(p, self.watched_client),
         }
         let target = [primary, backup][victim];
         match also {
@@ -301,7 +315,7 @@ impl Chaos {
         &self,
         end: Instant,
         backup: usize,
-        flap: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+        flap: Option<(SocketAddr, SocketAddr)>,
     ) -> Option<Duration> {
         let start = Instant::now();
         let mut rng = StdRng::seed_from_u64(self.figures.len() as u64);

@@ -109,10 +109,15 @@ impl History {
 /// How long a read waits for proof of liveness before it fails.
 const READ_WAIT: Duration = Duration::from_secs(10);
 
-/// Operation `n` of a client: what it does and to which key. Writes
-/// (appends, increments, register puts) and reads of the registers, from
-/// the server and through the cache, interleave.
-fn step(n: usize) -> (&'static str, String) {
+/// Operation `n` of client `process`: what it does and to which key.
+/// Client 0 only reads the registers through its cache (never held up by
+/// a write of its own, it shows how far a cache can lag); the others
+/// interleave writes (appends, increments, register puts) and reads of
+/// the registers, from the server and through the cache.
+fn step(process: usize, n: usize) -> (&'static str, String) {
+    if process == 0 {
+        return ("read-cached", format!("register/{}", n % 2));
+    }
     match n % 6 {
         0 | 3 => ("append", format!("list/{}", n % 3)),
         1 => ("incr", format!("counter/{}", n % 3)),
@@ -128,7 +133,7 @@ async fn run_client(process: usize, client: Client, history: Arc<History>, stop:
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let (f, key) = step(n);
+        let (f, key) = step(process, n);
         let token = format!("p{process}-{n};");
         let invoked_ns = history.now();
         let kind = match f {
@@ -231,6 +236,12 @@ pub struct Workload {
 impl Workload {
     /// Connects `clients` clients with `config` and starts them.
     pub async fn start(clients: usize, config: ClientConfig) -> Workload {
+        Workload::start_each(vec![config; clients]).await
+    }
+
+    /// Connects one client per configuration and starts them (all with the
+    /// same session timers).
+    pub async fn start_each(configs: Vec<ClientConfig>) -> Workload {
         let history = Arc::new(History::new());
         let stop = Arc::new(AtomicBool::new(false));
         let mut workload = Workload {
@@ -238,10 +249,10 @@ impl Workload {
             stop,
             clients: Vec::new(),
             tasks: Vec::new(),
-            stale_after: config.session.stale_after,
+            stale_after: configs[0].session.stale_after,
         };
-        for process in 0..clients {
-            let client = Client::connect(config.clone()).await.unwrap();
+        for (process, config) in configs.into_iter().enumerate() {
+            let client = Client::connect(config).await.unwrap();
             workload.clients.push(client.clone());
             workload.tasks.push(tokio::spawn(run_client(
                 process,
