@@ -110,8 +110,9 @@ impl History {
 const READ_WAIT: Duration = Duration::from_secs(10);
 
 /// Operation `n` of client `process`: what it does and to which key.
-/// Client 0 only reads the registers through its cache (never held up by
-/// a write of its own, it shows how far a cache can lag); the others
+/// Client 0 only reads the registers through its cache, about once a
+/// millisecond (never held up by a write of its own, it shows how far a
+/// cache can lag); the others
 /// interleave writes (appends, increments, register puts) and reads of
 /// the registers, from the server and through the cache.
 fn step(process: usize, n: usize) -> (&'static str, String) {
@@ -157,6 +158,11 @@ async fn run_client(process: usize, client: Client, history: Arc<History>, stop:
             completed_ns: history.now(),
             kind,
         });
+        if process == 0 {
+            // About a read a millisecond: the resolution of the staleness
+            // measure, and a history that stays small over long runs.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 }
 

@@ -68,7 +68,8 @@ pub struct Verdict {
 
 /// Checks the reads of one key against its writes. `reads` are in the
 /// order each client issued them (clients run their operations one at a
-/// time).
+/// time). Each check is a sort and a binary search per operation, so long
+/// histories (millions of cached reads) check in seconds.
 pub fn check(key: &str, writes: &[Write], reads: &[Read], stale_after: Duration) -> Verdict {
     let mut verdict = Verdict::default();
     let by_value: HashMap<&str, &Write> = writes.iter().map(|w| (w.value.as_str(), w)).collect();
@@ -76,21 +77,53 @@ pub fn check(key: &str, writes: &[Write], reads: &[Read], stale_after: Duration)
         .iter()
         .filter_map(|w| w.tid.map(|t| (w, t)))
         .collect();
+    // (ack time, tid) of acknowledged writes, by ack time, with the
+    // highest TID acknowledged so far: "the latest write acknowledged
+    // before t".
+    let acked = Prefix::max(
+        committed
+            .iter()
+            .filter_map(|(w, t)| w.acked.map(|a| (a, *t))),
+    );
+    // (tid, ack time) of acknowledged writes, by TID, with the earliest
+    // acknowledgement among this TID and all later ones: "how long ago
+    // was the first write after tid acknowledged".
+    let mut by_tid: Vec<(u64, u128)> = committed
+        .iter()
+        .filter_map(|(w, t)| w.acked.map(|a| (*t, a)))
+        .collect();
+    by_tid.sort_unstable();
+    let mut first_ack_after = by_tid.clone();
+    for i in (0..first_ack_after.len().saturating_sub(1)).rev() {
+        first_ack_after[i].1 = first_ack_after[i].1.min(first_ack_after[i + 1].1);
+    }
+    // (invoked, tid) of committed writes, by invocation, with the lowest
+    // TID among this write and all invoked later.
+    let mut invoked: Vec<(u128, u64)> = committed.iter().map(|(w, t)| (w.invoked, *t)).collect();
+    invoked.sort_unstable();
+    for i in (0..invoked.len().saturating_sub(1)).rev() {
+        invoked[i].1 = invoked[i].1.min(invoked[i + 1].1);
+    }
+    let lowest_invoked_after = |at: u128| {
+        let from = invoked.partition_point(|(i, _)| *i <= at);
+        invoked.get(from).map(|(_, t)| *t)
+    };
 
     // Acknowledged writes take TIDs in real-time order.
-    for (a, ta) in &committed {
-        for (b, tb) in &committed {
-            if a.acked.is_some_and(|done| done < b.invoked) && ta >= tb {
+    for (w, tid) in &committed {
+        if let Some((before, done)) = acked.at_or_before(w.invoked.saturating_sub(1)) {
+            if before >= *tid {
                 verdict.violations.push(format!(
-                    "{key}: write {:?} (tid {ta}) was acknowledged before write {:?} (tid {tb}) began",
-                    a.value, b.value
+                    "{key}: write {:?} (tid {tid}) began after a write with tid {before} was acknowledged (at {done} ns)",
+                    w.value
                 ));
             }
         }
     }
 
     let bound = stale_after.as_nanos() + Duration::from_millis(1).as_nanos();
-    let mut placed = Vec::with_capacity(reads.len());
+    let mut server: Vec<(u128, u128, u64)> = Vec::new();
+    let mut last: HashMap<usize, u64> = HashMap::new();
     for read in reads {
         let tid = match &read.value {
             None => Some(0),
@@ -117,69 +150,89 @@ pub fn check(key: &str, writes: &[Write], reads: &[Read], stale_after: Duration)
             },
         };
         let Some(tid) = tid else { continue };
-        placed.push((read, tid));
+        // Missed writes: the first one after `tid` acknowledged before the
+        // read began.
+        let after = first_ack_after.partition_point(|(t, _)| *t <= tid);
+        let missed = first_ack_after
+            .get(after)
+            .map(|(_, a)| *a)
+            .filter(|a| *a < read.invoked);
         if read.cached {
             verdict.cached_reads += 1;
-        } else {
-            verdict.server_reads += 1;
-        }
-        for (w, wt) in &committed {
-            let missed = *wt > tid;
-            if missed && !read.cached && w.acked.is_some_and(|done| done < read.invoked) {
-                verdict.violations.push(format!(
-                    "{key}: a server read returned tid {tid} after write {:?} (tid {wt}) was acknowledged",
-                    w.value
-                ));
-            }
-            if missed && read.cached {
-                if let Some(done) = w.acked.filter(|done| *done < read.invoked) {
-                    let staleness = read.invoked - done;
-                    let as_duration =
-                        Duration::from_nanos(u64::try_from(staleness).unwrap_or(u64::MAX));
-                    verdict.max_staleness = verdict.max_staleness.max(as_duration);
-                    if staleness >= bound {
-                        verdict.violations.push(format!(
-                            "{key}: a cached read returned tid {tid}, missing write {:?} (tid {wt}) acknowledged {as_duration:?} before it (stale_after {stale_after:?})",
-                            w.value
-                        ));
-                    }
+            if let Some(done) = missed {
+                let lag = read.invoked - done;
+                let as_duration = Duration::from_nanos(u64::try_from(lag).unwrap_or(u64::MAX));
+                verdict.max_staleness = verdict.max_staleness.max(as_duration);
+                if lag >= bound {
+                    verdict.violations.push(format!(
+                        "{key}: a cached read returned tid {tid}, missing a write acknowledged {as_duration:?} before it (stale_after {stale_after:?})"
+                    ));
                 }
             }
-            if !missed && *wt != tid && w.invoked > read.completed {
+        } else {
+            verdict.server_reads += 1;
+            server.push((read.invoked, read.completed, tid));
+            if missed.is_some() {
                 verdict.violations.push(format!(
-                    "{key}: a read returned tid {tid}, later than write {:?} (tid {wt}) that began after it",
-                    w.value
+                    "{key}: a server read returned tid {tid} after a later write was acknowledged"
                 ));
             }
         }
-    }
-
-    // Server reads in real-time order.
-    let server: Vec<&(&Read, u64)> = placed.iter().filter(|(r, _)| !r.cached).collect();
-    for (a, ta) in &server {
-        for (b, tb) in &server {
-            if a.completed < b.invoked && ta > tb {
-                verdict.violations.push(format!(
-                    "{key}: a server read returned tid {tb} after another had returned tid {ta}"
-                ));
-            }
+        if lowest_invoked_after(read.completed).is_some_and(|t| t < tid) {
+            verdict.violations.push(format!(
+                "{key}: a read returned tid {tid}, later than a write that began after it"
+            ));
         }
-    }
-
-    // Each client's reads never go back.
-    let mut last: HashMap<usize, u64> = HashMap::new();
-    for (read, tid) in &placed {
+        // Each client's reads never go back.
         let seen = last.entry(read.process).or_default();
-        if tid < seen {
+        if tid < *seen {
             verdict.violations.push(format!(
                 "{key}: client {} read tid {tid} after tid {seen}{}",
                 read.process,
                 if read.cached { " (from its cache)" } else { "" }
             ));
         }
-        *seen = (*seen).max(*tid);
+        *seen = (*seen).max(tid);
+    }
+
+    // Server reads in real-time order: none older than one that
+    // completed before it began.
+    let done = Prefix::max(server.iter().map(|(_, completed, tid)| (*completed, *tid)));
+    for (began, _, tid) in &server {
+        if let Some((before, _)) = done.at_or_before(began.saturating_sub(1)) {
+            if before > *tid {
+                verdict.violations.push(format!(
+                    "{key}: a server read returned tid {tid} after another had returned tid {before}"
+                ));
+            }
+        }
     }
     verdict
+}
+
+/// Points in time with a value each, sorted by time, with the highest
+/// value up to each point.
+struct Prefix {
+    points: Vec<(u128, u64)>,
+}
+
+impl Prefix {
+    fn max(points: impl Iterator<Item = (u128, u64)>) -> Prefix {
+        let mut points: Vec<(u128, u64)> = points.collect();
+        points.sort_unstable();
+        for i in 1..points.len() {
+            points[i].1 = points[i].1.max(points[i - 1].1);
+        }
+        Prefix { points }
+    }
+
+    /// The highest value at or before `at`, and the time of the last
+    /// point counted.
+    fn at_or_before(&self, at: u128) -> Option<(u64, u128)> {
+        let upto = self.points.partition_point(|(t, _)| *t <= at);
+        upto.checked_sub(1)
+            .map(|i| (self.points[i].1, self.points[i].0))
+    }
 }
 
 #[cfg(test)]
