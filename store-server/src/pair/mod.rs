@@ -15,7 +15,11 @@
 //! * `node`: the tasks of a data node: lease renewal, elections, and
 //!   answering peers; `replicator`: shipping batches and snapshots to a
 //!   joined backup; `follower`: a backup applying them; `link`: outgoing
-//!   peer connections; `witness`: the witness server.
+//!   peer connections; `witness`: the witness server. The shells sleep
+//!   until their cores' `poll_timeout`, or until the standing changes;
+//! * `sim` (tests): the cores driven together over a simulated network,
+//!   with crashes, partitions and drifting clocks, checking one primary at
+//!   a time and no acknowledged batch lost.
 
 mod clock;
 mod follower;
