@@ -55,6 +55,8 @@ pub enum Fault {
     BackupToPrimary,
     /// The P–B link cut and restored every 1–500 ms.
     Flapping,
+    /// 10–40 % of every packet between members lost, at random.
+    Lossy,
     /// Clients cut from P; the members still reach it.
     ClientsOfPrimary,
     /// P's packets to one client dropped (its pongs and invalidations),
@@ -66,13 +68,14 @@ pub enum Fault {
 
 impl Fault {
     /// Every fault, in a fixed order.
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 9] = [
         Fault::PrimaryIsolated,
         Fault::BackupIsolated,
         Fault::WitnessIsolated,
         Fault::PrimaryToBackup,
         Fault::BackupToPrimary,
         Fault::Flapping,
+        Fault::Lossy,
         Fault::ClientsOfPrimary,
         Fault::PrimaryToOneClient,
     ];
@@ -271,6 +274,12 @@ impl Chaos {
             Fault::PrimaryToBackup => self.firewall.cut_one_way(p, b),
             Fault::BackupToPrimary => self.firewall.cut_one_way(b, p),
             Fault::Flapping => {}
+            Fault::Lossy => {
+                let percent = self.rng.gen_range(10..=40);
+                for (from, to) in [(p, b), (b, p), (p, w), (w, p), (b, w), (w, b)] {
+                    self.firewall.lose(from, to, percent);
+                }
+            }
             Fault::ClientsOfPrimary => self.firewall.cut_clients(p, [b, w]),
             Fault::PrimaryToOneClient => self.firewall.cut_one_way(p, self.watched_client),
         }

@@ -78,6 +78,8 @@ enum Match {
     Link { from: u16, to: u16 },
     /// From anyone but `members` to `to`, and from `to` to them.
     Clients { node: u16, members: [u16; 2] },
+    /// `percent` of what one member sends another, at random.
+    Loss { from: u16, to: u16, percent: u8 },
 }
 
 /// The drop rules of the calling test's namespace (made by [`isolated`]).
@@ -115,6 +117,16 @@ impl Firewall {
         });
     }
 
+    /// Drops `percent` of what `from` sends to `to`, at random (nftables'
+    /// `numgen random`; this kernel has no `tc netem`).
+    pub fn lose(&self, from: SocketAddr, to: SocketAddr, percent: u8) {
+        self.add(Match::Loss {
+            from: from.port(),
+            to: to.port(),
+            percent: percent.min(100),
+        });
+    }
+
     /// Removes every rule.
     pub fn heal(&self) {
         run(&["nft", "flush", "chain", "inet", TABLE, CHAIN]);
@@ -134,6 +146,12 @@ impl Firewall {
         match rule {
             Match::Link { from, to } => {
                 let rule = format!("udp sport {from} udp dport {to} drop");
+                nft_rule(&rule);
+            }
+            Match::Loss { from, to, percent } => {
+                let rule = format!(
+                    "udp sport {from} udp dport {to} numgen random mod 100 < {percent} drop"
+                );
                 nft_rule(&rule);
             }
             Match::Clients { node, members } => {
