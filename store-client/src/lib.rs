@@ -17,7 +17,8 @@
 //! stale. Watch the session with [`Client::watch_session`].
 //!
 //! The pieces: `session` (the liveness state machine: *is this cached value
-//! still safe to serve?*), `driver` (the task that runs it), `cache`,
+//! still safe to serve?*; public as [`Liveness`] for simulations, such as
+//! the server's simulation of a pair and its client), `driver` (the task that runs it), `cache`,
 //! `retry` (backoff), `client` (the handle), `connection` (one QUIC
 //! connection), `txn` (transactions and their ids), `config`, `tls`,
 //! `error`; with the `cli` feature, [`cli`] holds the connection flags
@@ -46,8 +47,8 @@ pub use driver::SessionStatus;
 pub use error::Error;
 pub use retry::{BACKOFF_BASE, BACKOFF_CAP};
 pub use session::{
-    SessionConfig, SessionState, DEFAULT_EXPIRE_AFTER, DEFAULT_PING_INTERVAL, DEFAULT_PING_JITTER,
-    DEFAULT_STALE_AFTER,
+    Action as SessionAction, Liveness, SessionConfig, SessionState, DEFAULT_EXPIRE_AFTER,
+    DEFAULT_PING_INTERVAL, DEFAULT_PING_JITTER, DEFAULT_STALE_AFTER, SUSPECT_AFTER,
 };
 pub use store_protocol::{
     Entry, Role, ScanRequest, StatusInfo, Tid, TxnId, Versioned, WireError, WriteResult,

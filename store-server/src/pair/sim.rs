@@ -1,10 +1,12 @@
 //! Deterministic simulation of the pair's core (FoundationDB's and
 //! TigerBeetle's habit, raft-rs's test `Network`): the pure state machines
-//! of two data nodes ([`Standing`], [`Replication`]) and the witness
-//! ([`Witness`]) driven together by a seeded schedule over a simulated
-//! network, with what the shells do (`node`, `replicator`, `follower`,
-//! `witness`) reduced to its rules: renew, campaign, ship batches, join,
-//! record the backup in or out of sync, answer clients.
+//! of two data nodes ([`Standing`], [`Replication`]), the witness
+//! ([`Witness`]) and a client's session ([`Liveness`]) driven together by
+//! a seeded schedule over a simulated network, with what the shells do
+//! (`node`, `replicator`, `follower`, `witness`, the client's driver)
+//! reduced to its rules: renew, campaign, ship batches, join, record the
+//! backup in or out of sync, answer clients, push invalidations, answer
+//! pings, dial and adopt a primary.
 //!
 //! Every link drops, delays (0.1–50 ms), duplicates and reorders; links
 //! are cut for 0.2–4 s, one way or both; nodes and the witness crash and
@@ -13,8 +15,11 @@
 //! documented margin). Each node wakes at its cores' `poll_timeout`.
 //!
 //! After every event the simulation asserts that no two nodes serve at
-//! once (no lease overlap), that no epoch has two primaries, and that a
-//! node elected primary holds every batch acknowledged to a client.
+//! once (no lease overlap), that no epoch has two primaries, that a node
+//! elected primary holds every batch acknowledged to a client, and that
+//! while the client may serve from its cache it has applied the
+//! invalidations of every batch acknowledged `stale_after` before (plus
+//! the clock margin).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -30,9 +35,15 @@ use super::lease::LeaseConfig;
 use super::replication::Replication;
 use super::role::{Action, Standing};
 use super::votes::{Votes, Witness};
+use store_client::{Liveness, SessionAction, SessionConfig, SessionState};
+use store_protocol::Tid;
 
 /// The witness's index among the members.
 const WITNESS: usize = 2;
+/// The client's index among the members.
+const CLIENT: usize = 3;
+/// Members: two data nodes, the witness, the client.
+const MEMBERS: usize = 4;
 /// How long a shell waits for an answer before giving up on a request.
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(300);
 /// How often a backup without a stream asks its primary to join.
@@ -73,6 +84,42 @@ enum Msg {
         epoch: Epoch,
         log: Vec<Entry>,
     },
+    /// Client → node: open a session.
+    Hello,
+    /// Node → client: session open; the client's cache is current as of
+    /// `last` (revalidated).
+    Welcome {
+        epoch: Epoch,
+        last: u64,
+    },
+    /// Node → client: not the primary (session refused or ended).
+    Refused,
+    /// Client → node, on the session stream.
+    Ping {
+        seq: u64,
+    },
+    /// Node → client: every invalidation up to `last` was sent before.
+    Pong {
+        seq: u64,
+        last: u64,
+    },
+    /// Node → client: the batches up to `len` changed keys.
+    Invalidate {
+        len: usize,
+    },
+}
+
+/// The client: its session's state machine and what its driver knows.
+struct ClientSide {
+    live: Liveness,
+    origin: std::time::Instant,
+    /// The node of the current session, and its epoch.
+    server: Option<(usize, Epoch)>,
+    /// When the current dial round sent its Hellos.
+    hello_sent_at: Option<std::time::Instant>,
+    /// Invalidations applied up to this log length.
+    applied: u64,
+    wake: Option<(Duration, u64)>,
 }
 
 /// What a node waits for an answer to.
@@ -145,7 +192,7 @@ struct World {
     config: LeaseConfig,
     origin: Instant,
     now: Duration,
-    rates: [f64; 3],
+    rates: [f64; MEMBERS],
     queue: BinaryHeap<Reverse<(Duration, u64)>>,
     events: BTreeMap<u64, Event>,
     next_seq: u64,
@@ -154,14 +201,24 @@ struct World {
     witness: Option<Witness>,
     votes: Votes,
     /// Link faults: drop probability and cut-until per (from, to).
-    drop: [[f64; 3]; 3],
-    cut_until: [[Duration; 3]; 3],
+    drop: [[f64; MEMBERS]; MEMBERS],
+    cut_until: [[Duration; MEMBERS]; MEMBERS],
     /// The last delivery time of each link's replication stream, which
     /// is ordered (a QUIC stream): loss there breaks it, reordering does
     /// not happen.
-    stream_at: [[Duration; 3]; 3],
+    stream_at: [[Duration; MEMBERS]; MEMBERS],
     /// Every batch acknowledged to a client.
     acknowledged: BTreeSet<u64>,
+    /// When each acknowledgement happened, and the log length it covered.
+    acks: Vec<(Duration, u64)>,
+    /// How many of `acks` are older than the staleness bound, and the
+    /// longest log among them.
+    acks_due: (usize, u64),
+    client: ClientSide,
+    /// Per node: whether the client has a session there, and the log
+    /// length up to which invalidations were sent on it.
+    sessions: [Option<u64>; 2],
+    cache_checks: u64,
     /// Which node was primary of each epoch.
     primaries: BTreeMap<Epoch, usize>,
     elections: u64,
@@ -176,6 +233,7 @@ struct Tally {
     acknowledged: usize,
     elections: u64,
     hand_overs: u64,
+    cache_checks: u64,
 }
 
 impl World {
@@ -183,8 +241,9 @@ impl World {
         let mut rng = StdRng::seed_from_u64(seed);
         let config = LeaseConfig::default();
         let origin = Instant::now();
-        let rates = [0, 1, 2].map(|_| 1.0 + rng.gen_range(-0.005..=0.005));
-        let mut drop = [[0.0; 3]; 3];
+        let rates = [0, 1, 2, 3].map(|_| 1.0 + rng.gen_range(-0.005..=0.005));
+        let client_origin = std::time::Instant::now();
+        let mut drop = [[0.0; MEMBERS]; MEMBERS];
         for row in &mut drop {
             for p in row.iter_mut() {
                 *p = if rng.gen_bool(0.5) {
@@ -221,9 +280,21 @@ impl World {
             witness: Some(Witness::new(Votes::default(), config, origin)),
             votes: Votes::default(),
             drop,
-            cut_until: [[Duration::ZERO; 3]; 3],
-            stream_at: [[Duration::ZERO; 3]; 3],
+            cut_until: [[Duration::ZERO; MEMBERS]; MEMBERS],
+            stream_at: [[Duration::ZERO; MEMBERS]; MEMBERS],
             acknowledged: BTreeSet::new(),
+            acks: Vec::new(),
+            acks_due: (0, 0),
+            client: ClientSide {
+                live: Liveness::new(SessionConfig::default(), client_origin, seed),
+                origin: client_origin,
+                server: None,
+                hello_sent_at: None,
+                applied: 0,
+                wake: None,
+            },
+            sessions: [None; 2],
+            cache_checks: 0,
             primaries: BTreeMap::new(),
             elections: 0,
             hand_overs: 0,
@@ -232,6 +303,8 @@ impl World {
         for member in 0..2 {
             world.schedule_wake(member);
         }
+        world.client_actions();
+        world.schedule_client_wake();
         world.at(Duration::from_millis(5), Event::Write);
         world
     }
@@ -307,8 +380,8 @@ impl World {
                     member: self.rng.gen_range(0..2),
                 },
                 _ => {
-                    let from = self.rng.gen_range(0..3);
-                    let to = (from + self.rng.gen_range(1..3)) % 3;
+                    let from = self.rng.gen_range(0..MEMBERS);
+                    let to = (from + self.rng.gen_range(1..MEMBERS)) % MEMBERS;
                     let until = when + Duration::from_millis(self.rng.gen_range(200..4000));
                     Event::Cut { from, to, until }
                 }
@@ -344,11 +417,29 @@ impl World {
             acknowledged: self.acknowledged.len(),
             elections: self.elections,
             hand_overs: self.hand_overs,
+            cache_checks: self.cache_checks,
         })
     }
 
     fn handle(&mut self, event: Event) -> Result<(), String> {
         match event {
+            Event::Wake { member, token } if member == CLIENT => {
+                if self.client.wake.is_some_and(|(_, t)| t == token) {
+                    self.client.wake = None;
+                    let now = self.client_now();
+                    self.client.live.handle_timeout(now);
+                    // The driver dials again while no round found a primary.
+                    let waited = self
+                        .client
+                        .hello_sent_at
+                        .is_some_and(|at| now.duration_since(at) >= Duration::from_millis(300));
+                    if self.client.server.is_none() && waited {
+                        self.dial();
+                    }
+                    self.client_actions();
+                    self.schedule_client_wake();
+                }
+            }
             Event::Wake { member, token } => {
                 let node = &self.nodes[member];
                 if node.up && node.wake.is_some_and(|(_, t)| t == token) {
@@ -375,6 +466,7 @@ impl World {
                     node.up = false;
                     node.asked.clear();
                     node.wake = None;
+                    self.sessions[member] = None;
                 }
                 let back = self.now + Duration::from_millis(self.rng.gen_range(50..3000));
                 self.at(back, Event::Restart { member });
@@ -532,6 +624,11 @@ impl World {
                     epoch: entry.0,
                     lsn: len as u64,
                 };
+                self.acks.push((self.now, len as u64));
+                if self.sessions[n].is_some() {
+                    self.sessions[n] = Some(len as u64);
+                    self.send(n, CLIENT, Msg::Invalidate { len });
+                }
             }
         }
         if let Some(in_sync) = ready.ask_witness {
@@ -587,11 +684,41 @@ impl World {
             self.send(WITNESS, from, Msg::Response { id, response });
             return Ok(());
         }
+        if to == CLIENT {
+            self.client_receives(from, msg);
+            return Ok(());
+        }
         if !self.nodes[to].up {
             return Ok(());
         }
         let now = self.clock(to);
         match msg {
+            Msg::Hello => {
+                let node = &self.nodes[to];
+                let reply = if node.standing.serving(now) {
+                    let last = node.log.len() as u64;
+                    self.sessions[to] = Some(last);
+                    Msg::Welcome {
+                        epoch: node.standing.epoch(),
+                        last,
+                    }
+                } else {
+                    Msg::Refused
+                };
+                self.send(to, CLIENT, reply);
+            }
+            Msg::Ping { seq } => {
+                let serving = self.nodes[to].standing.serving(now);
+                let reply = match self.sessions[to].filter(|_| serving) {
+                    Some(last) => Msg::Pong { seq, last },
+                    None => {
+                        self.sessions[to] = None;
+                        Msg::Refused
+                    }
+                };
+                self.send(to, CLIENT, reply);
+            }
+            Msg::Welcome { .. } | Msg::Refused | Msg::Pong { .. } | Msg::Invalidate { .. } => {}
             Msg::Request { id, request } => {
                 let response = match request {
                     PeerRequest::Lease { epoch, .. } => {
@@ -705,6 +832,99 @@ impl World {
         Ok(())
     }
 
+    /// The client's clock at the current moment.
+    fn client_now(&self) -> std::time::Instant {
+        self.client.origin + self.now.mul_f64(self.rates[CLIENT])
+    }
+
+    /// A dial round: Hello to both nodes; the first primary to welcome
+    /// the client wins.
+    fn dial(&mut self) {
+        self.client.hello_sent_at = Some(self.client_now());
+        for n in 0..2 {
+            self.send(CLIENT, n, Msg::Hello);
+        }
+    }
+
+    /// Carries out what the client's session machine asks.
+    fn client_actions(&mut self) {
+        while let Some(action) = self.client.live.poll_action() {
+            match action {
+                SessionAction::SendPing { seq } => {
+                    if let Some((n, _)) = self.client.server {
+                        self.send(CLIENT, n, Msg::Ping { seq });
+                    }
+                }
+                SessionAction::Dial => self.dial(),
+                SessionAction::StateChanged(_) => {}
+            }
+        }
+    }
+
+    fn schedule_client_wake(&mut self) {
+        let client = &self.client;
+        let real = |at: std::time::Instant| {
+            at.saturating_duration_since(client.origin)
+                .div_f64(self.rates[CLIENT])
+        };
+        let mut next = client.live.poll_timeout().map(real);
+        if client.server.is_none() {
+            let redial = self.now + Duration::from_millis(300);
+            next = Some(next.map_or(redial, |at| at.min(redial)));
+        }
+        let Some(next) = next else { return };
+        let next = next.max(self.now + Duration::from_micros(1));
+        if client.wake.is_some_and(|(at, _)| at <= next) {
+            return;
+        }
+        let token = self.next_id;
+        self.next_id += 1;
+        self.client.wake = Some((next, token));
+        self.at(
+            next,
+            Event::Wake {
+                member: CLIENT,
+                token,
+            },
+        );
+    }
+
+    /// What reaches the client from node `from`, as its driver handles it.
+    fn client_receives(&mut self, from: usize, msg: Msg) {
+        let now = self.client_now();
+        let current = self.client.server.map(|(n, _)| n) == Some(from);
+        match msg {
+            Msg::Welcome { epoch, last } => {
+                // A later epoch is a failover: move at once; otherwise keep
+                // a live session.
+                let adopt = match self.client.server {
+                    None => true,
+                    Some((n, known)) => n != from && epoch > known,
+                };
+                if adopt {
+                    self.client.server = Some((from, epoch));
+                    self.client.applied = self.client.applied.max(last);
+                    let sent = self.client.hello_sent_at.unwrap_or(now);
+                    self.client.live.session_opened(now, sent);
+                }
+            }
+            Msg::Invalidate { len } if current => {
+                self.client.applied = self.client.applied.max(len as u64);
+            }
+            Msg::Pong { seq, last } if current => {
+                let applied = self.client.applied;
+                self.client.live.pong(now, seq, Tid(last), Tid(applied));
+            }
+            Msg::Refused if current => {
+                self.client.server = None;
+                self.client.live.disconnected(now);
+            }
+            _ => {}
+        }
+        self.client_actions();
+        self.schedule_client_wake();
+    }
+
     /// A node learns of `epoch` (made durable first, as the shell does).
     fn learn(&mut self, n: usize, epoch: Epoch, primary: Option<NodeId>) {
         let node = &mut self.nodes[n];
@@ -801,13 +1021,42 @@ impl World {
         Ok(())
     }
 
-    /// No two nodes serve at once.
-    fn check(&self) -> Result<(), String> {
+    /// No two nodes serve at once, and the client's cache keeps its bound.
+    fn check(&mut self) -> Result<(), String> {
         let serving: Vec<usize> = (0..2)
             .filter(|n| self.nodes[*n].up && self.nodes[*n].standing.serving(self.clock(*n)))
             .collect();
         if serving.len() > 1 {
             return Err(format!("both nodes serve at {:?}", self.now));
+        }
+        self.check_cache()
+    }
+
+    /// While the client may answer from its cache, it has applied the
+    /// invalidations of every batch acknowledged `stale_after` ago (plus
+    /// the 1 % clock-rate margin).
+    fn check_cache(&mut self) -> Result<(), String> {
+        let config = SessionConfig::default();
+        let bound = config.stale_after.mul_f64(1.01) + Duration::from_millis(1);
+        while let Some((at, len)) = self.acks.get(self.acks_due.0).copied() {
+            if at + bound > self.now {
+                break;
+            }
+            self.acks_due = (self.acks_due.0 + 1, self.acks_due.1.max(len));
+        }
+        let now = self.client_now();
+        let live = &self.client.live;
+        let serves =
+            live.state() == SessionState::Live && live.fresh_until().is_some_and(|f| now < f);
+        if !serves {
+            return Ok(());
+        }
+        self.cache_checks += 1;
+        if self.client.applied < self.acks_due.1 {
+            return Err(format!(
+                "the client serves its cache with invalidations applied up to {} although batch {} was acknowledged over {bound:?} ago",
+                self.client.applied, self.acks_due.1
+            ));
         }
         Ok(())
     }
@@ -853,13 +1102,19 @@ mod tests {
             total.acknowledged += tally.acknowledged;
             total.elections += tally.elections;
             total.hand_overs += tally.hand_overs;
+            total.cache_checks += tally.cache_checks;
         }
         eprintln!(
-            "{count} schedules of 20 s in {:.2} s: {} batches acknowledged, {} elections, {} hand-overs",
+            "{count} schedules of 20 s in {:.2} s: {} batches acknowledged, {} elections, {} hand-overs, {} moments the client's cache could answer, checked",
             started.elapsed().as_secs_f64(),
             total.acknowledged,
             total.elections,
-            total.hand_overs
+            total.hand_overs,
+            total.cache_checks
+        );
+        assert!(
+            total.cache_checks > 0,
+            "the client's cache was live at times"
         );
         assert!(total.elections >= count, "every schedule elects");
         assert!(total.acknowledged > 0);
