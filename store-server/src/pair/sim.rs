@@ -767,7 +767,8 @@ impl World {
                     self.send(to, from, Msg::NeedJoin { epoch });
                     return Ok(());
                 }
-                if index == node.log.len() {
+                if node.log.get(index) != Some(&entry) {
+                    node.log.truncate(index);
                     node.log.push(entry);
                 }
                 let len = index + 1;
@@ -787,11 +788,11 @@ impl World {
                 }
                 self.learn(to, epoch, Some(from as NodeId));
                 let node = &mut self.nodes[to];
-                // Catch up from where the histories part; what this node
-                // holds beyond the primary's log, if the same, it keeps.
-                if !node.log.starts_with(&log) {
-                    node.log = log;
-                }
+                // The primary's history wins: what this node holds beyond
+                // it (an old primary's unacknowledged tail) is truncated.
+                // (The stream is ordered, so a Join is never older than a
+                // batch that came before it.)
+                node.log = log;
                 node.joined_epoch = Some(epoch);
                 let len = node.log.len();
                 self.send(
