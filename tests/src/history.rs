@@ -382,6 +382,18 @@ async fn check(history: &History, checker: &Client, json: &Path, stale_after: Du
         counters.insert(format!("counter/{i}"), counter);
     }
 
+    // How often each token appears in each list (a token is `p<i>-<n>;`,
+    // and `p` starts every token, so a split finds them all).
+    let tokens: HashMap<&str, HashMap<&str, usize>> = lists
+        .iter()
+        .map(|(key, list)| {
+            let mut counts: HashMap<&str, usize> = HashMap::new();
+            for token in list.split(';').filter(|t| !t.is_empty()) {
+                *counts.entry(token).or_default() += 1;
+            }
+            (key.as_str(), counts)
+        })
+        .collect();
     let (mut duplicates, mut lost, mut phantom, mut bad_replays) = (0, 0, 0, 0);
     let mut counted: HashMap<&str, (i64, i64)> = HashMap::new();
     let mut incr_values: HashMap<&str, Vec<i64>> = HashMap::new();
@@ -404,7 +416,10 @@ async fn check(history: &History, checker: &Client, json: &Path, stale_after: Du
             continue;
         }
         let list = &lists[&op.key];
-        let found = list.matches(op.token.as_str()).count();
+        let found = tokens[op.key.as_str()]
+            .get(op.token.trim_end_matches(';'))
+            .copied()
+            .unwrap_or(0);
         if found > 1 {
             duplicates += 1;
         }
