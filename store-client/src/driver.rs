@@ -371,11 +371,14 @@ impl Driver {
                 }
                 self.adopt(*opened, now);
             }
-            Event::NotPrimary(error) => {
+            // A look around while Live (suspicion) is no error of the
+            // session's.
+            Event::NotPrimary(error) if self.liveness.state() != SessionState::Live => {
                 self.shared
                     .status
                     .send_modify(|status| status.last_error = Some(error));
             }
+            Event::NotPrimary(_) => {}
             Event::DialFailed { error, alive } => {
                 self.rounds = self.rounds.saturating_sub(1);
                 tracing::debug!(%error, alive, "dial round failed");

@@ -12,7 +12,7 @@ use store_protocol::{read_frame, write_frame, Epoch, WireError};
 
 use super::link::PEER_FRAME_LIMIT;
 use super::replicator::{serve_join, Joiner};
-use super::role::Action;
+use super::role::{Action, Standing};
 use super::{Pair, Voucher};
 use crate::identity::admit_node;
 
@@ -308,7 +308,7 @@ impl Pair {
             return;
         }
         let epoch = self.update(|standing| {
-            standing.step_down(Instant::now());
+            standing.stop(Instant::now());
             standing.epoch()
         });
         let lsn = self.storage.history_end().lsn;
@@ -333,9 +333,9 @@ impl Pair {
     /// node holds its history up to `lsn`, stand for election at once.
     async fn take_over(self: &Arc<Pair>, epoch: Epoch, lsn: u64) -> PeerResponse {
         let peer = self.peer_id();
-        let ours =
-            self.update(|s| !s.is_primary() && s.epoch() == epoch && s.primary() == Some(peer));
-        if !ours {
+        let backs_it =
+            move |s: &Standing| !s.is_primary() && s.epoch() == epoch && s.primary() == Some(peer);
+        if !backs_it(&self.standing()) {
             return self.denied(format!(
                 "not the backup of the primary of epoch {}",
                 epoch.0
@@ -351,11 +351,22 @@ impl Pair {
                 self.storage.history_end().lsn
             ));
         }
+        // Checked again: while this node caught up, the epoch may have
+        // moved on (and this node granted a lease it must keep).
+        let promoted = self.update(|s| {
+            let still = backs_it(s);
+            if still {
+                s.promote(Instant::now(), true);
+            }
+            still
+        });
+        if !promoted {
+            return self.denied("the epoch moved on while this node caught up".into());
+        }
         tracing::warn!(
             epoch = epoch.0,
             "the primary handed over: standing for election"
         );
-        self.update(|s| s.promote(Instant::now(), true));
         PeerResponse::Recorded
     }
 }

@@ -41,6 +41,9 @@ pub struct Standing {
     campaigning: bool,
     next_campaign: Instant,
     force_next: bool,
+    /// The process is stopping (it handed its lease over): it never
+    /// stands for election again.
+    stopping: bool,
 }
 
 impl Standing {
@@ -66,6 +69,7 @@ impl Standing {
             campaigning: false,
             next_campaign: now,
             force_next: false,
+            stopping: false,
         }
     }
 
@@ -116,7 +120,8 @@ impl Standing {
             }
             return None;
         }
-        if self.campaigning || now < self.next_campaign || self.promise.binds(now) {
+        if self.stopping || self.campaigning || now < self.next_campaign || self.promise.binds(now)
+        {
             return None;
         }
         self.campaigning = true;
@@ -137,7 +142,7 @@ impl Standing {
                     .map_or_else(Instant::default, |at| at + self.config.renew_every),
             );
         }
-        if self.campaigning {
+        if self.campaigning || self.stopping {
             return None;
         }
         Some(
@@ -214,6 +219,14 @@ impl Standing {
             }
             _ => None,
         }
+    }
+
+    /// The process is stopping and hands its lease over: it steps down
+    /// (as [`Standing::step_down`]) and never stands for election again,
+    /// however long the hand-over takes.
+    pub fn stop(&mut self, now: Instant) {
+        self.step_down(now);
+        self.stopping = true;
     }
 
     /// A lease request from `node` for `epoch` at `now`: grant it if it
@@ -319,6 +332,23 @@ mod tests {
         assert!(!node.serving(end));
         assert_eq!(node.role(end), Role::Backup);
         assert!(node.is_primary());
+    }
+
+    #[test]
+    fn a_stopping_primary_never_stands_again() {
+        let config = LeaseConfig::default();
+        let t0 = Instant::now();
+        let mut node = Standing::new(0, Epoch(0), config, t0);
+        node.tick(t0);
+        node.campaign_answered(t0, t0, Some(&elected(1)));
+        assert!(node.serving(t0));
+        node.stop(t0);
+        assert!(!node.serving(t0));
+        assert_eq!(node.primary(), Some(1));
+        // A plain step-down stands again after two leases; a stop never.
+        let much_later = t0 + config.duration * 100;
+        assert_eq!(node.tick(much_later), None);
+        assert_eq!(node.poll_timeout(), None);
     }
 
     #[test]
