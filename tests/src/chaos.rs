@@ -257,6 +257,12 @@ impl Chaos {
         };
         let victim = self.rng.gen_range(0..2);
         let hold = Duration::from_millis(self.rng.gen_range(2500..4500));
+        eprintln!(
+            "cycle {}: {fault:?}, {also:?} on the {}, for {} ms",
+            self.figures.len() + 1,
+            ["primary", "backup"][victim],
+            hold.as_millis()
+        );
         let start = Instant::now();
         match fault {
             Fault::PrimaryIsolated => {
@@ -313,7 +319,7 @@ impl Chaos {
             back_to_live,
         });
         let figure = self.figures.last().expect("just pushed");
-        eprintln!("cycle {}: {figure}", self.figures.len());
+        eprintln!("cycle {} done: {figure}", self.figures.len());
         figure
     }
 
@@ -408,6 +414,10 @@ impl Chaos {
             self.cluster.logs()
         );
         assert!(self.late.is_empty(), "{}", self.late.join("\n"));
+        assert_eq!(
+            report.exhausted, 0,
+            "clients ran out of operations before the end: run fewer cycles per run"
+        );
         Summary {
             report,
             figures: self.figures,

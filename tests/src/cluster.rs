@@ -214,10 +214,30 @@ impl Cluster {
     pub fn logs(&self) -> String {
         let mut text = format!("--- witness\n{}", tail(&self.witness.log_text()));
         for (i, node) in self.nodes.iter().enumerate() {
-            text.push_str(&format!("--- node {i}\n{}", tail(&node.log_text())));
+            text.push_str(&format!(
+                "--- node {i} ({})\n{}",
+                process_state(node.pid()),
+                tail(&node.log_text())
+            ));
         }
         text
     }
+}
+
+/// A process's state as the kernel reports it (running, sleeping, stopped,
+/// zombie), for failure messages.
+fn process_state(pid: Option<u32>) -> String {
+    let Some(pid) = pid else {
+        return "not running".into();
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("State:"))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| format!("pid {pid} gone"))
 }
 
 /// The last lines of a log, debug lines left out.

@@ -22,7 +22,8 @@ use crate::registers;
 use crate::EVENT_DEADLINE;
 
 /// Upper bound on operations per client, so the loop ends even if the
-/// fault schedule misbehaves.
+/// fault schedule misbehaves (and the history stays a few hundred MB at
+/// most); a run that exhausts it says so in its [`Report`].
 const MAX_OPS_PER_CLIENT: usize = 200_000;
 
 /// How an operation ended.
@@ -61,6 +62,8 @@ pub struct History {
     /// Transactions with unknown outcomes, held so that their outcomes stay
     /// on the server until the checker resolves them.
     unknown: Mutex<Vec<store_client::PreparedTxn>>,
+    /// Clients that ran out of operations before they were stopped.
+    exhausted: std::sync::atomic::AtomicUsize,
 }
 
 impl History {
@@ -70,6 +73,7 @@ impl History {
             start: Instant::now(),
             ops: Mutex::new(Vec::new()),
             unknown: Mutex::new(Vec::new()),
+            exhausted: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -164,6 +168,7 @@ async fn run_client(process: usize, client: Client, history: Arc<History>, stop:
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
+    history.exhausted.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Reads a register: from the server (bypassing the cache), or as an
@@ -344,6 +349,9 @@ pub struct Report {
     pub p99: Duration,
     /// The longest any operation that succeeded took.
     pub max_latency: Duration,
+    /// Clients that ran out of operations (200,000 each) before
+    /// the end: the rest of the run had no workload from them.
+    pub exhausted: usize,
 }
 
 /// Checks `history` against the store as `checker` reads it (resolving
@@ -503,6 +511,7 @@ async fn check(history: &History, checker: &Client, json: &Path, stale_after: Du
         max_staleness: registers.max_staleness,
         p99: latency(&ops, 0.99),
         max_latency: latency(&ops, 1.0),
+        exhausted: history.exhausted.load(Ordering::Relaxed),
     }
 }
 
