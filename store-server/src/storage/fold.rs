@@ -147,7 +147,9 @@ impl Storage {
                 outcomes: txn.open_table(OUTCOMES)?,
                 watermarks: txn.open_table(WATERMARKS)?,
             };
-            redo::replay(&mut tables, frozen.changes().to_vec())?;
+            let mut applier = redo::Applier::default();
+            applier.apply(&mut tables, frozen.changes().iter().cloned())?;
+            applier.finish(&mut tables)?;
             let mut meta = txn.open_table(META)?;
             meta.insert(LAST_TID, end.last_tid.0)?;
             meta.insert(LSN, end.lsn)?;

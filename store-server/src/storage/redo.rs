@@ -2,6 +2,9 @@
 //! so that replaying it needs no decision (limits, clocks and rules may
 //! differ at the replay; the bytes do not).
 
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use redb::ReadableTable as _;
 use serde::{Deserialize, Serialize};
@@ -105,40 +108,83 @@ pub(super) fn decode(lsn: u64, body: &[u8]) -> Result<Vec<Change>, StorageError>
     })
 }
 
-/// Applies a record's changes read back from the log.
-pub(super) fn replay(tables: &mut Tables<'_>, changes: Vec<Change>) -> Result<(), StorageError> {
-    for change in changes {
-        match change {
-            Change::Put { key, tid, value } => {
-                tables.data.insert(&key[..], (tid.0, &value[..]))?;
-            }
-            Change::Append { key, tid, suffix } => {
-                let mut value = tables
-                    .data
-                    .get(&key[..])?
-                    .map(|row| row.value().1.to_vec())
-                    .unwrap_or_default();
-                value.extend_from_slice(&suffix);
-                tables.data.insert(&key[..], (tid.0, &value[..]))?;
-            }
-            Change::Delete { key, .. } => {
-                tables.data.remove(&key[..])?;
-            }
-            Change::Outcome {
-                client_id,
-                seq,
-                record,
-            } => {
-                tables.outcomes.insert((client_id, seq), &record[..])?;
-            }
-            Change::Expire { client_id, below } => {
-                outcomes::expire(
-                    &mut tables.watermarks,
-                    &mut tables.outcomes,
-                    Expiry { client_id, below },
-                )?;
+/// Applies changes read back from the log to the index: at start-up (the
+/// records past the checkpoint) and at a checkpoint (the frozen layer).
+/// Each data row is written once, at [`Applier::finish`]: appends to one
+/// key are joined in memory instead of rewriting the whole row per append
+/// (which made replaying a growing value quadratic: a list of 200 KiB
+/// appended to 100,000 times took minutes).
+#[derive(Default)]
+pub(super) struct Applier {
+    /// The latest state of each data row touched: `None` if deleted.
+    rows: BTreeMap<Bytes, Option<(Tid, Vec<u8>)>>,
+}
+
+impl Applier {
+    /// Applies one record's changes, in order.
+    pub(super) fn apply(
+        &mut self,
+        tables: &mut Tables<'_>,
+        changes: impl IntoIterator<Item = Change>,
+    ) -> Result<(), StorageError> {
+        for change in changes {
+            match change {
+                Change::Put { key, tid, value } => {
+                    self.rows.insert(key, Some((tid, value.to_vec())));
+                }
+                Change::Append { key, tid, suffix } => {
+                    let row = match self.rows.entry(key) {
+                        Entry::Occupied(row) => row.into_mut(),
+                        Entry::Vacant(row) => {
+                            let stored = tables
+                                .data
+                                .get(&row.key()[..])?
+                                .map(|stored| (Tid(stored.value().0), stored.value().1.to_vec()));
+                            row.insert(stored)
+                        }
+                    };
+                    match row {
+                        Some((serial, value)) => {
+                            *serial = tid;
+                            value.extend_from_slice(&suffix);
+                        }
+                        None => *row = Some((tid, suffix.to_vec())),
+                    }
+                }
+                Change::Delete { key, .. } => {
+                    self.rows.insert(key, None);
+                }
+                Change::Outcome {
+                    client_id,
+                    seq,
+                    record,
+                } => {
+                    tables.outcomes.insert((client_id, seq), &record[..])?;
+                }
+                Change::Expire { client_id, below } => {
+                    outcomes::expire(
+                        &mut tables.watermarks,
+                        &mut tables.outcomes,
+                        Expiry { client_id, below },
+                    )?;
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Writes every data row touched, once each.
+    pub(super) fn finish(self, tables: &mut Tables<'_>) -> Result<(), StorageError> {
+        for (key, row) in self.rows {
+            match row {
+                Some((tid, value)) => {
+                    tables.data.insert(&key[..], (tid.0, &value[..]))?;
+                }
+                None => {
+                    tables.data.remove(&key[..])?;
+                }
+            }
+        }
+        Ok(())
+    }
 }

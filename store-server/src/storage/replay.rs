@@ -54,7 +54,8 @@ pub(super) fn replay_log(
             outcomes: txn.open_table(OUTCOMES)?,
             watermarks: txn.open_table(WATERMARKS)?,
         };
-        Wal::open(
+        let mut applier = redo::Applier::default();
+        let wal = Wal::open(
             disk,
             index.generation,
             checkpoint.saturating_add(1),
@@ -64,12 +65,14 @@ pub(super) fn replay_log(
                 let changes = redo::decode(record.header.lsn, &record.body)?;
                 recent.add(&record.header, &changes);
                 if record.header.lsn > checkpoint {
-                    redo::replay(&mut tables, changes)?;
+                    applier.apply(&mut tables, changes)?;
                     last = Some(record.header);
                 }
                 Ok(())
             },
-        )?
+        )?;
+        applier.finish(&mut tables)?;
+        wal
     };
     let reach = LogReach {
         first,
