@@ -35,10 +35,29 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A free UDP port on 127.0.0.1 (bound once, then released).
+/// A free UDP port on 127.0.0.1 (bound once, then released), below the
+/// kernel's ephemeral range: a port given to a server is never handed to a
+/// client's socket while that server is down, so a restarted server finds
+/// it free (with clients dialing all the time, an ephemeral one was taken
+/// during a SIGKILL now and then).
 pub fn free_udp_port() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
-    socket.local_addr().expect("local addr").port()
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = ephemeral_low.saturating_sub(20_000).max(1024);
+    if ephemeral_low <= low {
+        // An unusual range: take whatever the kernel gives.
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
+        return socket.local_addr().expect("local addr").port();
+    }
+    for _ in 0..10_000 {
+        let port = rand::random::<u16>() % (ephemeral_low - low) + low;
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free UDP port in {low}..{ephemeral_low}");
 }
 
 /// A `store-server` process with its own data directory.
