@@ -287,6 +287,14 @@ mod tests {
         }
     }
 
+    /// Node 0 of a fresh pair, elected primary of epoch 1 at `t0`.
+    fn primary_at(config: LeaseConfig, t0: Instant) -> Standing {
+        let mut node = Standing::new(0, Epoch(0), config, t0);
+        node.tick(t0);
+        node.campaign_answered(t0, t0, Some(&elected(1)));
+        node
+    }
+
     fn elected(epoch: u64) -> PeerResponse {
         PeerResponse::Elected {
             epoch: Epoch(epoch),
@@ -338,9 +346,7 @@ mod tests {
     fn a_stopping_primary_never_stands_again() {
         let config = LeaseConfig::default();
         let t0 = Instant::now();
-        let mut node = Standing::new(0, Epoch(0), config, t0);
-        node.tick(t0);
-        node.campaign_answered(t0, t0, Some(&elected(1)));
+        let mut node = primary_at(config, t0);
         assert!(node.serving(t0));
         node.stop(t0);
         assert!(!node.serving(t0));
@@ -353,11 +359,8 @@ mod tests {
 
     #[test]
     fn a_higher_epoch_deposes_the_primary() {
-        let config = LeaseConfig::default();
         let t0 = Instant::now();
-        let mut node = Standing::new(0, Epoch(0), config, t0);
-        node.tick(t0);
-        node.campaign_answered(t0, t0, Some(&elected(1)));
+        let mut node = primary_at(LeaseConfig::default(), t0);
         assert!(node.serving(t0));
         node.learned(Epoch(2), Some(1));
         assert!(!node.serving(t0));
