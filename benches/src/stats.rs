@@ -13,6 +13,8 @@ pub struct Summary {
     pub p50_ms: f64,
     /// 99th-percentile latency in milliseconds.
     pub p99_ms: f64,
+    /// How long loading the data took, for workloads that load first.
+    pub load: Option<Duration>,
 }
 
 impl Summary {
@@ -40,6 +42,7 @@ impl Summary {
             elapsed,
             p50_ms: quantile(0.50),
             p99_ms: quantile(0.99),
+            load: None,
         }
     }
 

@@ -1,5 +1,9 @@
-//! The `store-bench` workloads, shaped like the ZEO and Redis comparisons.
+//! The `store-bench` workloads, shaped like the ZEO and Redis comparisons,
+//! with the knobs the cost curves turn: keys in the store, value size,
+//! operations per transaction, requests in flight.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -8,17 +12,26 @@ use store_client::{Client, ClientConfig};
 
 use crate::stats::Summary;
 
-/// Keys per transaction when loading data before a read benchmark.
-const LOAD_BATCH: usize = 100;
+/// Most keys per transaction when loading data before a read benchmark.
+const LOAD_BATCH: usize = 1_000;
+/// Most value bytes per loading transaction (well inside the default
+/// 8 MiB frame and 64 MiB transaction limits).
+const LOAD_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Loading transactions in flight at once.
+const LOAD_DEPTH: usize = 4;
 
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
-    /// Load `ops` distinct keys, then read each once (ZEO's cold loads).
+    /// Load `keys` distinct keys, then read `ops` of them once each, one at a
+    /// time per client (ZEO's cold loads).
     ReadCold,
-    /// `ops` sequential single-key durable commits by one client.
+    /// Load `keys` keys, then read `ops` of them once each from one client
+    /// with `depth` reads in flight at once.
+    ReadPipelined,
+    /// `ops` sequential durable commits by one client, `ops_per_txn` keys each.
     Commit,
-    /// `clients` clients each committing `ops / clients` distinct keys at once
+    /// `clients` clients each committing `ops / clients` transactions at once
     /// (group commit at work; Redis `-c 50`).
     CommitConcurrent,
     /// `clients` sessions that only ping for `--duration`; reports the
@@ -35,16 +48,22 @@ pub struct BenchConfig {
     pub workload: Workload,
     /// Concurrent clients, each with its own connection.
     pub clients: usize,
-    /// Operations in total over all clients.
+    /// Operations (reads, or transactions) in total over all clients.
     pub ops: usize,
+    /// Keys loaded before a read workload (at least `ops`).
+    pub keys: usize,
     /// Bytes per value.
     pub value_size: usize,
+    /// Keys written per transaction (commit workloads).
+    pub ops_per_txn: usize,
+    /// Requests in flight at once (read-pipelined).
+    pub depth: usize,
 }
 
 /// Runs one benchmark against a live server and summarises it.
 pub async fn run(config: &BenchConfig) -> anyhow::Result<Summary> {
     let clients = match config.workload {
-        Workload::Commit => 1,
+        Workload::Commit | Workload::ReadPipelined => 1,
         Workload::ReadCold | Workload::CommitConcurrent => config.clients.max(1),
         Workload::Idle => anyhow::bail!("the idle workload runs with run_idle"),
     };
@@ -59,51 +78,184 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Summary> {
     // Unique per run, so runs against one server never collide.
     let prefix = format!("bench/{:016x}/", rand_u64(&connected[0]));
     let value = Bytes::from(vec![b'x'; config.value_size]);
-    let keys: Vec<Bytes> = (0..config.ops)
-        .map(|i| Bytes::from(format!("{prefix}{i:08}")))
-        .collect();
-
-    if config.workload == Workload::ReadCold {
-        for chunk in keys.chunks(LOAD_BATCH) {
-            let mut txn = connected[0].txn();
-            for key in chunk {
-                txn.put(key.clone(), value.clone());
-            }
-            txn.commit().await.context("loading keys")?;
-        }
-    }
+    let reading = matches!(
+        config.workload,
+        Workload::ReadCold | Workload::ReadPipelined
+    );
+    let key = |i: usize| Bytes::from(format!("{prefix}{i:09}"));
+    let loading = Instant::now();
+    let keys: Vec<Bytes> = if reading {
+        let loaded = config.keys.max(config.ops);
+        load(&connected[0], &key, loaded, &value).await?;
+        sample(loaded, config.ops).map(key).collect()
+    } else {
+        (0..config.ops.saturating_mul(config.ops_per_txn.max(1)))
+            .map(key)
+            .collect()
+    };
 
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(clients);
-    for (n, client) in connected.into_iter().enumerate() {
-        let mine: Vec<Bytes> = keys.iter().skip(n).step_by(clients).cloned().collect();
-        let (workload, value) = (config.workload, value.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(mine.len());
-            for key in mine {
+    let latencies = match config.workload {
+        Workload::ReadPipelined => {
+            let client = connected.pop().context("no client")?;
+            let latencies = read_pipelined(&client, keys, config.depth.max(1)).await?;
+            client.close().await;
+            latencies
+        }
+        _ => {
+            let per_txn = config.ops_per_txn.max(1);
+            let mut tasks = Vec::with_capacity(clients);
+            for (n, client) in connected.into_iter().enumerate() {
+                let txns: Vec<Vec<Bytes>> = if reading {
+                    keys.iter()
+                        .skip(n)
+                        .step_by(clients)
+                        .map(|k| vec![k.clone()])
+                        .collect()
+                } else {
+                    keys.chunks(per_txn)
+                        .skip(n)
+                        .step_by(clients)
+                        .map(<[Bytes]>::to_vec)
+                        .collect()
+                };
+                let value = value.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut latencies = Vec::with_capacity(txns.len());
+                    for txn_keys in txns {
+                        let t = Instant::now();
+                        if reading {
+                            for key in txn_keys {
+                                client.get(key).await?.context("a loaded key is missing")?;
+                            }
+                        } else {
+                            let mut txn = client.txn();
+                            for key in txn_keys {
+                                txn.put(key, value.clone());
+                            }
+                            txn.commit().await?;
+                        }
+                        latencies.push(t.elapsed());
+                    }
+                    client.close().await;
+                    anyhow::Ok(latencies)
+                }));
+            }
+            let mut latencies: Vec<Duration> = Vec::with_capacity(config.ops);
+            for task in tasks {
+                latencies.extend(task.await.context("benchmark task panicked")??);
+            }
+            latencies
+        }
+    };
+    let mut summary = Summary::from_latencies(latencies, started.elapsed());
+    summary.load = reading.then(|| started.duration_since(loading));
+    Ok(summary)
+}
+
+/// Reads every key once from one client, `depth` reads in flight: `depth`
+/// tasks on the client's runtime take the next key as each read returns.
+async fn read_pipelined(
+    client: &Client,
+    keys: Vec<Bytes>,
+    depth: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let keys = Arc::new(keys);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..depth {
+        let (client, keys, next) = (client.clone(), keys.clone(), next.clone());
+        readers.spawn(async move {
+            let mut latencies = Vec::new();
+            while let Some(key) = keys.get(next.fetch_add(1, Ordering::Relaxed)) {
                 let t = Instant::now();
-                match workload {
-                    Workload::ReadCold => {
-                        client.get(key).await?.context("a loaded key is missing")?;
-                    }
-                    Workload::Commit | Workload::CommitConcurrent | Workload::Idle => {
-                        client.put(key, value.clone()).await?;
-                    }
-                }
+                client
+                    .get(key.clone())
+                    .await?
+                    .context("a loaded key is missing")?;
                 latencies.push(t.elapsed());
             }
-            client.close().await;
             anyhow::Ok(latencies)
-        }));
+        });
     }
-    let mut latencies: Vec<Duration> = Vec::with_capacity(config.ops);
-    for task in tasks {
-        latencies.extend(task.await.context("benchmark task panicked")??);
+    let mut latencies = Vec::with_capacity(keys.len());
+    while let Some(reader) = readers.join_next().await {
+        latencies.extend(reader.context("reader task panicked")??);
     }
-    Ok(Summary::from_latencies(latencies, started.elapsed()))
+    Ok(latencies)
+}
+
+/// Writes `count` keys of `value` in transactions of up to [`LOAD_BATCH`]
+/// keys and [`LOAD_BATCH_BYTES`], [`LOAD_DEPTH`] at a time.
+async fn load(
+    client: &Client,
+    key: &impl Fn(usize) -> Bytes,
+    count: usize,
+    value: &Bytes,
+) -> anyhow::Result<()> {
+    let batch = (LOAD_BATCH_BYTES / value.len().max(1)).clamp(1, LOAD_BATCH);
+    let mut loading = tokio::task::JoinSet::new();
+    for start in (0..count).step_by(batch) {
+        if loading.len() >= LOAD_DEPTH {
+            loading
+                .join_next()
+                .await
+                .context("no loader")?
+                .context("loader panicked")??;
+        }
+        let keys: Vec<Bytes> = (start..(start + batch).min(count)).map(key).collect();
+        let (client, value) = (client.clone(), value.clone());
+        loading.spawn(async move {
+            let mut txn = client.txn();
+            for key in keys {
+                txn.put(key, value.clone());
+            }
+            txn.commit().await.context("loading keys")
+        });
+    }
+    while let Some(loaded) = loading.join_next().await {
+        loaded.context("loader panicked")??;
+    }
+    Ok(())
+}
+
+/// `take` distinct indices below `of`, spread over the whole range in a
+/// scrambled order (a stride coprime to `of`), so each read is a different
+/// key and neighbours in the index are not read one after another.
+fn sample(of: usize, take: usize) -> impl Iterator<Item = usize> {
+    let stride = (0..)
+        .map(|k| 7_919 + 2 * k)
+        .find(|&s| gcd(s, of.max(1)) == 1)
+        .unwrap_or(1);
+    (0..take.min(of)).map(move |i| i.wrapping_mul(stride) % of.max(1))
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 /// A random number derived from the client's random id.
 fn rand_u64(client: &Client) -> u64 {
     (client.client_id() >> 64) as u64 ^ client.client_id() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample;
+
+    #[test]
+    fn samples_are_distinct_and_in_range() {
+        for (of, take) in [(10, 10), (7_919, 100), (1_000_000, 10_000), (1, 1)] {
+            let mut seen: Vec<usize> = sample(of, take).collect();
+            assert_eq!(seen.len(), take);
+            assert!(seen.iter().all(|&i| i < of));
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(seen.len(), take, "sample({of}, {take}) repeats an index");
+        }
+    }
 }

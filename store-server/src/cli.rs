@@ -233,6 +233,12 @@ pub struct RunArgs {
     /// least --max-frame-bytes.
     #[arg(long, value_name = "BYTES", default_value_t = crate::config::DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: u64,
+    /// Threads serving the network: 1 (the default) keeps every
+    /// connection's work on one thread, the shortest request path; more
+    /// spread TLS and QUIC work over cores on a bigger machine. The
+    /// committer and checkpointer have threads of their own either way.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub io_threads: u16,
     /// Bytes of one write-ahead log segment (preallocated when made).
     #[arg(long, value_name = "BYTES", default_value_t = WalConfig::default().segment_bytes)]
     pub wal_segment_bytes: u64,

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use serde_json::json;
-use store_benches::{run, run_idle, BenchConfig, IdleReport, Workload};
+use store_benches::{run, run_idle, BenchConfig, IdleReport, Summary, Workload};
 use store_client::cli::{init_logging, ConnectionArgs};
 
 /// Measures a running Zeolite server: ops/s, p50 and p99.
@@ -31,6 +31,16 @@ struct Args {
     /// Bytes per value.
     #[arg(long, default_value_t = 1024)]
     value_size: usize,
+    /// Keys loaded before a read workload (default: --ops); reads take
+    /// --ops of them, spread over the whole range.
+    #[arg(long)]
+    keys: Option<usize>,
+    /// Keys written per transaction (commit workloads).
+    #[arg(long, default_value_t = 1)]
+    ops_per_txn: usize,
+    /// Reads in flight at once (read-pipelined).
+    #[arg(long, default_value_t = 64)]
+    depth: usize,
     /// How long the idle workload holds its sessions.
     #[arg(long, value_name = "DUR", default_value = "30s", value_parser = store_client::cli::parse_duration)]
     duration: std::time::Duration,
@@ -48,15 +58,20 @@ fn main() -> ExitCode {
     let mut client = args.connection.to_config();
     // A benchmark may legitimately run for minutes; per-call bound only.
     client.timeout = args.connection.timeout;
+    let ops = args.ops.unwrap_or(match args.workload {
+        Workload::ReadCold => 10_000,
+        Workload::ReadPipelined => 100_000,
+        _ => 2_000,
+    });
     let config = BenchConfig {
         client,
         workload: args.workload,
         clients: args.clients,
-        ops: args.ops.unwrap_or(match args.workload {
-            Workload::ReadCold => 10_000,
-            _ => 2_000,
-        }),
+        ops,
+        keys: args.keys.unwrap_or(ops),
         value_size: args.value_size,
+        ops_per_txn: args.ops_per_txn,
+        depth: args.depth,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -93,6 +108,14 @@ fn main() -> ExitCode {
         }
     };
     let workload = format!("{:?}", args.workload);
+    // Value bytes moved: read, or written (each transaction writes
+    // ops_per_txn values).
+    let per_op = match config.workload {
+        Workload::Commit | Workload::CommitConcurrent => config.ops_per_txn.max(1),
+        _ => 1,
+    };
+    let mib_per_sec =
+        summary.ops_per_sec() * (per_op * config.value_size) as f64 / (1024.0 * 1024.0);
     let line = if args.json {
         json!({
             "workload": workload,
@@ -102,21 +125,46 @@ fn main() -> ExitCode {
             "ops_per_sec": summary.ops_per_sec(),
             "p50_ms": summary.p50_ms,
             "p99_ms": summary.p99_ms,
+            "keys": config.keys,
+            "ops_per_txn": config.ops_per_txn,
+            "depth": config.depth,
+            "mib_per_sec": mib_per_sec,
+            "load_s": summary.load.map(|d| d.as_secs_f64()),
         })
         .to_string()
     } else {
         format!(
-            "workload={workload} clients={} ops={} value_size={} ops_per_sec={:.0} p50_ms={:.3} p99_ms={:.3}",
+            "workload={workload} clients={} ops={} value_size={} ops_per_sec={:.0} p50_ms={:.3} p99_ms={:.3} mib_per_sec={mib_per_sec:.1}{}",
             args.clients,
             summary.ops,
             args.value_size,
             summary.ops_per_sec(),
             summary.p50_ms,
-            summary.p99_ms
+            summary.p99_ms,
+            shape(&config, &summary),
         )
     };
     let _ = writeln!(std::io::stdout(), "{line}");
     ExitCode::SUCCESS
+}
+
+/// The knobs a workload turned away from their defaults, as `key=value`
+/// pairs (keeps the classic workloads' lines as they were).
+fn shape(config: &BenchConfig, summary: &Summary) -> String {
+    let mut shape = String::new();
+    if config.keys != config.ops {
+        shape.push_str(&format!(" keys={}", config.keys));
+    }
+    if config.ops_per_txn != 1 {
+        shape.push_str(&format!(" ops_per_txn={}", config.ops_per_txn));
+    }
+    if config.workload == Workload::ReadPipelined {
+        shape.push_str(&format!(" depth={}", config.depth));
+    }
+    if let Some(load) = summary.load {
+        shape.push_str(&format!(" load_s={:.1}", load.as_secs_f64()));
+    }
+    shape
 }
 
 fn print_idle(report: &IdleReport, duration: std::time::Duration, json: bool) {
