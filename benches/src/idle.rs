@@ -14,23 +14,30 @@ const CONNECT_BATCH: usize = 50;
 pub struct IdleReport {
     /// Sessions opened.
     pub sessions: usize,
-    /// Sessions still `Live` at the end.
-    pub live: usize,
+    /// Sessions `Live` or resting `Idle` at the end.
+    pub well: usize,
+    /// Of those, sessions resting `Idle`.
+    pub idle: usize,
     /// Server CPU over the idle period, in percent of one core.
     pub server_cpu_percent: Option<f64>,
     /// Server resident memory at the end, in MiB.
     pub server_rss_mib: Option<f64>,
+    /// What the sessions added to it, per session, in KiB.
+    pub rss_per_session_kib: Option<f64>,
 }
 
-/// Opens `clients` sessions, holds them idle (pinging every second) for
-/// `duration`, and reads the server's CPU time and memory from `/proc`
-/// when its pid is given.
+/// Opens `clients` sessions, lets them settle for `settle` (long enough
+/// past `idle_after`, they rest), then holds them for `duration`, and
+/// reads the server's CPU time over that window and its memory from
+/// `/proc` when its pid is given.
 pub async fn run_idle(
     config: &ClientConfig,
     clients: usize,
+    settle: Duration,
     duration: Duration,
     server_pid: Option<u32>,
 ) -> anyhow::Result<IdleReport> {
+    let base_rss = server_pid.map(rss_mib).transpose()?;
     let mut sessions = Vec::with_capacity(clients);
     // Open them a batch at a time: quicker than one by one, gentler than all at once.
     let mut left = clients;
@@ -44,12 +51,17 @@ pub async fn run_idle(
             sessions.push(client.context("connect task")?.context("connecting")?);
         }
     }
+    tokio::time::sleep(settle).await;
     let before = server_pid.map(cpu_ticks).transpose()?;
     tokio::time::sleep(duration).await;
     let after = server_pid.map(cpu_ticks).transpose()?;
-    let live = sessions
+    let well = sessions
         .iter()
-        .filter(|c| c.session().state == SessionState::Live)
+        .filter(|c| c.session().state.is_well())
+        .count();
+    let idle = sessions
+        .iter()
+        .filter(|c| c.session().state == SessionState::Idle)
         .count();
     let server_cpu_percent = before.zip(after).map(|(b, a)| {
         // /proc reports CPU time in USER_HZ ticks, 100 per second on Linux.
@@ -63,9 +75,13 @@ pub async fn run_idle(
     while closing.join_next().await.is_some() {}
     Ok(IdleReport {
         sessions: clients,
-        live,
+        well,
+        idle,
         server_cpu_percent,
         server_rss_mib,
+        rss_per_session_kib: base_rss
+            .zip(server_rss_mib)
+            .map(|(base, end)| (end - base) * 1024.0 / clients.max(1) as f64),
     })
 }
 

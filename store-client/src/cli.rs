@@ -58,6 +58,22 @@ pub struct ConnectionArgs {
     /// What reads do while the session is not live.
     #[arg(long, value_enum, default_value = "wait")]
     pub read_policy: ReadPolicyArg,
+    /// Time without use after which the session stops pinging and rests
+    /// (state `idle`); the next read asks for proof again. `never` pings
+    /// for ever.
+    #[arg(long, value_name = "DUR|never", default_value = "10s", value_parser = parse_idle_after)]
+    pub idle_after: IdleAfter,
+}
+
+/// `--idle-after`: a duration, or `never`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdleAfter(pub Option<Duration>);
+
+fn parse_idle_after(text: &str) -> Result<IdleAfter, String> {
+    if text == "never" {
+        return Ok(IdleAfter(None));
+    }
+    parse_duration(text).map(|d| IdleAfter(Some(d)))
 }
 
 impl ConnectionArgs {
@@ -72,6 +88,7 @@ impl ConnectionArgs {
         };
         config.session.ping_interval = self.ping_interval;
         config.session.stale_after = self.stale_after;
+        config.session.idle_after = self.idle_after.0;
         config.read_policy = self.read_policy();
         config
     }

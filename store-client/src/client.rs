@@ -19,6 +19,7 @@ use crate::connection::{resolve_now, Connection, RoundTripError};
 use crate::driver::{self, Command, SessionShared, SessionStatus};
 use crate::error::Error;
 use crate::retry::Backoff;
+use crate::session::SessionState;
 use crate::session::SUSPECT_AFTER;
 use crate::tls::quic_client_config;
 use crate::txn::{CommitError, CommitOutcome, PreparedTxn, Transaction, TxnIds};
@@ -177,8 +178,16 @@ impl Client {
     /// }
     /// # }
     /// ```
+    ///
+    /// While a receiver is held the session never rests in
+    /// [`SessionState::Idle`](crate::SessionState::Idle): it keeps pinging,
+    /// so a dead server shows within `stale_after` even if the
+    /// application reads nothing.
     pub fn watch_session(&self) -> watch::Receiver<SessionStatus> {
-        self.inner.shared.subscribe()
+        let receiver = self.inner.shared.subscribe();
+        // Wake a resting session: it is watched from now on.
+        let _ = self.inner.commands.send(Command::PingNow);
+        receiver
     }
 
     /// Reads `key` with the client's [`ReadPolicy`]; `None` if absent.
@@ -244,6 +253,9 @@ impl Client {
     fn cached(&self, key: &[u8], policy: ReadPolicy) -> Option<Read> {
         let hit = self.inner.shared.cache.lookup(key)?;
         let fresh = self.inner.shared.is_fresh(std::time::Instant::now());
+        if !fresh {
+            self.wake_if_idle();
+        }
         let serve = (fresh && hit.current) || (!fresh && policy == ReadPolicy::AllowStale);
         serve.then_some(Read {
             value: hit.value,
@@ -698,6 +710,15 @@ impl Client {
         answer.await
     }
 
+    /// A resting session is asked for proof by any read that finds it
+    /// without (a `Wait` read asks anyway, and waits for it), so the next
+    /// `FailFast` or `AllowStale` read finds it `Live` again.
+    fn wake_if_idle(&self) {
+        if self.inner.shared.status().state == SessionState::Idle {
+            let _ = self.inner.commands.send(Command::PingNow);
+        }
+    }
+
     /// Tells the driver that `connection`'s server is not the primary.
     fn not_primary(&self, connection: &Connection) {
         let id = connection.connection.stable_id();
@@ -739,9 +760,10 @@ impl Client {
                 (true, Some(connection), _) => return Ok(connection),
                 (false, Some(connection), ReadPolicy::AllowStale) => return Ok(connection),
                 (false, _, ReadPolicy::FailFast) => {
+                    self.wake_if_idle();
                     return Err(Error::SessionStale {
                         state: shared.status().state,
-                    })
+                    });
                 }
                 (false, None, ReadPolicy::AllowStale) => {
                     return Err(unavailable(&shared.status(), "no open session"))

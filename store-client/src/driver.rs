@@ -42,6 +42,9 @@ pub(crate) struct SessionShared {
     base: Instant,
     /// `fresh_until` as nanoseconds since `base`; 0 when not `Live`.
     fresh_until_ns: AtomicU64,
+    /// When the application last used the session, as nanoseconds since
+    /// `base` (to the millisecond: see [`SessionShared::is_fresh`]).
+    last_use_ns: AtomicU64,
     current: Mutex<Option<Arc<Connection>>>,
     status: watch::Sender<SessionStatus>,
     pub(crate) cache: Cache,
@@ -53,6 +56,7 @@ impl SessionShared {
         SessionShared {
             base: Instant::now(),
             fresh_until_ns: AtomicU64::new(0),
+            last_use_ns: AtomicU64::new(0),
             current: Mutex::new(None),
             status: watch::Sender::new(SessionStatus {
                 state: SessionState::Connecting,
@@ -69,17 +73,30 @@ impl SessionShared {
     /// and `now < fresh_until`. Checked on every cached read, against the
     /// monotonic clock, so a process that was paused past `fresh_until`
     /// serves nothing from cache when it wakes, whatever the driver did.
+    ///
+    /// Every call is a use of the session (it keeps it from resting); the
+    /// time is stored at most once a millisecond, so threads reading the
+    /// cache at once seldom write the same cache line.
     pub(crate) fn is_fresh(&self, now: Instant) -> bool {
         let until = self.fresh_until_ns.load(Ordering::Acquire);
-        let now =
-            u64::try_from(now.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX);
+        let now = self.nanos(now);
+        if now.saturating_sub(self.last_use_ns.load(Ordering::Relaxed)) > 1_000_000 {
+            self.last_use_ns.store(now, Ordering::Relaxed);
+        }
         now < until
     }
 
+    /// When the application last used the session.
+    fn last_use(&self) -> Instant {
+        self.base + std::time::Duration::from_nanos(self.last_use_ns.load(Ordering::Relaxed))
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
     fn publish_fresh_until(&self, fresh_until: Option<Instant>) {
-        let nanos = fresh_until.map_or(0, |at| {
-            u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
-        });
+        let nanos = fresh_until.map_or(0, |at| self.nanos(at));
         self.fresh_until_ns.store(nanos, Ordering::Release);
     }
 
@@ -236,7 +253,11 @@ impl Driver {
                 }
             };
             tokio::select! {
-                () = sleep => self.liveness.handle_timeout(Instant::now()),
+                () = sleep => {
+                    self.liveness.demand(self.shared.last_use());
+                    self.liveness.watched(self.shared.status.receiver_count() > 0);
+                    self.liveness.handle_timeout(Instant::now());
+                }
                 Some(event) = self.events.recv() => self.on_event(event),
                 command = self.commands.recv() => match command {
                     Some(Command::PingNow) => self.liveness.ping_now(Instant::now()),
@@ -355,8 +376,7 @@ impl Driver {
                     welcome.epoch < known || welcome.last_tid < self.shared.last_seen_tid();
                 // A later epoch means a failover: move at once.
                 let newer = welcome.epoch > known;
-                let keep_current =
-                    self.link.is_some() && self.liveness.state() == SessionState::Live && !newer;
+                let keep_current = self.link.is_some() && self.liveness.state().is_well() && !newer;
                 if keep_current || (behind && !self.config.any_role) {
                     // A server answered: no reason to back off further.
                     self.backoff.reset();
@@ -364,7 +384,7 @@ impl Driver {
                         .connection
                         .connection
                         .close(0u32.into(), b"not needed");
-                    if self.liveness.state() != SessionState::Live && self.rounds == 0 {
+                    if !self.liveness.state().is_well() && self.rounds == 0 {
                         self.start_dialing();
                     }
                     return;
@@ -373,7 +393,7 @@ impl Driver {
             }
             // A look around while Live (suspicion) is no error of the
             // session's.
-            Event::NotPrimary(error) if self.liveness.state() != SessionState::Live => {
+            Event::NotPrimary(error) if !self.liveness.state().is_well() => {
                 self.shared
                     .status
                     .send_modify(|status| status.last_error = Some(error));
@@ -388,7 +408,7 @@ impl Driver {
                 self.shared
                     .status
                     .send_modify(|status| status.last_error = Some(error));
-                if self.liveness.state() != SessionState::Live && self.rounds == 0 {
+                if !self.liveness.state().is_well() && self.rounds == 0 {
                     self.start_dialing();
                 }
             }

@@ -48,7 +48,8 @@ pub use error::Error;
 pub use retry::{BACKOFF_BASE, BACKOFF_CAP};
 pub use session::{
     Action as SessionAction, Liveness, SessionConfig, SessionState, DEFAULT_EXPIRE_AFTER,
-    DEFAULT_PING_INTERVAL, DEFAULT_PING_JITTER, DEFAULT_STALE_AFTER, SUSPECT_AFTER,
+    DEFAULT_IDLE_AFTER, DEFAULT_PING_INTERVAL, DEFAULT_PING_JITTER, DEFAULT_STALE_AFTER,
+    SUSPECT_AFTER,
 };
 pub use store_protocol::{
     Entry, Role, ScanRequest, StatusInfo, Tid, TxnId, Versioned, WireError, WriteResult,

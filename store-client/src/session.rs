@@ -12,6 +12,13 @@
 //! `sent_at(s)`, so `fresh_until = sent_at(s) + stale_after`, counted only
 //! once every invalidation up to the pong's `last_tid` has been applied. A
 //! cached value is served only while `now < fresh_until`.
+//!
+//! A session nobody uses rests: after [`SessionConfig::idle_after`] without
+//! a read, a write or a watcher, it stops pinging, lets its proof run out
+//! and turns [`SessionState::Idle`] (no dialing: nothing is wrong). The
+//! connection stays open (QUIC keep-alives) and invalidations go on being
+//! applied; the next read asks for proof again with one ping, and waits
+//! one round trip for it.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -32,6 +39,9 @@ pub const DEFAULT_PING_JITTER: f64 = 0.1;
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(3);
 /// Default time without proof after which the session is `Expired`.
 pub const DEFAULT_EXPIRE_AFTER: Duration = Duration::from_secs(40);
+/// Default time without use after which a session rests
+/// ([`SessionState::Idle`]).
+pub const DEFAULT_IDLE_AFTER: Duration = Duration::from_secs(10);
 /// An answer this late (a ping's pong, or a request's reply) makes the
 /// server suspect while the session is Live: a healthy server answers in
 /// milliseconds. Suspicion only looks around (the servers are dialed, and
@@ -56,6 +66,10 @@ pub struct SessionConfig {
     /// Time without proof before the session is `Expired`. Default 40 s;
     /// must exceed `stale_after`.
     pub expire_after: Duration,
+    /// Time without use (no read or write, nobody holding
+    /// `watch_session`) after which the session stops pinging and rests
+    /// in [`SessionState::Idle`]. Default 10 s; `None` pings for ever.
+    pub idle_after: Option<Duration>,
 }
 
 impl Default for SessionConfig {
@@ -65,6 +79,7 @@ impl Default for SessionConfig {
             ping_jitter: DEFAULT_PING_JITTER,
             stale_after: DEFAULT_STALE_AFTER,
             expire_after: DEFAULT_EXPIRE_AFTER,
+            idle_after: Some(DEFAULT_IDLE_AFTER),
         }
     }
 }
@@ -116,6 +131,10 @@ pub enum SessionState {
     Reconnecting,
     /// No proof for `expire_after`; still dialing.
     Expired,
+    /// Connected, but unused for `idle_after`: not pinging, so nothing is
+    /// served from cache as fresh until the next read asks for proof (one
+    /// ping). Invalidations are still applied. Nothing is wrong.
+    Idle,
 }
 
 impl SessionState {
@@ -127,7 +146,14 @@ impl SessionState {
             SessionState::Stale => "stale",
             SessionState::Reconnecting => "reconnecting",
             SessionState::Expired => "expired",
+            SessionState::Idle => "idle",
         }
+    }
+
+    /// Whether the session is well (`Live`, or resting `Idle`): no reason
+    /// to look for another server.
+    pub fn is_well(self) -> bool {
+        matches!(self, SessionState::Live | SessionState::Idle)
     }
 }
 
@@ -171,6 +197,12 @@ pub struct Liveness {
     /// A ping went unanswered for a whole interval while Live: the other
     /// servers were dialed already (once per such episode).
     suspected: bool,
+    /// When the session was last used (see [`Liveness::demand`]).
+    last_demand: Instant,
+    /// Someone watches the session's state: it never rests.
+    watched: bool,
+    /// Unused: no more pings; when the proof runs out, `Idle`.
+    resting: bool,
     actions: VecDeque<Action>,
 }
 
@@ -191,6 +223,9 @@ impl Liveness {
             recovery_seq: 0,
             expires_at: now + config.expire_after,
             suspected: false,
+            last_demand: now,
+            watched: false,
+            resting: false,
             actions: VecDeque::from([Action::Dial]),
         }
     }
@@ -210,6 +245,7 @@ impl Liveness {
     /// the server current as of `hello_sent_at`.
     pub fn session_opened(&mut self, now: Instant, hello_sent_at: Instant) {
         self.connected = true;
+        self.resting = false;
         self.sent.clear();
         self.recovery_seq = self.next_seq;
         self.fresh_until = None;
@@ -243,6 +279,7 @@ impl Liveness {
     /// The connection is gone.
     pub fn disconnected(&mut self, _now: Instant) {
         self.connected = false;
+        self.resting = false;
         self.sent.clear();
         self.next_ping_at = None;
         self.fresh_until = None;
@@ -256,8 +293,14 @@ impl Liveness {
     /// Asks for proof as soon as the server will answer (a reader is
     /// waiting): a ping now, or as soon as [`MIN_PING_SPACING`] allows.
     pub fn ping_now(&mut self, now: Instant) {
+        self.demand(now);
         if !self.connected {
             return;
+        }
+        self.resting = false;
+        if self.state == SessionState::Idle {
+            // Waking: from here on, time without proof counts again.
+            self.expires_at = self.expires_at.max(now + self.config.expire_after);
         }
         let earliest = self.last_ping_at.map_or(now, |at| at + MIN_PING_SPACING);
         if earliest <= now {
@@ -267,10 +310,38 @@ impl Liveness {
         }
     }
 
+    /// The application used the session at `at` (a read or a write): it
+    /// does not rest until `idle_after` later.
+    pub fn demand(&mut self, at: Instant) {
+        self.last_demand = self.last_demand.max(at);
+    }
+
+    /// Whether someone watches the session's state (holds a
+    /// `watch_session` receiver): a watched session never rests, so a
+    /// dead server is noticed within `stale_after` even while unused.
+    pub fn watched(&mut self, watched: bool) {
+        self.watched = watched;
+    }
+
+    /// Whether the session should keep proving itself at `now`.
+    fn in_use(&self, now: Instant) -> bool {
+        self.watched
+            || self
+                .config
+                .idle_after
+                .is_none_or(|idle| now < self.last_demand + idle)
+    }
+
     /// When an unanswered ping makes the server suspect:
     /// [`SUSPECT_AFTER`] (at most a ping interval) after it was sent.
+    /// While `Idle`, that ping is the one that woke it.
     fn suspect_at(&self) -> Option<Instant> {
-        if self.suspected || self.state != SessionState::Live {
+        let watching = match self.state {
+            SessionState::Live => !self.suspected,
+            SessionState::Idle => true,
+            _ => false,
+        };
+        if !watching {
             return None;
         }
         let after = SUSPECT_AFTER.min(self.config.ping_interval);
@@ -296,20 +367,42 @@ impl Liveness {
     /// Advances the timers to `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.suspect_at().is_some_and(|at| at <= now) {
-            self.suspect();
+            if self.state == SessionState::Idle {
+                // The ping that woke it went unanswered: as for a lapse.
+                self.set_state(SessionState::Stale);
+                self.actions.push_back(Action::Dial);
+            } else {
+                self.suspect();
+            }
         }
         if self.state == SessionState::Live && self.fresh_until.is_some_and(|at| at <= now) {
             self.fresh_until = None;
             self.recovery_seq = self.next_seq;
-            self.set_state(SessionState::Stale);
-            // Make before break: dial the servers while still pinging this one.
-            self.actions.push_back(Action::Dial);
+            if self.resting {
+                // Unused, not unwell: no dialing, no expiry.
+                self.set_state(SessionState::Idle);
+            } else {
+                self.set_state(SessionState::Stale);
+                // Make before break: dial the servers while still pinging this one.
+                self.actions.push_back(Action::Dial);
+            }
         }
-        if self.state != SessionState::Expired && self.expires_at <= now {
+        if !matches!(self.state, SessionState::Expired | SessionState::Idle)
+            && self.expires_at <= now
+        {
             self.set_state(SessionState::Expired);
         }
+        if self.resting && self.in_use(now) {
+            // Used or watched again: prove it again.
+            self.ping_now(now);
+        }
         if self.connected && self.next_ping_at.is_some_and(|at| at <= now) {
-            self.send_ping(now);
+            if self.state == SessionState::Live && !self.in_use(now) {
+                self.resting = true;
+                self.next_ping_at = None;
+            } else {
+                self.send_ping(now);
+            }
         }
     }
 
@@ -317,7 +410,8 @@ impl Liveness {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let fresh = self.fresh_until();
         let ping = self.next_ping_at.filter(|_| self.connected);
-        let expiry = Some(self.expires_at).filter(|_| self.state != SessionState::Expired);
+        let expiry = Some(self.expires_at)
+            .filter(|_| !matches!(self.state, SessionState::Expired | SessionState::Idle));
         [fresh, ping, expiry, self.suspect_at()]
             .into_iter()
             .flatten()
@@ -383,11 +477,19 @@ mod tests {
     }
 
     impl Sim {
+        /// A session in constant use (it never rests).
         fn new() -> Sim {
+            Sim::with(SessionConfig {
+                idle_after: None,
+                ..SessionConfig::default()
+            })
+        }
+
+        fn with(config: SessionConfig) -> Sim {
             let now = Instant::now();
             let mut sim = Sim {
                 now,
-                live: Liveness::new(SessionConfig::default(), now, 42),
+                live: Liveness::new(config, now, 42),
                 actions: Vec::new(),
                 sent: Vec::new(),
             };
@@ -442,6 +544,111 @@ mod tests {
             self.actions.clear();
             found
         }
+    }
+
+    /// A session with the default `idle_after`, opened and answering
+    /// every ping at once until `until`.
+    fn answered_until(sim: &mut Sim, until: Instant) {
+        while sim.now < until {
+            sim.advance(10 * MS);
+            if let Some(&(seq, _)) = sim.sent.last() {
+                sim.pong(seq);
+            }
+        }
+    }
+
+    #[test]
+    fn an_unused_session_rests_idle_without_pinging_dialing_or_expiring() {
+        let mut sim = Sim::with(SessionConfig::default());
+        let start = sim.now;
+        sim.open();
+        sim.actions.clear();
+        // Pings answered while in use; then no pings, only the proof
+        // running out: Idle, never Stale, never a dial, never Expired.
+        answered_until(
+            &mut sim,
+            start + DEFAULT_IDLE_AFTER + Duration::from_secs(600),
+        );
+        let last_ping_at = sim.sent.last().unwrap().1;
+        assert!(
+            last_ping_at <= start + DEFAULT_IDLE_AFTER,
+            "pinged at {:?}",
+            last_ping_at - start
+        );
+        assert!(last_ping_at + DEFAULT_PING_INTERVAL.mul_f64(1.1) > start + DEFAULT_IDLE_AFTER);
+        assert_eq!(sim.live.state(), SessionState::Idle);
+        assert_eq!(sim.live.fresh_until(), None);
+        let others: Vec<Action> = sim
+            .actions
+            .iter()
+            .filter(|a| !matches!(a, Action::SendPing { .. }))
+            .copied()
+            .collect();
+        assert_eq!(
+            others,
+            vec![Action::StateChanged(SessionState::Idle)],
+            "resting is the only change in ten minutes"
+        );
+        assert_eq!(sim.live.poll_timeout(), None, "an idle session sleeps");
+    }
+
+    #[test]
+    fn a_read_wakes_an_idle_session_with_one_ping() {
+        let mut sim = Sim::with(SessionConfig::default());
+        sim.open();
+        let start = sim.now;
+        answered_until(&mut sim, start + Duration::from_secs(60));
+        assert_eq!(sim.live.state(), SessionState::Idle);
+        let pings = sim.sent.len();
+        sim.live.ping_now(sim.now);
+        sim.drain();
+        assert_eq!(sim.sent.len(), pings + 1, "the read asks for proof at once");
+        sim.advance(MS);
+        sim.pong(sim.last_ping());
+        assert_eq!(sim.live.state(), SessionState::Live);
+        // In use again: pinging goes on for idle_after before resting.
+        let until = sim.now + DEFAULT_IDLE_AFTER / 2;
+        answered_until(&mut sim, until);
+        assert_eq!(sim.live.state(), SessionState::Live);
+        assert!(sim.sent.len() >= pings + 4);
+    }
+
+    #[test]
+    fn an_unanswered_wake_up_ping_makes_the_session_stale_and_dials() {
+        let mut sim = Sim::with(SessionConfig::default());
+        sim.open();
+        let start = sim.now;
+        answered_until(&mut sim, start + Duration::from_secs(60));
+        sim.actions.clear();
+        sim.live.ping_now(sim.now);
+        let woke = sim.now;
+        sim.drain();
+        sim.advance(SUSPECT_AFTER - MS);
+        assert_eq!(sim.live.state(), SessionState::Idle);
+        sim.advance(2 * MS);
+        assert_eq!(sim.live.state(), SessionState::Stale);
+        assert!(sim.actions.contains(&Action::Dial));
+        // Expiry counts from the wake-up, not from the last proof.
+        sim.run_until(woke + DEFAULT_EXPIRE_AFTER - MS);
+        assert_ne!(sim.live.state(), SessionState::Expired);
+        sim.advance(2 * MS);
+        assert_eq!(sim.live.state(), SessionState::Expired);
+    }
+
+    #[test]
+    fn a_watched_session_never_rests() {
+        let mut sim = Sim::with(SessionConfig::default());
+        sim.live.watched(true);
+        sim.open();
+        let start = sim.now;
+        answered_until(&mut sim, start + Duration::from_secs(600));
+        assert_eq!(sim.live.state(), SessionState::Live);
+        // About one ping a second for the whole ten minutes.
+        let late = sim
+            .sent
+            .iter()
+            .filter(|(_, at)| *at > start + Duration::from_secs(590));
+        assert!(late.count() >= 8);
     }
 
     #[test]

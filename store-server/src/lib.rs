@@ -9,6 +9,7 @@
 //! order a commit meets them:
 //!
 //! * `server`: the QUIC endpoint, connections, drain on shutdown;
+//! * `streams`: a connection's request-stream window, small while idle;
 //! * `session`: `Hello`/`Welcome` with cache revalidation, then pings,
 //!   pongs and invalidations in TID order;
 //! * `request`: one request stream, its bytes reserved (`budget`), limits
@@ -47,6 +48,7 @@ mod request;
 mod server;
 mod session;
 mod storage;
+mod streams;
 mod tls;
 #[cfg(not(feature = "crash-seam"))]
 mod wal;

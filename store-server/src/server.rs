@@ -21,6 +21,7 @@ use crate::identity::identity_of;
 use crate::invalidation::{Invalidations, DEFAULT_CHANGE_LOG_KEYS, DEFAULT_INTEREST_BUDGET};
 use crate::pair::{Pair, PairTasks};
 use crate::storage::Storage;
+use crate::streams::StreamWindow;
 use crate::{session, tls};
 
 /// QUIC close code for a refused session (bad Hello, wrong version, behind).
@@ -47,6 +48,8 @@ pub struct Shared {
     pub(crate) sessions: AtomicU64,
     /// See [`ServerConfig::max_sessions`].
     pub(crate) max_sessions: usize,
+    /// See [`ServerConfig::max_streams`].
+    max_streams: u32,
     /// Bytes of requests held over all connections.
     request_bytes: Arc<tokio::sync::Semaphore>,
     /// Each connection's share of them.
@@ -166,7 +169,7 @@ impl Server {
                     .try_into()
                     .map_err(|_| ServerError::Config("idle timeout out of range".into()))?,
             ))
-            .max_concurrent_bidi_streams(config.max_streams.into())
+            .max_concurrent_bidi_streams(crate::streams::initial(config.max_streams).into())
             .max_concurrent_uni_streams(0u32.into())
             .receive_window(
                 quinn::VarInt::from_u64(config.max_connection_bytes).map_err(|_| {
@@ -218,6 +221,7 @@ impl Server {
             acl,
             sessions: AtomicU64::new(0),
             max_sessions: config.max_sessions,
+            max_streams: config.max_streams,
             request_bytes: crate::budget::server_budget(config.max_request_bytes),
             connection_bytes: config.max_connection_bytes,
             connections: AtomicUsize::new(0),
@@ -357,7 +361,11 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         .and_then(|data| data.protocol);
     if alpn.as_deref() == Some(PEER_ALPN) {
         match &shared.pair {
-            Some(pair) => crate::pair::serve_peer(pair.clone(), connection).await,
+            Some(pair) => {
+                // The pair's own link gets the whole window at once.
+                connection.set_max_concurrent_bi_streams(shared.max_streams.into());
+                crate::pair::serve_peer(pair.clone(), connection).await
+            }
             None => connection.close(CLOSE_REFUSED.into(), b"not a member of a pair"),
         }
         return;
@@ -405,11 +413,14 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             &shared.request_bytes,
             shared.connection_bytes,
         ));
+        let mut window = StreamWindow::new(connection.clone(), shared.max_streams);
         while let Ok((send, recv)) = connection.accept_bi().await {
             let in_flight = InFlight::start(shared.clone());
+            let open = window.opened();
             let (grant, budget) = (grant.clone(), budget.clone());
             tokio::spawn(
                 async move {
+                    let _open = open;
                     let request = crate::request::Stream {
                         shared: &in_flight.0,
                         session: session_id,

@@ -315,3 +315,81 @@ async fn with_no_server_reachable_the_session_expires_and_says_so() {
     server.restart().await;
     wait_for_state(&a, SessionState::Live).await;
 }
+
+/// Polls the session state (a `watch_session` receiver would keep it from
+/// resting) until it is `state`, up to [`EVENT_DEADLINE`].
+async fn poll_for_state(client: &Client, state: SessionState) -> Instant {
+    let deadline = Instant::now() + EVENT_DEADLINE;
+    while client.session().state != state {
+        assert!(Instant::now() < deadline, "session never became {state}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Instant::now()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unused_session_rests_and_its_next_read_proves_it_again_having_applied_every_write() {
+    const IDLE_AFTER: Duration = Duration::from_secs(1);
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path()).await;
+    let mut config = fast(server.client_config());
+    config.session.idle_after = Some(IDLE_AFTER);
+    let a = Client::connect(config).await.unwrap();
+    let b = server.client().await;
+    b.put("changed", "v1").await.unwrap();
+    b.put("kept", "same").await.unwrap();
+    cache_key(&a, "changed", "v1").await;
+    cache_key(&a, "kept", "same").await;
+    let last_use = Instant::now();
+
+    // Unused: it rests, and not before idle_after.
+    let rested = poll_for_state(&a, SessionState::Idle).await;
+    assert!(
+        rested >= last_use + IDLE_AFTER,
+        "rested {:?} after its last use",
+        rested - last_use
+    );
+    // While it rests, another client changes a key it caches.
+    b.put("changed", "v2").await.unwrap();
+
+    // A fail-fast read finds no proof (nothing is served as fresh while
+    // resting) and wakes it.
+    match a.read("kept", ReadPolicy::FailFast).await {
+        Err(Error::SessionStale {
+            state: SessionState::Idle,
+        }) => {}
+        Ok(read) => assert!(read.source == Source::Server || read.stale, "{read:?}"),
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+    poll_for_state(&a, SessionState::Live).await;
+    // The change made while it rested was applied: never the old value.
+    let changed = a.read("changed", PATIENT).await.unwrap();
+    assert_eq!(changed.value.as_deref(), Some(&b"v2"[..]));
+    // What did not change is served from the cache again, with proof.
+    let kept = a.read("kept", PATIENT).await.unwrap();
+    assert_eq!((kept.source, kept.stale), (Source::Cache, false));
+    assert_eq!(kept.value.as_deref(), Some(&b"same"[..]));
+
+    // Resting again, a waiting read gets its proof with one ping and is
+    // answered from the cache.
+    poll_for_state(&a, SessionState::Idle).await;
+    let kept = a.read("kept", PATIENT).await.unwrap();
+    assert_eq!((kept.source, kept.stale), (Source::Cache, false));
+    assert_eq!(a.session().state, SessionState::Live);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_session_does_not_rest() {
+    const IDLE_AFTER: Duration = Duration::from_secs(1);
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path()).await;
+    let mut config = fast(server.client_config());
+    config.session.idle_after = Some(IDLE_AFTER);
+    let a = Client::connect(config).await.unwrap();
+    let mut states = a.watch_session();
+    // Every change of state over several idle periods: there is none.
+    let window = IDLE_AFTER * 3 + STALE_AFTER;
+    let changed = tokio::time::timeout(window, states.changed()).await;
+    assert!(changed.is_err(), "state changed: {:?}", a.session().state);
+    assert_eq!(a.session().state, SessionState::Live);
+}

@@ -41,7 +41,11 @@ struct Args {
     /// Reads in flight at once (read-pipelined).
     #[arg(long, default_value_t = 64)]
     depth: usize,
-    /// How long the idle workload holds its sessions.
+    /// How long the idle workload lets its sessions settle before it
+    /// measures (past --idle-after, they rest).
+    #[arg(long, value_name = "DUR", default_value = "0s", value_parser = store_client::cli::parse_duration)]
+    settle: std::time::Duration,
+    /// How long the idle workload measures its sessions.
     #[arg(long, value_name = "DUR", default_value = "30s", value_parser = store_client::cli::parse_duration)]
     duration: std::time::Duration,
     /// The server's pid, to report its CPU and memory (idle workload).
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
         return match runtime.block_on(run_idle(
             &config.client,
             args.clients,
+            args.settle,
             args.duration,
             args.server_pid,
         )) {
@@ -172,21 +177,25 @@ fn print_idle(report: &IdleReport, duration: std::time::Duration, json: bool) {
         json!({
             "workload": "Idle",
             "sessions": report.sessions,
-            "live": report.live,
+            "well": report.well,
+            "idle": report.idle,
             "duration_s": duration.as_secs_f64(),
             "server_cpu_percent": report.server_cpu_percent,
             "server_rss_mib": report.server_rss_mib,
+            "rss_per_session_kib": report.rss_per_session_kib,
         })
         .to_string()
     } else {
         let or_dash = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
         format!(
-            "workload=Idle sessions={} live={} duration_s={:.0} server_cpu_percent={} server_rss_mib={}",
+            "workload=Idle sessions={} well={} idle={} duration_s={:.0} server_cpu_percent={} server_rss_mib={} rss_per_session_kib={}",
             report.sessions,
-            report.live,
+            report.well,
+            report.idle,
             duration.as_secs_f64(),
             or_dash(report.server_cpu_percent),
-            or_dash(report.server_rss_mib)
+            or_dash(report.server_rss_mib),
+            or_dash(report.rss_per_session_kib)
         )
     };
     let _ = writeln!(std::io::stdout(), "{line}");

@@ -286,7 +286,15 @@ impl World {
             acks: Vec::new(),
             acks_due: (0, 0),
             client: ClientSide {
-                live: Liveness::new(SessionConfig::default(), client_origin, seed),
+                live: Liveness::new(
+                    SessionConfig {
+                        // The modelled client is always in use.
+                        idle_after: None,
+                        ..SessionConfig::default()
+                    },
+                    client_origin,
+                    seed,
+                ),
                 origin: client_origin,
                 server: None,
                 hello_sent_at: None,
