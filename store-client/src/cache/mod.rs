@@ -4,7 +4,13 @@
 //!
 //! Whether a cached value may be *served* is the session's decision
 //! (`session`); this module only keeps values consistent with the
-//! invalidations applied so far.
+//! invalidations applied so far. The entries live in a [`ClockMap`]
+//! (`clock`): sharded, bounded by bytes, read without writes to shared
+//! memory but one lock word.
+
+mod clock;
+
+use clock::ClockMap;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
@@ -15,7 +21,7 @@ use store_protocol::Tid;
 /// Default cache budget: 256 MiB of keys and values.
 pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 /// Bookkeeping bytes charged per entry on top of its key and value.
-const ENTRY_OVERHEAD: u32 = 64;
+const ENTRY_OVERHEAD: usize = 64;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -38,7 +44,7 @@ pub struct Cached {
 
 /// Values this client has read, bounded by bytes.
 pub struct Cache {
-    entries: moka::sync::Cache<Bytes, Entry>,
+    entries: ClockMap<Bytes, Entry>,
     generation: AtomicU64,
     /// The last TID whose invalidations have been applied.
     applied_tid: AtomicU64,
@@ -55,15 +61,7 @@ pub struct Cache {
 impl Cache {
     /// An empty cache of at most `max_bytes` of keys, values and overhead.
     pub fn new(max_bytes: u64) -> Cache {
-        let entries = moka::sync::Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|key: &Bytes, entry: &Entry| {
-                let size = key.len() + entry.value.as_ref().map_or(0, Bytes::len);
-                u32::try_from(size)
-                    .unwrap_or(u32::MAX)
-                    .saturating_add(ENTRY_OVERHEAD)
-            })
-            .build();
+        let entries = ClockMap::new(max_bytes);
         Cache {
             entries,
             generation: AtomicU64::new(0),
@@ -117,6 +115,7 @@ impl Cache {
         if generation != self.generation() || read_tid.0 < floor {
             return false;
         }
+        let weight = key.len() + value.as_ref().map_or(0, Bytes::len) + ENTRY_OVERHEAD;
         self.entries.insert(
             key,
             Entry {
@@ -124,6 +123,7 @@ impl Cache {
                 serial,
                 generation,
             },
+            weight as u64,
         );
         self.filled_generation.store(generation, Ordering::Release);
         true
@@ -172,7 +172,7 @@ impl Cache {
                 .get(key)
                 .is_some_and(|e| e.serial >= tid && e.generation == self.generation());
             if !keep {
-                self.entries.invalidate(key);
+                self.entries.remove(key);
             }
         }
     }
@@ -190,7 +190,7 @@ impl Cache {
         match changed {
             Some(keys) => {
                 for key in keys {
-                    self.entries.invalidate(key);
+                    self.entries.remove(key);
                 }
             }
             None => {
@@ -341,7 +341,6 @@ mod tests {
                 0,
             );
         }
-        cache.entries.run_pending_tasks();
         assert!(
             cache.entries.weighted_size() <= 64 * 1024,
             "{}",
