@@ -11,7 +11,14 @@ use store_server::crash::{run_schedule, Tally};
 fn every_acknowledged_commit_survives_power_cuts_and_faults() {
     let base = store_tests::test_seed("crash consistency");
     let mut total = Tally::default();
-    for i in 0..100 {
+    // The schedules must do what they are for: faults met, power cut
+    // often, the backup caught up by snapshot too. 100 schedules nearly
+    // always do; a rare seed needs a few more (one in CI had no snapshot).
+    let covered = |t: &Tally| t.unknown > 0 && t.power_cuts > t.unknown && t.snapshots > 0;
+    for i in 0..300 {
+        if i >= 100 && covered(&total) {
+            break;
+        }
         let seed = base.wrapping_add(i);
         match run_schedule(seed, 40) {
             Ok(tally) => total.add(tally),
@@ -19,10 +26,5 @@ fn every_acknowledged_commit_survives_power_cuts_and_faults() {
         }
     }
     eprintln!("{total:?}");
-    // The schedules did what they are for: faults met, power cut often,
-    // the backup caught up by snapshot too.
-    assert!(
-        total.unknown > 0 && total.power_cuts > total.unknown && total.snapshots > 0,
-        "{total:?}"
-    );
+    assert!(covered(&total), "{total:?}");
 }
