@@ -19,7 +19,6 @@ use crate::connection::{resolve_now, Connection, RoundTripError};
 use crate::driver::{self, Command, SessionShared, SessionStatus};
 use crate::error::Error;
 use crate::retry::Backoff;
-use crate::session::SessionState;
 use crate::session::SUSPECT_AFTER;
 use crate::tls::quic_client_config;
 use crate::txn::{CommitError, CommitOutcome, PreparedTxn, Transaction, TxnIds};
@@ -253,9 +252,6 @@ impl Client {
     fn cached(&self, key: &[u8], policy: ReadPolicy) -> Option<Read> {
         let hit = self.inner.shared.cache.lookup(key)?;
         let fresh = self.inner.shared.is_fresh(std::time::Instant::now());
-        if !fresh {
-            self.wake_if_idle();
-        }
         let serve = (fresh && hit.current) || (!fresh && policy == ReadPolicy::AllowStale);
         serve.then_some(Read {
             value: hit.value,
@@ -710,15 +706,6 @@ impl Client {
         answer.await
     }
 
-    /// A resting session is asked for proof by any read that finds it
-    /// without (a `Wait` read asks anyway, and waits for it), so the next
-    /// `FailFast` or `AllowStale` read finds it `Live` again.
-    fn wake_if_idle(&self) {
-        if self.inner.shared.status().state == SessionState::Idle {
-            let _ = self.inner.commands.send(Command::PingNow);
-        }
-    }
-
     /// Tells the driver that `connection`'s server is not the primary.
     fn not_primary(&self, connection: &Connection) {
         let id = connection.connection.stable_id();
@@ -760,7 +747,6 @@ impl Client {
                 (true, Some(connection), _) => return Ok(connection),
                 (false, Some(connection), ReadPolicy::AllowStale) => return Ok(connection),
                 (false, _, ReadPolicy::FailFast) => {
-                    self.wake_if_idle();
                     return Err(Error::SessionStale {
                         state: shared.status().state,
                     });

@@ -103,6 +103,8 @@ pub struct ClientConfig {
     /// Writes never go out on a stale session: `AllowStale` waits for them.
     pub read_policy: ReadPolicy,
     /// Cache budget in bytes. Default [`DEFAULT_CACHE_BYTES`] (256 MiB).
+    /// The cache is split in up to 32 shards of at least 8 MiB; a value
+    /// larger than one shard's share is read through, never cached.
     pub cache_bytes: u64,
     /// Open a session with whichever server welcomes the client, primary
     /// or not, and stay with it: for `status` or `promote` of one chosen

@@ -3,7 +3,7 @@
 //! the session's state and freshness. All timing decisions are the state
 //! machine's; this task only moves bytes and sleeps until it is asked to.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use store_protocol::{
     read_frame, write_frame, Epoch, Hello, SessionEvent, SessionRequest, Tid, PROTOCOL_VERSION,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
@@ -45,6 +45,11 @@ pub(crate) struct SessionShared {
     /// When the application last used the session, as nanoseconds since
     /// `base` (to the millisecond: see [`SessionShared::is_fresh`]).
     last_use_ns: AtomicU64,
+    /// The session rests (skips its pings, or is `Idle`) and no read has
+    /// woken it yet.
+    resting: AtomicBool,
+    /// A read found a resting session: the driver pings.
+    wake: Notify,
     current: Mutex<Option<Arc<Connection>>>,
     status: watch::Sender<SessionStatus>,
     pub(crate) cache: Cache,
@@ -57,6 +62,8 @@ impl SessionShared {
             base: Instant::now(),
             fresh_until_ns: AtomicU64::new(0),
             last_use_ns: AtomicU64::new(0),
+            resting: AtomicBool::new(false),
+            wake: Notify::new(),
             current: Mutex::new(None),
             status: watch::Sender::new(SessionStatus {
                 state: SessionState::Connecting,
@@ -76,12 +83,17 @@ impl SessionShared {
     ///
     /// Every call is a use of the session (it keeps it from resting); the
     /// time is stored at most once a millisecond, so threads reading the
-    /// cache at once seldom write the same cache line.
+    /// cache at once seldom write the same cache line. Every read path
+    /// asks this first, so a read that finds the session resting wakes it
+    /// here, whatever its policy.
     pub(crate) fn is_fresh(&self, now: Instant) -> bool {
         let until = self.fresh_until_ns.load(Ordering::Acquire);
         let now = self.nanos(now);
         if now.saturating_sub(self.last_use_ns.load(Ordering::Relaxed)) > 1_000_000 {
-            self.last_use_ns.store(now, Ordering::Relaxed);
+            self.last_use_ns.fetch_max(now, Ordering::Relaxed);
+        }
+        if self.resting.load(Ordering::Relaxed) && self.resting.swap(false, Ordering::AcqRel) {
+            self.wake.notify_one();
         }
         now < until
     }
@@ -253,6 +265,7 @@ impl Driver {
                 }
             };
             tokio::select! {
+                () = self.shared.wake.notified() => self.liveness.ping_now(Instant::now()),
                 () = sleep => {
                     self.liveness.demand(self.shared.last_use());
                     self.liveness.watched(self.shared.status.receiver_count() > 0);
@@ -290,6 +303,9 @@ impl Driver {
     fn carry_out_actions(&mut self) {
         // Freshness first, so that whoever a state change wakes sees it.
         self.shared.publish_fresh_until(self.liveness.fresh_until());
+        self.shared
+            .resting
+            .store(self.liveness.is_resting(), Ordering::Release);
         while let Some(action) = self.liveness.poll_action() {
             match action {
                 Action::SendPing { seq } => {

@@ -277,7 +277,10 @@ impl Liveness {
     }
 
     /// The connection is gone.
-    pub fn disconnected(&mut self, _now: Instant) {
+    pub fn disconnected(&mut self, now: Instant) {
+        if self.state == SessionState::Idle {
+            self.restart_expiry(now);
+        }
         self.connected = false;
         self.resting = false;
         self.sent.clear();
@@ -297,10 +300,19 @@ impl Liveness {
         if !self.connected {
             return;
         }
-        self.resting = false;
         if self.state == SessionState::Idle {
-            // Waking: from here on, time without proof counts again.
-            self.expires_at = self.expires_at.max(now + self.config.expire_after);
+            self.restart_expiry(now);
+        }
+        self.resting = false;
+        // A ping sent since the proof lapsed is on its way: its pong is
+        // the proof asked for (no second ping for a second reader).
+        if self.state != SessionState::Live
+            && self
+                .sent
+                .back()
+                .is_some_and(|(seq, _)| *seq >= self.recovery_seq)
+        {
+            return;
         }
         let earliest = self.last_ping_at.map_or(now, |at| at + MIN_PING_SPACING);
         if earliest <= now {
@@ -308,6 +320,13 @@ impl Liveness {
         } else if self.next_ping_at.is_none_or(|at| at > earliest) {
             self.next_ping_at = Some(earliest);
         }
+    }
+
+    /// Whether the session rests: unused, it skips its pings (its proof
+    /// running out) or is `Idle`. A read should then call
+    /// [`Liveness::ping_now`] at once.
+    pub fn is_resting(&self) -> bool {
+        self.resting
     }
 
     /// The application used the session at `at` (a read or a write): it
@@ -326,15 +345,23 @@ impl Liveness {
     /// Whether the session should keep proving itself at `now`.
     fn in_use(&self, now: Instant) -> bool {
         self.watched
-            || self
-                .config
-                .idle_after
-                .is_none_or(|idle| now < self.last_demand + idle)
+            || self.config.idle_after.is_none_or(|idle| {
+                self.last_demand
+                    .checked_add(idle)
+                    .is_none_or(|until| now < until)
+            })
+    }
+
+    /// Leaving `Idle` (woken, or its connection lost): time without proof
+    /// counts from `now`, not from the proof it let run out on purpose.
+    fn restart_expiry(&mut self, now: Instant) {
+        self.expires_at = self.expires_at.max(now + self.config.expire_after);
     }
 
     /// When an unanswered ping makes the server suspect:
     /// [`SUSPECT_AFTER`] (at most a ping interval) after it was sent.
-    /// While `Idle`, that ping is the one that woke it.
+    /// While `Idle`, that ping is the one that woke it (pings from before
+    /// the rest are forgotten on entering it).
     fn suspect_at(&self) -> Option<Instant> {
         let watching = match self.state {
             SessionState::Live => !self.suspected,
@@ -375,11 +402,24 @@ impl Liveness {
                 self.suspect();
             }
         }
-        if self.state == SessionState::Live && self.fresh_until.is_some_and(|at| at <= now) {
+        if let Some(lapsed_at) = self
+            .fresh_until
+            .filter(|at| self.state == SessionState::Live && *at <= now)
+        {
             self.fresh_until = None;
-            self.recovery_seq = self.next_seq;
+            // A ping sent since the proof's end (a reader's, whose request
+            // came before this timer) counts as sent after the lapse.
+            self.recovery_seq = self
+                .sent
+                .iter()
+                .find(|(_, at)| *at >= lapsed_at)
+                .map_or(self.next_seq, |(seq, _)| *seq);
             if self.resting {
-                // Unused, not unwell: no dialing, no expiry.
+                // Unused, not unwell: no dialing, no expiry. Pings from
+                // before can no longer restore the proof: forget them, so
+                // only the ping that wakes it is waited for.
+                self.sent.clear();
+                self.next_ping_at = None;
                 self.set_state(SessionState::Idle);
             } else {
                 self.set_state(SessionState::Stale);
@@ -398,9 +438,12 @@ impl Liveness {
         }
         if self.connected && self.next_ping_at.is_some_and(|at| at <= now) {
             if self.state == SessionState::Live && !self.in_use(now) {
+                // Skip this ping, and look again at the next one's time:
+                // use before the proof runs out resumes pinging in time.
                 self.resting = true;
-                self.next_ping_at = None;
+                self.next_ping_at = Some(now + self.jittered_interval());
             } else {
+                self.resting = false;
                 self.send_ping(now);
             }
         }
@@ -631,6 +674,70 @@ mod tests {
         // Expiry counts from the wake-up, not from the last proof.
         sim.run_until(woke + DEFAULT_EXPIRE_AFTER - MS);
         assert_ne!(sim.live.state(), SessionState::Expired);
+        sim.advance(2 * MS);
+        assert_eq!(sim.live.state(), SessionState::Expired);
+    }
+
+    #[test]
+    fn use_before_the_proof_runs_out_resumes_pinging_without_going_idle() {
+        let mut sim = Sim::with(SessionConfig::default());
+        sim.open();
+        let start = sim.now;
+        // Just past idle_after: the next ping is skipped, the proof runs on.
+        answered_until(
+            &mut sim,
+            start + DEFAULT_IDLE_AFTER + DEFAULT_PING_INTERVAL * 2,
+        );
+        assert_eq!(sim.live.state(), SessionState::Live);
+        let quiet_since = sim.sent.last().unwrap().1;
+        assert!(
+            sim.now - quiet_since >= DEFAULT_PING_INTERVAL,
+            "a ping was skipped"
+        );
+        // A read before the proof lapses wakes it (the driver calls
+        // ping_now when a read finds it resting): pinging resumes at once.
+        assert!(sim.live.is_resting());
+        sim.live.ping_now(sim.now);
+        sim.drain();
+        sim.actions.clear();
+        let until = sim.now + Duration::from_secs(5);
+        answered_until(&mut sim, until);
+        assert_eq!(sim.live.state(), SessionState::Live);
+        assert!(
+            !sim.actions
+                .contains(&Action::StateChanged(SessionState::Idle)),
+            "{:?}",
+            sim.actions
+        );
+    }
+
+    #[test]
+    fn two_readers_waking_an_idle_session_send_one_ping() {
+        let mut sim = Sim::with(SessionConfig::default());
+        sim.open();
+        let start = sim.now;
+        answered_until(&mut sim, start + Duration::from_secs(60));
+        let pings = sim.sent.len();
+        sim.live.ping_now(sim.now);
+        sim.live.ping_now(sim.now);
+        sim.drain();
+        sim.advance(MIN_PING_SPACING * 2);
+        assert_eq!(sim.sent.len(), pings + 1);
+    }
+
+    #[test]
+    fn an_idle_session_that_loses_its_connection_has_its_whole_expiry_to_reconnect() {
+        let mut sim = Sim::with(SessionConfig::default());
+        sim.open();
+        let start = sim.now;
+        answered_until(&mut sim, start + Duration::from_secs(120));
+        assert_eq!(sim.live.state(), SessionState::Idle);
+        sim.live.disconnected(sim.now);
+        let lost = sim.now;
+        sim.drain();
+        assert_eq!(sim.live.state(), SessionState::Reconnecting);
+        sim.run_until(lost + DEFAULT_EXPIRE_AFTER - MS);
+        assert_eq!(sim.live.state(), SessionState::Reconnecting);
         sim.advance(2 * MS);
         assert_eq!(sim.live.state(), SessionState::Expired);
     }

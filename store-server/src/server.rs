@@ -408,33 +408,52 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         tracing::Span::current().record("client", format!("{:032x}", session.client_id));
         let session_id = session.id;
         tracing::debug!("session open");
-        let pings = tokio::spawn(session.serve().in_current_span());
         let budget = Arc::new(ByteBudget::for_connection(
             &shared.request_bytes,
             shared.connection_bytes,
         ));
-        let mut window = StreamWindow::new(connection.clone(), shared.max_streams);
-        while let Ok((send, recv)) = connection.accept_bi().await {
-            let in_flight = InFlight::start(shared.clone());
-            let open = window.opened();
-            let (grant, budget) = (grant.clone(), budget.clone());
-            tokio::spawn(
-                async move {
-                    let _open = open;
-                    let request = crate::request::Stream {
-                        shared: &in_flight.0,
-                        session: session_id,
-                        grant: &grant,
-                        budget: &budget,
-                    };
-                    request.serve(send, recv).await;
-                }
-                .in_current_span(),
-            );
+        // The session and the request streams share this task: a session
+        // that ends leaves requests served until the connection closes; a
+        // connection that closes ends the session.
+        let pings = session.serve();
+        let requests = serve_requests(&connection, &shared, session_id, &grant, &budget);
+        tokio::pin!(pings, requests);
+        tokio::select! {
+            () = &mut requests => {}
+            () = &mut pings => requests.await,
         }
-        pings.abort();
         tracing::debug!("session closed");
     }
     .instrument(span)
     .await;
+}
+
+/// Accepts the connection's request streams until it closes, each served
+/// by a task of its own.
+async fn serve_requests(
+    connection: &quinn::Connection,
+    shared: &Arc<Shared>,
+    session_id: crate::invalidation::SessionId,
+    grant: &Arc<crate::acl::Grant>,
+    budget: &Arc<ByteBudget>,
+) {
+    let mut window = StreamWindow::new(connection.clone(), shared.max_streams);
+    while let Ok((send, recv)) = connection.accept_bi().await {
+        let in_flight = InFlight::start(shared.clone());
+        let open = window.opened();
+        let (grant, budget) = (grant.clone(), budget.clone());
+        tokio::spawn(
+            async move {
+                let _open = open;
+                let request = crate::request::Stream {
+                    shared: &in_flight.0,
+                    session: session_id,
+                    grant: &grant,
+                    budget: &budget,
+                };
+                request.serve(send, recv).await;
+            }
+            .in_current_span(),
+        );
+    }
 }

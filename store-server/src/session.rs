@@ -189,10 +189,17 @@ impl Session {
         let Session {
             mut writer, recv, ..
         } = self;
+        // Both halves run in this one task (an idle session is one task,
+        // woken once per ping); the reader ending closes the queue, which
+        // ends the writer.
         let (pings, mut ping_queue) = mpsc::channel(4);
-        let reader = tokio::spawn(read_pings(recv, pings));
-        let result = writer.write_events(&mut ping_queue).await;
-        reader.abort();
+        let reader = read_pings(recv, pings);
+        let writer = writer.write_events(&mut ping_queue);
+        tokio::pin!(reader, writer);
+        let result = tokio::select! {
+            result = &mut writer => result,
+            () = &mut reader => writer.await,
+        };
         if let Err(reason) = result {
             tracing::info!(reason, "session ended");
         }

@@ -3,11 +3,14 @@
 //!
 //! quinn sets aside the state of every stream a peer may open
 //! (`max_concurrent_bidi_streams`) as soon as the connection exists: at
-//! 256 streams that was about 60 KiB per connection, used or not, most of
-//! an idle session's cost. A connection starts with [`INITIAL_STREAMS`]
+//! 256 streams that was about 20 KiB per connection, used or not, a third
+//! of an idle session's cost. A connection starts with [`INITIAL_STREAMS`]
 //! (its session stream and a few requests) and the window doubles
-//! whenever open requests reach half of it, up to `--max-streams`. It
-//! never shrinks: quinn keeps what it set aside.
+//! whenever open requests reach a third of it, up to `--max-streams`. A
+//! third, not a half: a stream's slot comes back to the client only a
+//! round trip after its answer, so a client with `k` requests in flight
+//! holds about twice `k` slots. It never shrinks: quinn keeps what it set
+//! aside.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -51,11 +54,11 @@ impl StreamWindow {
     }
 
     /// Counts a newly accepted request stream as open, and doubles the
-    /// window if open requests (and the session stream) reach half of it.
+    /// window if open requests (and the session stream) reach a third of it.
     pub fn opened(&mut self) -> OpenRequest {
         let open = self.open.fetch_add(1, Ordering::AcqRel).saturating_add(1);
         let in_use = open.saturating_add(1); // the session stream
-        if in_use.saturating_mul(2) >= self.window && self.window < self.max {
+        if in_use.saturating_mul(3) >= self.window && self.window < self.max {
             self.window = self.window.saturating_mul(2).min(self.max);
             self.connection
                 .set_max_concurrent_bi_streams(self.window.into());

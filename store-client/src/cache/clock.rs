@@ -1,9 +1,11 @@
 //! A concurrent map bounded by bytes: shards behind read-write locks,
 //! evicting by CLOCK (second chance).
 //!
-//! A read takes its shard's read lock and sets the entry's referenced bit
-//! only if it is clear, so readers of different shards share no cache
-//! line and readers of one shard share only the lock word. Eviction runs
+//! A read takes its shard's read lock, sets the entry's referenced bit
+//! only if it is clear, and clones the value (for `Bytes`, a reference
+//! count): readers of different keys in different shards share no cache
+//! line. Each shard holds a 1/n share of the budget, so a value heavier
+//! than that share is not cached (8 MiB with the default 256 MiB). Eviction runs
 //! on insert, under the shard's write lock: the hand passes entries in
 //! insertion order, clearing referenced bits and evicting the first entry
 //! found clear.

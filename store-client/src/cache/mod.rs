@@ -5,8 +5,8 @@
 //! Whether a cached value may be *served* is the session's decision
 //! (`session`); this module only keeps values consistent with the
 //! invalidations applied so far. The entries live in a [`ClockMap`]
-//! (`clock`): sharded, bounded by bytes, read without writes to shared
-//! memory but one lock word.
+//! (`clock`): sharded and bounded by bytes; a hit writes only its shard's
+//! lock word and its value's reference count.
 
 mod clock;
 
