@@ -3,6 +3,7 @@
 # on this machine with the same shape of workload (1 KiB values):
 #   set_c1_durable / set_c50_durable : SET, AOF with fsync on every write, 1 and 50 clients
 #   get_c1_tls                       : GET over mutual TLS, 1 client
+#   get_c1_tls_p64                   : the same, 64 GETs in flight (pipelined)
 # Prints one line per workload: `redis <workload> ops_per_sec=N p50_ms=X`,
 # to put side by side with the output of our own store-bench.
 #
@@ -103,6 +104,7 @@ if start_server tls -p "$P2" "${TLS_CLI[@]}" -- --port 0 --tls-port "$P2" \
   # Prefill key:0..9999 with 1 KiB values so every GET returns 1 KiB.
   redis-benchmark -h "$HOST" -p "$P2" "${TLS_CLI[@]}" -t set -c 50 -d 1024 -r 10000 -n 100000 -q >/dev/null 2>&1
   bench get_c1_tls -p "$P2" "${TLS_CLI[@]}" -t get -c 1 -d 1024 -r 10000 -n "$NTLS"
+  bench get_c1_tls_p64 -p "$P2" "${TLS_CLI[@]}" -t get -c 1 -P 64 -d 1024 -r 10000 -n $((NTLS * 4))
 else
   echo "redis get_c1_tls SKIPPED: redis-server did not start with TLS (built without TLS support?)"
   tail -n 5 "$WORK/tls/redis.log" >&2 2>/dev/null || true

@@ -33,6 +33,7 @@ done
 
 echo "zeolite $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 bench --workload read-cold --ops 10000
+bench --workload read-pipelined --ops 200000 --depth 64
 bench --workload commit --ops 2000
 bench --workload commit-concurrent --clients 50 --ops 20000
 kill "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=
