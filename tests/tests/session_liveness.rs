@@ -327,14 +327,21 @@ async fn poll_for_state(client: &Client, state: SessionState) -> Instant {
     Instant::now()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unused_session_rests_and_its_next_read_proves_it_again_having_applied_every_write() {
-    const IDLE_AFTER: Duration = Duration::from_secs(1);
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(dir.path()).await;
+/// `idle_after` of [`resting_client`]s.
+const IDLE_AFTER: Duration = Duration::from_secs(1);
+
+/// A [`fast`] client of `server` that rests after [`IDLE_AFTER`] unused.
+async fn resting_client(server: &ServerProcess) -> Client {
     let mut config = fast(server.client_config());
     config.session.idle_after = Some(IDLE_AFTER);
-    let a = Client::connect(config).await.unwrap();
+    Client::connect(config).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unused_session_rests_and_its_next_read_proves_it_again_having_applied_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path()).await;
+    let a = resting_client(&server).await;
     let b = server.client().await;
     b.put("changed", "v1").await.unwrap();
     b.put("kept", "same").await.unwrap();
@@ -380,12 +387,9 @@ async fn an_unused_session_rests_and_its_next_read_proves_it_again_having_applie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watched_session_does_not_rest() {
-    const IDLE_AFTER: Duration = Duration::from_secs(1);
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path()).await;
-    let mut config = fast(server.client_config());
-    config.session.idle_after = Some(IDLE_AFTER);
-    let a = Client::connect(config).await.unwrap();
+    let a = resting_client(&server).await;
     let mut states = a.watch_session();
     // Every change of state over several idle periods: there is none.
     let window = IDLE_AFTER * 3 + STALE_AFTER;
