@@ -33,7 +33,7 @@ start_server() {
   stop_server
   rm -rf "$WORK/data"
   RUST_LOG=warn target/release/store-server --data-dir "$WORK/data" \
-    --listen "127.0.0.1:$PORT" --max-sessions 20000 2>"$WORK/server.log" &
+    --listen "127.0.0.1:$PORT" --max-sessions 20000 --metrics-listen off 2>"$WORK/server.log" &
   SERVER_PID=$!
   for _ in $(seq 100); do
     kill -0 "$SERVER_PID" || { cat "$WORK/server.log" >&2; exit 1; }

@@ -26,10 +26,11 @@ cleanup() {
 trap cleanup EXIT
 
 server() { RUST_LOG=warn target/release/store-server "$@" 2>>"$WORK/servers.log" & PIDS+=($!); }
-server --data-dir "$WORK/single" --listen "127.0.0.1:$PORT" --tls-dir "$WORK/tls"
+# (Data nodes are given --metrics-listen off: two on one host would share 9447.)
+server --data-dir "$WORK/single" --listen "127.0.0.1:$PORT" --tls-dir "$WORK/tls" --metrics-listen off
 server witness --data-dir "$WORK/w" --listen "$W" --cluster "$A1,$A2" --tls-dir "$WORK/tls"
-server --data-dir "$WORK/a1" --listen "$A1" --cluster "$A1,$A2" --witness "$W" --tls-dir "$WORK/tls"
-server --data-dir "$WORK/a2" --listen "$A2" --cluster "$A1,$A2" --witness "$W" --tls-dir "$WORK/tls"
+server --data-dir "$WORK/a1" --listen "$A1" --cluster "$A1,$A2" --witness "$W" --tls-dir "$WORK/tls" --metrics-listen off
+server --data-dir "$WORK/a2" --listen "$A2" --cluster "$A1,$A2" --witness "$W" --tls-dir "$WORK/tls" --metrics-listen off
 
 bench() { target/release/store-bench --tls-dir "$WORK/tls" "$@"; }
 for target in "127.0.0.1:$PORT" "$A1,$A2"; do

@@ -20,7 +20,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-RUST_LOG=warn target/release/store-server --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" \
+RUST_LOG=warn target/release/store-server --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" --metrics-listen off \
   2>"$WORK/server.log" &
 SERVER_PID=$!
 bench() {

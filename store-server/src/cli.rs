@@ -26,10 +26,25 @@ pub struct Cli {
     /// Flags of `run`, accepted without the subcommand.
     #[command(flatten)]
     pub run: RunArgs,
+    /// Log lines on stderr: `text` for people, `json` (one object per
+    /// line: timestamp, level, target, fields, span) for collectors.
+    #[arg(long, value_enum, global = true, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured on a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+// Parsed once at start: the size of `run`'s flags costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run a data node (the default).
     Run(RunArgs),
@@ -264,6 +279,23 @@ pub struct RunArgs {
     /// (e.g. 24h, 30m); a later retry is refused as expired.
     #[arg(long, value_name = "DUR", default_value = "24h", value_parser = parse_duration)]
     pub outcome_retention: Duration,
+    /// HTTP address serving `/metrics` (Prometheus), `/health` and
+    /// `/ready`; `off` serves none.
+    #[arg(long, value_name = "ADDR|off", default_value = crate::config::DEFAULT_METRICS_LISTEN, value_parser = parse_metrics_listen)]
+    pub metrics_listen: MetricsListen,
+}
+
+/// `--metrics-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+fn parse_metrics_listen(text: &str) -> Result<MetricsListen, String> {
+    if text == "off" {
+        return Ok(MetricsListen(None));
+    }
+    text.parse()
+        .map(|addr| MetricsListen(Some(addr)))
+        .map_err(|e| format!("{text:?} is not an address (ip:port) or `off`: {e}"))
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -293,6 +325,7 @@ impl RunArgs {
         config.listen = self.listen;
         config.limits = limits;
         config.outcome_retention = self.outcome_retention;
+        config.metrics_listen = self.metrics_listen.0;
         config.join = self.join;
         config.acl = self.acl;
         config.max_sessions = self.max_sessions;

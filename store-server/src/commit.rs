@@ -480,6 +480,7 @@ impl Pipeline {
             // At least one operation is decided per batch.
             let rest = batch.split_off(results.len().clamp(1, batch.len()));
             tracing::debug!(size = batch.len(), "batch durable");
+            metrics::histogram!(crate::metrics::BATCH_SIZE).record(batch.len() as f64);
             let invalidations = batch
                 .iter()
                 .zip(&results)

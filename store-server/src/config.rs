@@ -18,6 +18,8 @@ pub const DEFAULT_DATA_DIR: &str = "./zeolite-data";
 /// Default listen address: loopback only, so a development server is never
 /// reachable from the network by accident.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7447";
+/// Default address of the metrics and health listener (HTTP).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9447";
 /// How long a connection may be silent before it is dropped. Clients ask for
 /// 10 s; QUIC uses the lower of the two, so this only bounds peers that ask
 /// for more (or nothing).
@@ -104,6 +106,9 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// See [`DEFAULT_OUTCOME_RETENTION`].
     pub outcome_retention: Duration,
+    /// Where `/metrics`, `/health` and `/ready` are served over HTTP;
+    /// `None`: nowhere. See [`DEFAULT_METRICS_LISTEN`].
+    pub metrics_listen: Option<SocketAddr>,
     /// Membership of an HA pair; `None` for a standalone server.
     pub pair: Option<PairConfig>,
     /// A pair member with an empty store may join as a backup (`--join`).
@@ -137,6 +142,7 @@ impl ServerConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             outcome_retention: DEFAULT_OUTCOME_RETENTION,
+            metrics_listen: None,
             pair: None,
             join: false,
             acl: None,

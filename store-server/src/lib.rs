@@ -9,6 +9,8 @@
 //! order a commit meets them:
 //!
 //! * `server`: the QUIC endpoint, connections, drain on shutdown;
+//! * `http`: `/metrics`, `/health` and `/ready` for operators, with
+//!   `metrics` (every metric's name, the recorder, the scrape);
 //! * `streams`: a connection's request-stream window, small while idle;
 //! * `session`: `Hello`/`Welcome` with cache revalidation, then pings,
 //!   pongs and invalidations in TID order;
@@ -40,8 +42,10 @@ mod cli;
 mod commit;
 mod config;
 mod error;
+mod http;
 mod identity;
 mod invalidation;
+mod metrics;
 mod outcomes;
 pub mod pair;
 mod request;
@@ -57,11 +61,12 @@ pub mod wal;
 
 pub use certs::{ensure_dev_certs, issue, CertRole};
 pub use cli::{
-    CertsCommand, CheckArgs, Cli, Cluster, Command, IssueArgs, RunArgs, TlsArgs, WitnessArgs,
+    CertsCommand, CheckArgs, Cli, Cluster, Command, IssueArgs, LogFormat, MetricsListen, RunArgs,
+    TlsArgs, WitnessArgs,
 };
 pub use config::{
     ServerConfig, TlsSource, DEFAULT_DATA_DIR, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_LISTEN, DEFAULT_OUTCOME_RETENTION,
+    DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, DEFAULT_OUTCOME_RETENTION,
 };
 pub use error::{ServerError, StorageError};
 pub use identity::{Identity, CLOSE_NOT_A_NODE};

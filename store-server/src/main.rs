@@ -4,19 +4,23 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use store_server::pair::witness::WitnessServer;
-use store_server::{CertsCommand, Cli, Command, Server};
+use store_server::{CertsCommand, Cli, Command, LogFormat, Server};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        // Colours only for a terminal: logs in files stay greppable.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+        );
+    match cli.log_format {
+        // Colours only for a terminal: logs in files stay greppable.
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
     let args = match cli.command {
         Some(Command::Run(args)) => args,
         Some(Command::Witness(args)) => return run_witness(args),

@@ -85,9 +85,51 @@ async fn respond(
 }
 
 async fn answer(request: Request, shared: &Shared, session: SessionId, grant: &Grant) -> Response {
-    match decide(request, shared, session, grant).await {
+    let kind = kind(&request);
+    metrics::counter!(crate::metrics::REQUESTS, "kind" => kind).increment(1);
+    let started = std::time::Instant::now();
+    let answer = decide(request, shared, session, grant).await;
+    if let Err(WireError::TooLarge { what, .. }) = &answer {
+        let limit = format!("{what:?}").to_lowercase();
+        metrics::counter!(crate::metrics::REFUSALS, "limit" => limit).increment(1);
+    }
+    if kind == "commit" {
+        metrics::histogram!(crate::metrics::COMMIT_SECONDS).record(started.elapsed());
+        metrics::counter!(crate::metrics::COMMITS, "outcome" => outcome(&answer)).increment(1);
+    }
+    match answer {
         Ok(response) => response,
         Err(error) => Response::Error(error),
+    }
+}
+
+/// A request's kind, as `zeolite_requests_total` labels it.
+fn kind(request: &Request) -> &'static str {
+    match request {
+        Request::Get { .. } => "get",
+        Request::GetMany { .. } => "get_many",
+        Request::Scan(_) => "scan",
+        Request::Commit(_) => "commit",
+        Request::Resolve { .. } => "resolve",
+        Request::Status => "status",
+        Request::Promote { .. } => "promote",
+    }
+}
+
+/// A commit's outcome, as `zeolite_commits_total` labels it.
+fn outcome(answer: &Result<Response, WireError>) -> &'static str {
+    match answer {
+        Ok(Response::Committed(c)) if c.replayed => "replayed",
+        Ok(_) => "committed",
+        Err(WireError::Conflict { .. }) => "conflict",
+        Err(
+            WireError::NotPrimary { .. }
+            | WireError::ShuttingDown
+            | WireError::InProgress
+            | WireError::Overloaded,
+        ) => "unavailable",
+        Err(WireError::Internal { .. } | WireError::Unconfirmed { .. }) => "failed",
+        Err(_) => "rejected",
     }
 }
 

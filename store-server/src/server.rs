@@ -105,6 +105,11 @@ pub struct Server {
     pair_tasks: Option<PairTasks>,
     drain_timeout: Duration,
     outcome_retention: Duration,
+    /// The metrics and health listener, with the recorder's handle.
+    metrics: Option<(
+        tokio::net::TcpListener,
+        metrics_exporter_prometheus::PrometheusHandle,
+    )>,
 }
 
 impl Server {
@@ -130,6 +135,19 @@ impl Server {
         let acl = match &config.acl {
             Some(path) => Acl::load(path)?,
             None => Acl::open(),
+        };
+        let metrics = match config.metrics_listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    ServerError::io(
+                        format!("listening for metrics on {addr} (--metrics-listen ADDR|off)"),
+                        e,
+                    )
+                })?;
+                let handle = crate::metrics::install().map_err(ServerError::Config)?;
+                Some((listener, handle))
+            }
+            None => None,
         };
         let db_path = config.data_dir.join("store.redb");
         let storage = Arc::new(Storage::open(&db_path, config.wal)?);
@@ -236,6 +254,7 @@ impl Server {
             pair_tasks,
             drain_timeout: config.drain_timeout,
             outcome_retention: config.outcome_retention,
+            metrics,
         })
     }
 
@@ -253,6 +272,12 @@ impl Server {
         let addr = self.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(%addr, "listening");
         let expiry = tokio::spawn(expire_outcomes(self.shared.clone(), self.outcome_retention));
+        let http = self.metrics.take().map(|(listener, handle)| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "metrics and health listening (HTTP)");
+            }
+            tokio::spawn(crate::http::serve(listener, self.shared.clone(), handle))
+        });
         let pair_tasks = match (&self.shared.pair, self.pair_tasks.take()) {
             (Some(pair), Some(tasks)) => pair.start(tasks),
             _ => Vec::new(),
@@ -274,7 +299,7 @@ impl Server {
         if let Some(pair) = &self.shared.pair {
             pair.hand_over().await;
         }
-        for task in pair_tasks {
+        for task in pair_tasks.into_iter().chain(http) {
             task.abort();
         }
         self.endpoint

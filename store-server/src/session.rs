@@ -243,6 +243,7 @@ impl EventWriter {
         write_frame(&mut self.send, &event, event_frame_limit(&self.shared))
             .await
             .map_err(|_| "session stream closed")?;
+        metrics::counter!(crate::metrics::INVALIDATIONS_SENT).increment(1);
         self.written_tid = invalidation.tid;
         Ok(())
     }
@@ -262,7 +263,9 @@ impl EventWriter {
         });
         write_frame(&mut self.send, &pong, event_frame_limit(&self.shared))
             .await
-            .map_err(|_| "session stream closed")
+            .map_err(|_| "session stream closed")?;
+        metrics::counter!(crate::metrics::PONGS).increment(1);
+        Ok(())
     }
 }
 
@@ -276,6 +279,7 @@ async fn read_pings(mut recv: quinn::RecvStream, pings: mpsc::Sender<u64>) {
             Ok(Some(SessionRequest::Ping { seq })) => {
                 let now = Instant::now();
                 if last_answered.is_some_and(|at| now.duration_since(at) < MIN_PING_SPACING) {
+                    metrics::counter!(crate::metrics::PINGS_DROPPED).increment(1);
                     continue;
                 }
                 last_answered = Some(now);

@@ -31,6 +31,7 @@ mod process;
 mod proxy;
 pub mod raw;
 pub mod registers;
+pub mod scrape;
 pub mod session;
 
 pub use cluster::Cluster;

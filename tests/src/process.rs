@@ -41,19 +41,32 @@ pub fn binary(name: &str) -> PathBuf {
 /// it free (with clients dialing all the time, an ephemeral one was taken
 /// during a SIGKILL now and then).
 pub fn free_udp_port() -> u16 {
+    free_port(|port| std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok())
+}
+
+/// A free TCP port on 127.0.0.1, chosen as [`free_udp_port`] is (a
+/// server's metrics listener).
+pub fn free_tcp_port() -> u16 {
+    free_port(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+}
+
+/// A port below the ephemeral range for which `is_free` holds.
+fn free_port(is_free: impl Fn(u16) -> bool) -> u16 {
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
     let low = ephemeral_low.saturating_sub(20_000).max(1024);
     if ephemeral_low <= low {
-        // An unusual range: take whatever the kernel gives.
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
-        return socket.local_addr().expect("local addr").port();
+        // An unusual range: any port from its top down.
+        return (1024..u16::MAX)
+            .rev()
+            .find(|port| is_free(*port))
+            .expect("a free port");
     }
     for _ in 0..10_000 {
         let port = rand::random::<u16>() % (ephemeral_low - low) + low;
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if is_free(port) {
             return port;
         }
     }
@@ -68,6 +81,8 @@ pub struct ServerProcess {
     addr: SocketAddr,
     /// `store-server witness` instead of a data node.
     witness: bool,
+    /// Where a data node serves `/metrics`, `/health` and `/ready`.
+    metrics_addr: SocketAddr,
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
     log: PathBuf,
@@ -90,6 +105,7 @@ impl ServerProcess {
             tls_dir: dir.join("data").join("tls"),
             addr,
             witness: false,
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
             log: dir.join("server.log"),
@@ -119,6 +135,7 @@ impl ServerProcess {
             tls_dir: tls_dir.to_path_buf(),
             addr,
             witness,
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], free_tcp_port())),
             extra_args,
             env: Vec::new(),
             log: dir.join("server.log"),
@@ -136,6 +153,10 @@ impl ServerProcess {
         let mut command = Command::new(binary("store-server"));
         if self.witness {
             command.arg("witness");
+        } else {
+            command
+                .arg("--metrics-listen")
+                .arg(self.metrics_addr.to_string());
         }
         let child = command
             .arg("--data-dir")
@@ -194,6 +215,11 @@ impl ServerProcess {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where a data node serves `/metrics`, `/health` and `/ready`.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
     }
 
     /// Its development TLS directory.

@@ -343,6 +343,17 @@ impl Storage {
         })
     }
 
+    /// Why the store takes no more writes, if an append to its log failed
+    /// (what reached the disk is unknown until a restart reads it back).
+    pub fn failure(&self) -> Option<&'static str> {
+        let wal = self
+            .wal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        wal.is_broken()
+            .then_some("an append to the write-ahead log failed; restart to recover")
+    }
+
     fn read_memory(&self) -> std::sync::RwLockReadGuard<'_, Memory> {
         self.memory
             .read()

@@ -426,6 +426,11 @@ impl Wal {
         Ok(records)
     }
 
+    /// Whether an append failed: the log takes no more until a restart.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
     /// Appends records (consecutive LSNs from [`Wal::next_lsn`]) and makes
     /// them durable with one `fdatasync` before returning. After a failed
     /// append the log refuses every later one: what reached the disk is
@@ -492,10 +497,12 @@ impl Wal {
             .file
             .write(active.end, record)
             .map_err(io_error(context()))?;
+        let started = std::time::Instant::now();
         active
             .file
             .sync_data(false)
             .map_err(io_error(format!("fsyncing {}", active.name)))?;
+        metrics::histogram!(crate::metrics::FSYNC_SECONDS).record(started.elapsed());
         active.end += record.len() as u64;
         Ok(())
     }
