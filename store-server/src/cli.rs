@@ -30,6 +30,11 @@ pub struct Cli {
     /// line: timestamp, level, target, fields, span) for collectors.
     #[arg(long, value_enum, global = true, default_value = "text")]
     pub log_format: LogFormat,
+    /// Settings file (TOML, keys named as the flags: `max-sessions =
+    /// 100`). Flags win over `ZEOLITE_…` variables, which win over the
+    /// file, which wins over the defaults; an unknown key is an error.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// `--log-format`.
@@ -56,6 +61,17 @@ pub enum Command {
     /// Check a data directory's store without serving it: exit 0 when
     /// sound, else 1 with what is wrong.
     Check(CheckArgs),
+    /// Settings: `config print` shows the effective ones.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `store-server config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the settings `run` would use with these flags, environment
+    /// and `--config` file, one `key = value  # source` line each.
+    Print(RunArgs),
 }
 
 /// Flags of `store-server check`.
@@ -352,6 +368,10 @@ impl RunArgs {
             ));
         }
         config.tls = self.tls.source(config.tls);
+        // Flags enforce this pairing; a file or the environment may not.
+        if self.cluster.is_some() != self.witness.is_some() {
+            return Err("--cluster and --witness go together (a pair needs both)".into());
+        }
         if let (Some(cluster), Some(witness)) = (self.cluster, self.witness) {
             let mut pair = PairConfig::for_node(cluster.0, self.listen, witness)?;
             if let Some(via) = self.peer_address {

@@ -51,6 +51,7 @@ pub mod pair;
 mod request;
 mod server;
 mod session;
+pub mod settings;
 mod storage;
 mod streams;
 mod tls;
@@ -61,8 +62,8 @@ pub mod wal;
 
 pub use certs::{ensure_dev_certs, issue, CertRole};
 pub use cli::{
-    CertsCommand, CheckArgs, Cli, Cluster, Command, IssueArgs, LogFormat, MetricsListen, RunArgs,
-    TlsArgs, WitnessArgs,
+    CertsCommand, CheckArgs, Cli, Cluster, Command, ConfigCommand, IssueArgs, LogFormat,
+    MetricsListen, RunArgs, TlsArgs, WitnessArgs,
 };
 pub use config::{
     ServerConfig, TlsSource, DEFAULT_DATA_DIR, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,

@@ -2,12 +2,19 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
 use store_server::pair::witness::WitnessServer;
-use store_server::{CertsCommand, Cli, Command, LogFormat, Server};
+use store_server::settings::{self, Parsed, SettingsError};
+use store_server::{CertsCommand, Command, ConfigCommand, LogFormat, Server};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let Parsed { cli, effective } = match settings::parse(std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
+        Err(SettingsError::Usage(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("store-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -26,6 +33,7 @@ fn main() -> ExitCode {
         Some(Command::Witness(args)) => return run_witness(args),
         Some(Command::Certs(CertsCommand::Issue(args))) => return issue(&args),
         Some(Command::Check(args)) => return check(&args),
+        Some(Command::Config(ConfigCommand::Print(args))) => return print_config(args, &effective),
         None => cli.run,
     };
     let io_threads = usize::from(args.io_threads);
@@ -39,6 +47,30 @@ fn main() -> ExitCode {
     serve(io_threads, Server::bind(config), |server| {
         server.run(shutdown_signal())
     })
+}
+
+/// Prints the effective settings as TOML with where each came from, after
+/// checking them as `run` would.
+#[allow(clippy::print_stdout)]
+fn print_config(args: store_server::RunArgs, effective: &[(String, String, &str)]) -> ExitCode {
+    if let Err(e) = args.into_config() {
+        eprintln!("store-server: {e}");
+        return ExitCode::from(2);
+    }
+    for (key, value, source) in effective {
+        if value.is_empty() {
+            println!("# {key} is not set");
+            continue;
+        }
+        let bare = value.parse::<i64>().is_ok() || value == "true" || value == "false";
+        let value = if bare {
+            value.clone()
+        } else {
+            toml::Value::String(value.clone()).to_string()
+        };
+        println!("{key} = {value}  # {source}");
+    }
+    ExitCode::SUCCESS
 }
 
 fn issue(args: &store_server::IssueArgs) -> ExitCode {

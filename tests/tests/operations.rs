@@ -80,3 +80,95 @@ async fn json_logs_are_one_object_per_line() {
     }
     assert!(listening, "{log}");
 }
+
+/// `store-server config print` with `args`, environment `env` and, if
+/// given, a `--config` file holding `file`: its exit code, stdout, stderr.
+fn config_print(
+    dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    file: Option<&str>,
+) -> (Option<i32>, String, String) {
+    let mut command = std::process::Command::new(store_tests::binary("store-server"));
+    command.args(["config", "print"]).args(args);
+    if let Some(text) = file {
+        let path = dir.join("zeolite.toml");
+        std::fs::write(&path, text).unwrap();
+        command.arg("--config").arg(path);
+    }
+    let output = command.envs(env.iter().copied()).output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn settings_come_from_flags_then_the_environment_then_the_file_then_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = "max-sessions = 1\nmax-streams = 2\nmax-txn-ops = 3\nlog-format = \"json\"\n";
+    let (code, out, err) = config_print(
+        dir.path(),
+        &["--max-sessions", "7"],
+        &[("ZEOLITE_MAX_STREAMS", "9")],
+        Some(file),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    for line in [
+        "max-sessions = 7  # flag",
+        "max-streams = 9  # environment",
+        "max-txn-ops = 3  # file",
+        "log-format = \"json\"  # file",
+        "io-threads = 1  # default",
+        "listen = \"127.0.0.1:7447\"  # default",
+    ] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "no line {line:?} in:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_settings_file_is_refused_naming_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = config_print(dir.path(), &[], &[], Some("max-sesions = 1\n"));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("unknown key `max-sesions`"), "{err}");
+    let (code, _, err) = config_print(dir.path(), &[], &[], Some("max-sessions = [1]\n"));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("`max-sessions` must be"), "{err}");
+    let (code, _, err) = config_print(dir.path(), &[], &[], Some("max-sessions = \"many\"\n"));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("many"), "{err}");
+    // A pair needs both halves, wherever they come from.
+    let (code, _, err) = config_print(
+        dir.path(),
+        &[],
+        &[],
+        Some("cluster = \"127.0.0.1:1,127.0.0.1:2\"\n"),
+    );
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--cluster and --witness go together"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_runs_with_its_settings_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("zeolite.toml");
+    std::fs::write(&file, "max-txn-ops = 3\n").unwrap();
+    let server = ServerProcess::start_with(dir.path(), &["--config", file.to_str().unwrap()]).await;
+    let client = server.client().await;
+    let mut txn = client.txn();
+    for i in 0..4 {
+        txn.put(format!("k{i}"), "v");
+    }
+    // The file's limit of 3 operations refuses four (the default is 10,000).
+    let refused = format!("{:?}", txn.commit().await.unwrap_err());
+    assert!(
+        refused.contains("TooLarge") && refused.contains("Ops"),
+        "{refused}"
+    );
+    client.close().await;
+}
