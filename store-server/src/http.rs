@@ -18,6 +18,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
+use store_protocol::Role;
+
 use crate::server::Shared;
 
 /// Largest request head read.
@@ -94,7 +96,9 @@ fn health(shared: &Shared) -> Result<(), String> {
 }
 
 /// Takes traffic now: a serving primary (or standalone server), or a
-/// backup holding every acknowledged commit; not while draining.
+/// backup that reaches its primary and has applied its stream up to the
+/// last frame; not while draining. A primary whose lease ran out is
+/// neither.
 fn ready(shared: &Shared) -> Result<&'static str, String> {
     health(shared)?;
     if shared.draining.load(Ordering::Acquire) {
@@ -107,10 +111,19 @@ fn ready(shared: &Shared) -> Result<&'static str, String> {
             "standalone"
         });
     }
-    match &shared.pair {
-        Some(pair) if pair.status().backup_in_sync => Ok("backup in sync"),
-        Some(pair) => Err(format!("backup not in sync: {}", pair.status().note)),
-        None => Err("not serving".into()),
+    let Some(pair) = &shared.pair else {
+        return Err("not serving".into());
+    };
+    let status = pair.status();
+    match shared.role() {
+        Role::Backup if status.backup_in_sync && status.peer_reachable => Ok("backup in sync"),
+        Role::Backup if !status.peer_reachable => Err("backup without its primary".into()),
+        Role::Backup => Err(format!("backup not in sync: {}", status.note)),
+        role => Err(format!(
+            "not serving ({role}, epoch {}): {}",
+            shared.epoch().0,
+            status.note
+        )),
     }
 }
 

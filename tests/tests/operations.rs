@@ -172,3 +172,54 @@ async fn a_server_runs_with_its_settings_file() {
     );
     client.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_reports_its_roles_and_a_primary_without_its_lease_is_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = store_tests::Cluster::start(dir.path()).await;
+    let primary = cluster.wait_for_primary(Some(0)).await;
+    cluster.wait_in_sync(primary).await;
+    let (p, b) = (
+        cluster.nodes[0].metrics_addr(),
+        cluster.nodes[1].metrics_addr(),
+    );
+    assert_eq!(get(p, "/ready").await, (200, "primary\n".into()));
+    // A backup is ready once it has applied the primary's stream.
+    let client = cluster.client().await;
+    client.put("k", "v").await.unwrap();
+    client.close().await;
+    assert_eq!(until_not(b, 503).await, (200, "backup in sync\n".into()));
+    let (_, metrics) = get(p, "/metrics").await;
+    assert_eq!(
+        sample(&metrics, r#"zeolite_role{role="primary"}"#),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(sample(&metrics, "zeolite_backup_in_sync"), 1.0);
+    assert_eq!(sample(&metrics, "zeolite_epoch"), 1.0);
+    let (_, metrics) = get(b, "/metrics").await;
+    assert_eq!(sample(&metrics, r#"zeolite_role{role="backup"}"#), 1.0);
+
+    // With neither the backup (frozen) nor the witness (gone) to renew
+    // its lease, the primary stops serving: no longer ready, still healthy.
+    cluster.nodes[1].freeze();
+    cluster.witness.kill();
+    let answer = until_not(p, 200).await;
+    cluster.nodes[1].thaw();
+    assert_eq!(answer.0, 503, "{answer:?}");
+    // Its lease gone, it stands as a backup that cannot reach a primary.
+    assert_eq!(answer.1, "backup without its primary\n");
+    assert_eq!(get(p, "/health").await.0, 200);
+}
+
+/// `GET /ready` until its status is not `status` (or the deadline passes).
+async fn until_not(addr: std::net::SocketAddr, status: u16) -> (u16, String) {
+    let deadline = std::time::Instant::now() + store_tests::EVENT_DEADLINE;
+    loop {
+        let answer = get(addr, "/ready").await;
+        if answer.0 != status || std::time::Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
