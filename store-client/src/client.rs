@@ -18,6 +18,7 @@ use crate::config::{ClientConfig, ReadPolicy};
 use crate::connection::{resolve_now, Connection, RoundTripError};
 use crate::driver::{self, Command, SessionShared, SessionStatus};
 use crate::error::Error;
+use crate::metrics::{OUTCOMES_UNKNOWN, RESOLVES, RETRIES};
 use crate::retry::Backoff;
 use crate::session::SUSPECT_AFTER;
 use crate::tls::quic_client_config;
@@ -475,6 +476,7 @@ impl Client {
         txn_id: TxnId,
         deadline: Instant,
     ) -> Result<CommitOutcome, Error> {
+        metrics::counter!(RESOLVES).increment(1);
         let request = Request::Resolve { txn_id };
         let mut backoff = Backoff::default();
         let mut failed: Option<Arc<Connection>> = None;
@@ -589,7 +591,7 @@ impl Client {
                 break failure;
             }
         };
-        match self.resolve_until(txn_id, deadline).await {
+        let answer = match self.resolve_until(txn_id, deadline).await {
             Ok(outcome) => Ok(outcome),
             // Only the server's own decision makes a failure definite: a
             // copy may have landed, and anything else (no server, a name
@@ -609,7 +611,11 @@ impl Client {
                 txn_id,
                 detail: format!("{detail}; resolve: {e}"),
             }),
+        };
+        if let Err(Error::OutcomeUnknown { .. }) = answer {
+            metrics::counter!(OUTCOMES_UNKNOWN).increment(1);
         }
+        answer
     }
 
     /// Waits the next backoff delay, or fails if it would pass `deadline`.
@@ -625,6 +631,7 @@ impl Client {
                 detail: failure.to_string(),
             });
         }
+        metrics::counter!(RETRIES).increment(1);
         tokio::time::sleep(delay).await;
         Ok(())
     }

@@ -323,6 +323,8 @@ impl Driver {
                 // revalidates them (or drops them all, O(1), when the
                 // server's change log does not reach back).
                 Action::StateChanged(state) => {
+                    metrics::counter!(crate::metrics::SESSION_STATES, "state" => state.as_str())
+                        .increment(1);
                     tracing::info!(%state, server = ?self.link.as_ref().map(|l| &l.connection.server), "session state");
                     self.shared
                         .status

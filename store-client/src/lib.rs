@@ -21,7 +21,9 @@
 //! the server's simulation of a pair and its client), `driver` (the task that runs it), `cache`,
 //! `retry` (backoff), `client` (the handle), `connection` (one QUIC
 //! connection), `txn` (transactions and their ids), `config`, `tls`,
-//! `error`; with the `cli` feature, [`cli`] holds the connection flags
+//! `error`, [`metrics`] (the names it records through the `metrics`
+//! facade: cache evictions, session state changes,
+//! retries, resolves, unknown outcomes); with the `cli` feature, [`cli`] holds the connection flags
 //! shared by `store-cli` and `store-bench`.
 
 mod cache;
@@ -32,6 +34,7 @@ mod config;
 mod connection;
 mod driver;
 mod error;
+pub mod metrics;
 mod retry;
 mod session;
 mod tls;

@@ -223,3 +223,31 @@ async fn until_not(addr: std::net::SocketAddr, status: u16) -> (u16, String) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_library_records_its_session_metrics_for_its_application() {
+    // What an application does: install an exporter; the library records.
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path()).await;
+    let client = server.client().await;
+    let put = client.put("k", "v").await.unwrap();
+    client.resolve(put.txn_id).await.unwrap();
+    let text = handle.render();
+    assert!(
+        sample(
+            &text,
+            r#"zeolite_client_session_state_changes_total{state="live"}"#
+        ) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "zeolite_client_resolves_total"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(sample(&text, "zeolite_client_outcomes_unknown_total"), 0.0);
+    client.close().await;
+}

@@ -25,10 +25,18 @@ const MIN_SHARD_BYTES: u64 = 8 * 1024 * 1024;
 
 /// The map. `V` is cloned out on every hit.
 pub struct ClockMap<K, V> {
-    shards: Box<[RwLock<Shard<K, V>>]>,
+    shards: Box<[Locked<K, V>]>,
     hasher: RandomState,
     shard_bytes: u64,
 }
+
+/// A shard on cache lines of its own: readers of neighbouring shards
+/// never write the same line.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// One shard behind its lock, on lines of its own.
+type Locked<K, V> = Padded<RwLock<Shard<K, V>>>;
 
 struct Shard<K, V> {
     slots: HashMap<K, Slot<V>, RandomState>,
@@ -55,12 +63,12 @@ impl<K: Hash + Eq + Clone, V: Clone> ClockMap<K, V> {
         let hasher = RandomState::default();
         let shards = (0..count)
             .map(|_| {
-                RwLock::new(Shard {
+                Padded(RwLock::new(Shard {
                     slots: HashMap::with_hasher(hasher.clone()),
                     hand: VecDeque::new(),
                     bytes: 0,
                     next_stamp: 0,
-                })
+                }))
             })
             .collect();
         ClockMap {
@@ -75,7 +83,7 @@ impl<K: Hash + Eq + Clone, V: Clone> ClockMap<K, V> {
         // The count is a power of two; take the high bits (the low ones
         // also pick the HashMap bucket inside the shard).
         let index = (hash >> 32) as usize & (self.shards.len() - 1);
-        &self.shards[index]
+        &self.shards[index].0
     }
 
     /// The value of `key`, marked as recently used.
@@ -84,12 +92,32 @@ impl<K: Hash + Eq + Clone, V: Clone> ClockMap<K, V> {
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.find(key, true)
+    }
+
+    /// The value of `key`, not marked as used (for bookkeeping such as
+    /// applying an invalidation).
+    pub fn peek<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.find(key, false)
+    }
+
+    fn find<Q>(&self, key: &Q, used: bool) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let shard = read(self.shard(key));
-        let slot = shard.slots.get(key)?;
-        if !slot.referenced.load(Ordering::Relaxed) {
-            slot.referenced.store(true, Ordering::Relaxed);
+        let slot = shard.slots.get(key);
+        if let Some(slot) = slot.filter(|_| used) {
+            if !slot.referenced.load(Ordering::Relaxed) {
+                slot.referenced.store(true, Ordering::Relaxed);
+            }
         }
-        Some(slot.value.clone())
+        slot.map(|slot| slot.value.clone())
     }
 
     /// Inserts or replaces `key`, weighing `weight` bytes, evicting what
@@ -130,7 +158,7 @@ impl<K: Hash + Eq + Clone, V: Clone> ClockMap<K, V> {
     /// Bytes held, as weighed at insertion.
     #[cfg(test)]
     pub fn weighted_size(&self) -> u64 {
-        self.shards.iter().map(|s| read(s).bytes).sum()
+        self.shards.iter().map(|s| read(&s.0).bytes).sum()
     }
 }
 
@@ -160,6 +188,7 @@ impl<K: Hash + Eq + Clone, V> Shard<K, V> {
                 continue;
             }
             self.remove(&key);
+            metrics::counter!(crate::metrics::CACHE_EVICTIONS).increment(1);
             return true;
         }
         false
@@ -224,7 +253,7 @@ mod tests {
         for i in 0..100_000u32 {
             map.insert(i % 10, i, 8);
         }
-        let shard = read(&map.shards[0]);
+        let shard = read(&map.shards[0].0);
         assert!(shard.hand.len() <= 2 * shard.slots.len() + 16);
         drop(shard);
         map.remove(&3);

@@ -169,7 +169,7 @@ impl Cache {
         for key in keys {
             let keep = self
                 .entries
-                .get(key)
+                .peek(key)
                 .is_some_and(|e| e.serial >= tid && e.generation == self.generation());
             if !keep {
                 self.entries.remove(key);

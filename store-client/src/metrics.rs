@@ -1,0 +1,16 @@
+//! The client library's metrics, recorded through the `metrics` facade: an
+//! application that installs a recorder (a Prometheus exporter, say) sees
+//! them; without one, recording costs a load and a branch. Nothing is
+//! recorded per cached read: a shared counter there halved cached reads
+//! from two threads (hit and miss counts are left for `cache_stats`).
+
+/// Entries evicted to keep the cache within its byte budget.
+pub const CACHE_EVICTIONS: &str = "zeolite_client_cache_evictions_total";
+/// Session state changes, by the `state` entered.
+pub const SESSION_STATES: &str = "zeolite_client_session_state_changes_total";
+/// Requests sent again after a failure or a `NotPrimary` answer.
+pub const RETRIES: &str = "zeolite_client_retries_total";
+/// Commits whose outcome stayed unknown after resolving.
+pub const OUTCOMES_UNKNOWN: &str = "zeolite_client_outcomes_unknown_total";
+/// Explicit and automatic `resolve` calls.
+pub const RESOLVES: &str = "zeolite_client_resolves_total";
