@@ -37,11 +37,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed, SettingsError> {
     let file = config_path(&args)
         .map(|path| load(&path).map(|table| (path, table)))
         .transpose()?;
-    let subcommand = subcommand_of(&args);
     let mut command = Cli::command();
-    if let Some((path, table)) = &file {
-        check_keys(&command, &subcommand, path, table)?;
-    }
     let table = file.as_ref().map(|(_, t)| t);
     command = layered(command, table);
     for name in ["run", "witness"] {
@@ -54,31 +50,36 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed, SettingsError> {
         .try_get_matches_from(args)
         .map_err(SettingsError::Usage)?;
     let cli = Cli::from_arg_matches(&matches).map_err(SettingsError::Usage)?;
-    let leaf = leaf_matches(&matches);
-    let from_file = |id: &str| file.as_ref().is_some_and(|(_, t)| t.contains_key(id));
-    let top = Cli::command();
-    let globals = top.get_arguments().filter(|a| a.is_global_set());
-    // Only `config print` shows them; `certs` and `check` have no settings.
-    let printing = subcommand.first().is_some_and(|c| c == "config");
-    let effective = leaf_command(&top, &subcommand)
-        .get_arguments()
-        .filter(|_| printing)
-        .chain(
-            if subcommand.is_empty() {
-                None
-            } else {
-                Some(globals)
-            }
-            .into_iter()
-            .flatten(),
+    let subcommand = settings_path(&matches);
+    if let Some((path, table)) = &file {
+        check_keys(&Cli::command(), &subcommand, path, table)?;
+    }
+    // Only `config print` shows them; nothing else pays for working them out.
+    let effective = if subcommand.first().is_some_and(|c| c == "config") {
+        let from_file = |long: &str| table.is_some_and(|t| t.contains_key(long));
+        effective(
+            &Cli::command(),
+            &subcommand,
+            leaf_matches(&matches),
+            from_file,
         )
-        .filter_map(|arg| {
+    } else {
+        Vec::new()
+    };
+    Ok(Parsed { cli, effective })
+}
+
+/// Each setting's value in `matches` and where it came from.
+fn effective(
+    command: &clap::Command,
+    subcommand: &[String],
+    matches: &ArgMatches,
+    from_file: impl Fn(&str) -> bool,
+) -> Vec<(String, String, &'static str)> {
+    settings_of(command, subcommand)
+        .map(|(arg, long)| {
             let id = arg.get_id().as_str();
-            let long = arg.get_long()?;
-            if NOT_SETTINGS.contains(&long) {
-                return None;
-            }
-            let value = leaf
+            let value = matches
                 .try_get_raw(id)
                 .ok()
                 .flatten()
@@ -88,16 +89,37 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed, SettingsError> {
                         .join(",")
                 })
                 .unwrap_or_default();
-            let source = match leaf.value_source(id) {
+            let source = match matches.value_source(id) {
                 Some(ValueSource::CommandLine) => "flag",
                 Some(ValueSource::EnvVariable) => "environment",
                 Some(ValueSource::DefaultValue) if from_file(long) => "file",
                 _ => "default",
             };
-            Some((long.to_string(), value, source))
+            (long.to_string(), value, source)
         })
-        .collect();
-    Ok(Parsed { cli, effective })
+        .collect()
+}
+
+/// The settings of the subcommand at `subcommand` (its own flags and the
+/// global ones), each with its flag name: every flag but those that are
+/// not settings.
+fn settings_of<'a>(
+    command: &'a clap::Command,
+    subcommand: &[String],
+) -> impl Iterator<Item = (&'a clap::Arg, &'a str)> {
+    let leaf = leaf_command(command, subcommand);
+    // At the top level the globals are the leaf's own already.
+    let globals = command
+        .get_arguments()
+        .filter(move |a| a.is_global_set() && !std::ptr::eq(leaf, command));
+    leaf.get_arguments()
+        .chain(globals)
+        .filter_map(|arg| setting_name(arg).map(|long| (arg, long)))
+}
+
+/// The flag name of `arg` if it is a setting (a file or variable may set it).
+fn setting_name(arg: &clap::Arg) -> Option<&str> {
+    arg.get_long().filter(|long| !NOT_SETTINGS.contains(long))
 }
 
 /// What went wrong reading the settings.
@@ -131,18 +153,14 @@ fn config_path(args: &[OsString]) -> Option<PathBuf> {
     None
 }
 
-/// The subcommand path the arguments name (the top level, which runs a
-/// data node, when none does).
-fn subcommand_of(args: &[OsString]) -> Vec<String> {
-    let first = args
-        .iter()
-        .skip(1)
-        .map(|a| a.to_string_lossy())
-        .find(|word| ["run", "witness", "config"].contains(&word.as_ref()));
-    match first.as_deref() {
+/// Where the settings of the parsed subcommand are declared: `witness`'s
+/// own, `config print`'s (those of `run`), or the top level's (those of
+/// `run`, also for `run` itself and for commands that take none).
+fn settings_path(matches: &ArgMatches) -> Vec<String> {
+    match matches.subcommand_name() {
+        Some("witness") => vec!["witness".into()],
         Some("config") => vec!["config".into(), "print".into()],
-        Some(name) => vec![name.to_string()],
-        None => Vec::new(),
+        _ => Vec::new(),
     }
 }
 
@@ -195,13 +213,8 @@ fn check_keys(
     path: &Path,
     table: &BTreeMap<String, String>,
 ) -> Result<(), SettingsError> {
-    let leaf = leaf_command(command, subcommand);
-    let globals = command.get_arguments().filter(|a| a.is_global_set());
-    let known: Vec<&str> = leaf
-        .get_arguments()
-        .chain(globals)
-        .filter_map(clap::Arg::get_long)
-        .filter(|long| !NOT_SETTINGS.contains(long))
+    let known: Vec<&str> = settings_of(command, subcommand)
+        .map(|(_, long)| long)
         .collect();
     match table.keys().find(|key| !known.contains(&key.as_str())) {
         None => Ok(()),
@@ -222,12 +235,9 @@ fn check_keys(
 /// its default.
 fn layered(command: clap::Command, file: Option<&BTreeMap<String, String>>) -> clap::Command {
     command.mut_args(|arg| {
-        let Some(long) = arg.get_long().map(str::to_string) else {
+        let Some(long) = setting_name(&arg).map(str::to_string) else {
             return arg;
         };
-        if NOT_SETTINGS.contains(&long.as_str()) {
-            return arg;
-        }
         let env = format!("ZEOLITE_{}", long.to_uppercase().replace('-', "_"));
         let arg = arg.env(env);
         match file.and_then(|t| t.get(&long)) {
