@@ -202,3 +202,17 @@ impl FrameError {
         }
     }
 }
+
+/// Why a backup stream or file was refused (see [`crate::backup`]).
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// A frame could not be read.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The stream or file is not a whole, undamaged backup.
+    #[error("not a sound backup: {0}")]
+    Damaged(String),
+    /// The server stopped the backup and said why.
+    #[error("the server stopped the backup: {0}")]
+    Server(WireError),
+}

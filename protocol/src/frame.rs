@@ -110,6 +110,14 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
+    decode_body(&read_frame_bytes(reader, len).await?)
+}
+
+/// Reads a frame body of `len` bytes (from [`read_frame_len`]) undecoded.
+pub async fn read_frame_bytes<R>(reader: &mut R, len: u32) -> Result<Vec<u8>, FrameError>
+where
+    R: AsyncRead + Unpin,
+{
     // Grown as bytes arrive: a peer that announces a large frame and sends
     // little holds little.
     let mut body = Vec::with_capacity((len as usize).min(INITIAL_BODY_CAPACITY));
@@ -123,7 +131,7 @@ where
             got: got as u64,
         });
     }
-    decode_body(&body)
+    Ok(body)
 }
 
 /// Fills `buf` unless the stream ends first; returns the bytes read.

@@ -23,6 +23,8 @@
 //!   writes one [`Request`] frame and finishes its side; the server writes one
 //!   [`Response`] frame and finishes. A request stream opened before the
 //!   session is welcomed is answered with [`WireError::NoSession`].
+//!   The one exception is [`Request::Backup`], answered with a sequence of
+//!   [`backup::BackupPiece`] frames (see [`backup`]).
 //!
 //! ## Frames, byte by byte
 //!
@@ -66,6 +68,7 @@
 //! [`Write::Append`]), plus a 128-bit [`content_digest`] the server checks.
 //! The server either applies all writes under one new [`Tid`] or none.
 
+pub mod backup;
 mod error;
 mod frame;
 #[cfg(feature = "tls")]
@@ -77,10 +80,10 @@ pub mod peer;
 #[cfg(feature = "tls")]
 pub mod pem;
 
-pub use error::{FrameError, LimitKind, WireError};
+pub use error::{BackupError, FrameError, LimitKind, WireError};
 pub use frame::{
-    decode_body, encode_frame, read_frame, read_frame_body, read_frame_len, write_frame,
-    LENGTH_PREFIX_BYTES,
+    decode_body, encode_frame, read_frame, read_frame_body, read_frame_bytes, read_frame_len,
+    write_frame, LENGTH_PREFIX_BYTES,
 };
 #[cfg(feature = "tls")]
 pub use identity::{client_id_space, Identity};

@@ -130,6 +130,11 @@ pub enum Request {
         /// Promote even if this node may lack acknowledged writes.
         force: bool,
     },
+    /// Streams a consistent copy of the whole store at one TID (`admin`
+    /// only, one at a time per server). Answered, unlike every other
+    /// request, with a sequence of [`BackupPiece`](crate::backup::BackupPiece)
+    /// frames: the stream a backup file holds.
+    Backup,
 }
 
 /// A range read: keys `k` with `start <= k < end` (no `end`: to the last key).

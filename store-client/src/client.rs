@@ -119,7 +119,7 @@ impl Client {
             detail: format!("binding a UDP socket: {e}"),
         })?;
         let shared = Arc::new(SessionShared::new(Cache::new(config.cache_bytes)));
-        let client_id = crate::tls::new_client_id(&config.tls)?;
+        let client_id = crate::tls::client_id(&config.tls, config.instance_id)?;
         let commands = driver::spawn(
             config.clone(),
             endpoint.clone(),
@@ -423,6 +423,11 @@ impl Client {
     }
 
     /// Writes never go out on a session that is not proven live.
+    /// This client's configuration.
+    pub(crate) fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
     fn write_policy(&self) -> ReadPolicy {
         match self.inner.config.read_policy {
             ReadPolicy::AllowStale => ReadPolicy::Wait(self.inner.config.timeout),
@@ -728,7 +733,7 @@ impl Client {
     /// just failed): at once while the session is live; otherwise as the
     /// policy says: fail, use whatever connection is open, or ping and
     /// wait for proof.
-    async fn connection(
+    pub(crate) async fn connection(
         &self,
         policy: ReadPolicy,
         deadline: Instant,
@@ -831,7 +836,7 @@ fn commit_error(txn_id: TxnId, error: WireError) -> Error {
 }
 
 /// For reads, a server that cannot serve now is simply unavailable.
-fn read_error(error: WireError) -> Error {
+pub(crate) fn read_error(error: WireError) -> Error {
     match error {
         WireError::NotPrimary { .. } | WireError::ShuttingDown | WireError::Overloaded => {
             Error::Unavailable {

@@ -116,6 +116,13 @@ pub struct ClientConfig {
     /// any address of the servers' family, an ephemeral port (a fixed one
     /// suits a firewall rule, or a test that cuts this client off).
     pub local_addr: Option<std::net::SocketAddr>,
+    /// The low 64 bits of this client's transaction ids (the high 64 are
+    /// its certificate's space). Default `None`: random, a new instance
+    /// each start. A process that must resend the same transactions after
+    /// a restart (same ids, in the same order, with the same content, as
+    /// `store-cli load` does) fixes it, and each is applied once. Two
+    /// clients alive at once must never share one.
+    pub instance_id: Option<u64>,
 }
 
 impl Default for ClientConfig {
@@ -139,6 +146,7 @@ impl ClientConfig {
             any_role: false,
             cache_bytes: DEFAULT_CACHE_BYTES,
             local_addr: None,
+            instance_id: None,
         }
     }
 

@@ -165,24 +165,21 @@ impl Connection {
         self.connection.close_reason().is_none()
     }
 
+    /// The largest frame the server sends or takes.
+    pub(crate) fn frame_limit(&self) -> u32 {
+        self.welcome.limits.max_frame_bytes
+    }
+
     /// Sends one request on a new stream and reads its response.
     pub(crate) async fn round_trip(
         &self,
         request: &Request,
         deadline: Instant,
     ) -> Result<Response, RoundTripError> {
-        let limit = self.welcome.limits.max_frame_bytes;
-        let frame =
-            encode_frame(request, limit).map_err(|e| RoundTripError::Unsendable(e.to_wire()))?;
-        let (mut send, mut recv) = timeout_at(deadline, self.connection.open_bi())
-            .await
-            .map_err(|_| RoundTripError::NotSent("timed out opening a stream".into()))?
-            .map_err(|e| RoundTripError::NotSent(e.to_string()))?;
+        let limit = self.frame_limit();
+        let (send, mut recv) = self.open(request, deadline).await?;
         let exchange = async {
-            send.write_all(&frame)
-                .await
-                .map_err(|e| FrameError::Io(e.into()))?;
-            let _ = send.finish();
+            send.await?;
             read_frame::<_, Response>(&mut recv, limit).await
         };
         match timeout_at(deadline, exchange).await {
@@ -193,5 +190,35 @@ impl Connection {
                 "stream closed without a response".into(),
             )),
         }
+    }
+
+    /// Opens a stream for `request`: returns the write of the request (to
+    /// be awaited; it finishes the client's side) and the stream to read
+    /// the answer from.
+    pub(crate) async fn open(
+        &self,
+        request: &Request,
+        deadline: Instant,
+    ) -> Result<
+        (
+            impl std::future::Future<Output = Result<(), FrameError>>,
+            quinn::RecvStream,
+        ),
+        RoundTripError,
+    > {
+        let frame = encode_frame(request, self.frame_limit())
+            .map_err(|e| RoundTripError::Unsendable(e.to_wire()))?;
+        let (mut send, recv) = timeout_at(deadline, self.connection.open_bi())
+            .await
+            .map_err(|_| RoundTripError::NotSent("timed out opening a stream".into()))?
+            .map_err(|e| RoundTripError::NotSent(e.to_string()))?;
+        let write = async move {
+            send.write_all(&frame)
+                .await
+                .map_err(|e| FrameError::Io(e.into()))?;
+            let _ = send.finish();
+            Ok(())
+        };
+        Ok((write, recv))
     }
 }

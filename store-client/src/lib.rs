@@ -20,12 +20,14 @@
 //! still safe to serve?*; public as [`Liveness`] for simulations, such as
 //! the server's simulation of a pair and its client), `driver` (the task that runs it), `cache`,
 //! `retry` (backoff), `client` (the handle), `connection` (one QUIC
-//! connection), `txn` (transactions and their ids), `config`, `tls`,
+//! connection), `txn` (transactions and their ids), `backup`
+//! ([`Client::backup`]), `config`, `tls`,
 //! `error`, [`metrics`] (the names it records through the `metrics`
 //! facade: cache evictions, session state changes,
 //! retries, resolves, unknown outcomes); with the `cli` feature, [`cli`] holds the connection flags
 //! shared by `store-cli` and `store-bench`.
 
+mod backup;
 mod cache;
 #[cfg(feature = "cli")]
 pub mod cli;

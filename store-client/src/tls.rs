@@ -49,10 +49,11 @@ fn rustls_config(paths: &TlsPaths) -> Result<rustls::ClientConfig, Error> {
     Ok(tls)
 }
 
-/// A fresh `client_id` for this instance: random, inside the space of the
-/// identity its certificate names ([`store_protocol::client_id_space`]),
-/// the only space a server lets it commit or resolve in.
-pub(crate) fn new_client_id(paths: &TlsPaths) -> Result<u128, Error> {
+/// This instance's `client_id`: `instance` (random if `None`) inside the
+/// space of the identity its certificate names
+/// ([`store_protocol::client_id_space`]), the only space a server lets it
+/// commit or resolve in.
+pub(crate) fn client_id(paths: &TlsPaths, instance: Option<u64>) -> Result<u128, Error> {
     let certs = pem::load_certs(&paths.cert).map_err(|e| Error::Config {
         detail: e.to_string(),
     })?;
@@ -64,7 +65,8 @@ pub(crate) fn new_client_id(paths: &TlsPaths) -> Result<u128, Error> {
             detail: format!("{}: {detail}", paths.cert.display()),
         })?;
     let space = store_protocol::client_id_space(&identity.name());
-    Ok((u128::from(space) << 64) | u128::from(rand::random::<u64>()))
+    let instance = instance.unwrap_or_else(rand::random::<u64>);
+    Ok((u128::from(space) << 64) | u128::from(instance))
 }
 
 /// True when a connection ended because of a TLS alert (codes 0x100–0x1ff):

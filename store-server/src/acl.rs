@@ -203,9 +203,9 @@ impl Grant {
         }
     }
 
-    /// May it administer the server (`promote`)?
-    pub fn admin(&self) -> Result<(), WireError> {
-        self.need(AclRole::Admin, || "promote (needs admin)".into())
+    /// May it administer the server: `what` is `promote` or `backup`.
+    pub fn admin(&self, what: &str) -> Result<(), WireError> {
+        self.need(AclRole::Admin, || format!("{what} (needs admin)"))
     }
 }
 
@@ -248,7 +248,7 @@ mod tests {
             .scan(&ScanRequest::prefix(&b"billing/x"[..], 10))
             .is_ok());
         assert!(billing.scan(&ScanRequest::prefix(&b""[..], 10)).is_err());
-        assert!(billing.admin().is_err());
+        assert!(billing.admin("promote").is_err());
         assert!(billing.transaction(id("billing", 1)).is_ok());
         assert!(billing.transaction(id("ops", 1)).is_err());
 
@@ -262,13 +262,13 @@ mod tests {
         );
         assert!(reports.transaction(id("reports", 1)).is_err());
 
-        assert!(acl.grant("ops").admin().is_ok());
+        assert!(acl.grant("ops").admin("backup").is_ok());
         let stranger = acl.grant("stranger");
         assert!(stranger.read(b"k").is_err());
 
         // Without a file, everyone is admin of every key, in its own space.
         let open = Acl::open().grant("zeolite-client");
-        assert!(open.admin().is_ok() && open.write(b"k").is_ok());
+        assert!(open.admin("promote").is_ok() && open.write(b"k").is_ok());
         assert!(open.transaction(id("someone-else", 1)).is_err());
     }
 

@@ -64,6 +64,27 @@ pub enum Command {
     /// Settings: `config print` shows the effective ones.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Make a new data directory from a `store-cli backup` file: checked
+    /// whole before it is kept, under a new cluster id unless told
+    /// otherwise. A directory that already holds a store is refused.
+    Restore(RestoreArgs),
+}
+
+/// Flags of `store-server restore`.
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// The backup file (`store-cli backup FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
+    /// The data directory to make: it may exist (say, holding `tls/`) but
+    /// must hold no store.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Keep the backed-up store's cluster id, so that it may rejoin the
+    /// witness and pair it came from (by default a restored store is a new
+    /// cluster, refused by the old pair's witness).
+    #[arg(long)]
+    pub keep_cluster_id: bool,
 }
 
 /// `store-server config …`.

@@ -20,6 +20,14 @@ pub enum ServerError {
     /// The configuration is inconsistent.
     #[error("configuration: {0}")]
     Config(String),
+    /// A backup file is damaged or not a backup; nothing was kept.
+    #[error("{file}: {source}")]
+    Backup {
+        /// The file.
+        file: String,
+        /// What is wrong with it.
+        source: store_protocol::BackupError,
+    },
 }
 
 /// A failure of the storage engine (boxed, because redb's error is large),

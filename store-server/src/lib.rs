@@ -9,6 +9,8 @@
 //! order a commit meets them:
 //!
 //! * `server`: the QUIC endpoint, connections, drain on shutdown;
+//! * `backup`: a consistent copy streamed while serving, and
+//!   [`restore`] of one into a new data directory;
 //! * `http`: `/metrics`, `/health` and `/ready` for operators, with
 //!   `metrics` (every metric's name, the recorder, the scrape);
 //! * `streams`: a connection's request-stream window, small while idle;
@@ -36,6 +38,7 @@
 //! ```
 
 mod acl;
+mod backup;
 mod budget;
 mod certs;
 mod cli;
@@ -60,10 +63,11 @@ mod wal;
 #[cfg(feature = "crash-seam")]
 pub mod wal;
 
+pub use backup::{restore, Restored};
 pub use certs::{ensure_dev_certs, issue, CertRole};
 pub use cli::{
     CertsCommand, CheckArgs, Cli, Cluster, Command, ConfigCommand, IssueArgs, LogFormat,
-    MetricsListen, RunArgs, TlsArgs, WitnessArgs,
+    MetricsListen, RestoreArgs, RunArgs, TlsArgs, WitnessArgs,
 };
 pub use config::{
     ServerConfig, TlsSource, DEFAULT_DATA_DIR, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,

@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         Some(Command::Certs(CertsCommand::Issue(args))) => return issue(&args),
         Some(Command::Check(args)) => return check(&args),
         Some(Command::Config(ConfigCommand::Print(args))) => return print_config(args, &effective),
+        Some(Command::Restore(args)) => return restore(&args),
         None => cli.run,
     };
     let io_threads = usize::from(args.io_threads);
@@ -109,6 +110,37 @@ fn check(args: &store_server::CheckArgs) -> ExitCode {
         }
         Err(e) => {
             println!("problem: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `store-server restore`: exit 0 with a summary line, 2 if the directory
+/// already holds a store, 1 if the backup is damaged or unreadable.
+#[allow(clippy::print_stdout)]
+fn restore(args: &store_server::RestoreArgs) -> ExitCode {
+    let started = std::time::Instant::now();
+    match store_server::restore(&args.from, &args.data_dir, args.keep_cluster_id) {
+        Ok(restored) => {
+            let secs = started.elapsed().as_secs_f64();
+            let mib = restored.bytes as f64 / (1024.0 * 1024.0);
+            println!(
+                "restored tid={} rows={} bytes={} cluster={:016x} into {} in {secs:.2}s ({:.1} MiB/s)",
+                restored.header.last_tid.0,
+                restored.rows,
+                restored.bytes,
+                restored.cluster_id,
+                args.data_dir.display(),
+                mib / secs.max(1e-9),
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e @ store_server::ServerError::Config(_)) => {
+            eprintln!("store-server: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("store-server: {e}");
             ExitCode::FAILURE
         }
     }

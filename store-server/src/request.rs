@@ -43,6 +43,11 @@ impl Stream<'_> {
         }
         .await;
         let response = match read {
+            Ok(Some((Request::Backup, reserved))) => {
+                drop(reserved);
+                metrics::counter!(crate::metrics::REQUESTS, "kind" => "backup").increment(1);
+                return crate::backup::serve(self.shared, self.grant, send).await;
+            }
             Ok(Some((request, reserved))) => {
                 let response = answer(request, self.shared, self.session, self.grant).await;
                 drop(reserved);
@@ -113,6 +118,7 @@ fn kind(request: &Request) -> &'static str {
         Request::Resolve { .. } => "resolve",
         Request::Status => "status",
         Request::Promote { .. } => "promote",
+        Request::Backup => "backup",
     }
 }
 
@@ -220,7 +226,7 @@ async fn decide(
         }
         Request::Status => Ok(Response::Status(status(shared))),
         Request::Promote { force } => {
-            grant.admin()?;
+            grant.admin("promote")?;
             let Some(pair) = &shared.pair else {
                 return Err(WireError::PromoteRefused {
                     reason: "a standalone server is always writable".into(),
@@ -229,6 +235,10 @@ async fn decide(
             pair.promote(force).await?;
             Ok(Response::Status(status(shared)))
         }
+        // Streamed by `backup::serve` before it gets here.
+        Request::Backup => Err(WireError::Malformed {
+            detail: "a backup is answered on its own stream".into(),
+        }),
     }
 }
 

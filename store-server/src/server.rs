@@ -58,6 +58,8 @@ pub struct Shared {
     pub(crate) draining: AtomicBool,
     in_flight: AtomicUsize,
     idle: Notify,
+    /// One backup at a time: each pins the index's old pages while it runs.
+    pub(crate) backup_slot: tokio::sync::Semaphore,
 }
 
 impl Shared {
@@ -149,7 +151,7 @@ impl Server {
             }
             None => None,
         };
-        let db_path = config.data_dir.join("store.redb");
+        let db_path = config.data_dir.join(crate::storage::STORE_FILE);
         let storage = Arc::new(Storage::open(&db_path, config.wal)?);
         let invalidations = Arc::new(Invalidations::new(
             storage.last_tid(),
@@ -246,6 +248,7 @@ impl Server {
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
+            backup_slot: tokio::sync::Semaphore::new(1),
         });
         Ok(Server {
             endpoint,

@@ -76,6 +76,11 @@ async fn roles_and_prefixes_from_the_acl_decide_who_does_what() {
         "zeolite-client",
         "promote",
     );
+    // A backup holds every key: admins only, and a refused one leaves no file.
+    let backup = dir.path().join("refused.backup");
+    let refused = as_identity(&server, &app, &["backup", backup.to_str().unwrap()]);
+    denied(&refused, "zeolite-client", "backup");
+    assert!(!backup.exists() && !dir.path().join("refused.backup.partial").exists());
     // A reader reads anything and writes nothing.
     let got = as_identity(&server, &reader, &["get", "app/k"]);
     assert_eq!((got.code, got.stdout.as_str()), (0, "v\n"), "{got:?}");
@@ -104,6 +109,9 @@ async fn roles_and_prefixes_from_the_acl_decide_who_does_what() {
     // Nothing refused was written.
     let got = as_identity(&server, &ops, &["get", "app/k"]);
     assert_eq!(got.stdout, "v\n");
+    let taken = as_identity(&server, &ops, &["backup", backup.to_str().unwrap()]);
+    assert_eq!(taken.code, 0, "{taken:?}");
+    assert!(taken.stdout.starts_with("backup tid=1 rows="), "{taken:?}");
     assert_eq!(as_identity(&server, &ops, &["get", "other/k"]).code, 1);
 }
 

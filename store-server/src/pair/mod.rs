@@ -33,6 +33,7 @@ mod role;
 #[cfg(test)]
 mod sim;
 mod votes;
+pub(crate) use votes::new_cluster_id;
 pub mod witness;
 
 use clock::Instant;

@@ -212,7 +212,7 @@ impl Witness {
 }
 
 /// A fresh cluster's id: random, never 0 (which means "none").
-fn new_cluster_id() -> u64 {
+pub(crate) fn new_cluster_id() -> u64 {
     rand::random::<u64>().max(1)
 }
 

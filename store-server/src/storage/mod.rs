@@ -79,6 +79,8 @@ const GENERATION: &str = "wal_generation";
 const INSTALLING: &str = "installing";
 /// The log's directory, beside the index file.
 pub const WAL_DIR: &str = "wal";
+/// The index file's name in a data directory.
+pub const STORE_FILE: &str = "store.redb";
 
 /// A write transaction that is durable when committed, with redb's
 /// quick-repair: these are rare (checkpoints, epoch changes, snapshot

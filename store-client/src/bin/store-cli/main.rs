@@ -2,16 +2,18 @@
 //! output formats and exit codes, which scripts rely on.
 
 mod output;
+mod transfer;
 
 use std::ffi::OsString;
 use std::io::Read as _;
 use std::os::unix::ffi::OsStringExt as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use store_client::cli::{init_logging, ConnectionArgs};
-use store_client::{Client, ClientConfig, Error, ReadPolicy, ScanRequest, SessionState, TxnId};
+use store_client::{Client, ClientConfig, Error, ReadPolicy, SessionState, TxnId};
 
 use output::{Exit, Output};
 
@@ -79,6 +81,27 @@ enum Command {
         #[arg(long, value_name = "MS", default_value_t = 1000)]
         every: u64,
     },
+    /// Write a consistent copy of the whole store at one TID to FILE (`-`:
+    /// stdout), checksummed and checked as it arrives (needs the admin
+    /// role), while the server goes on serving. Prints `backup tid=N
+    /// rows=R bytes=B ...`; `store-server restore --from FILE` makes a
+    /// data directory of it. --timeout bounds the wait for each piece.
+    Backup { file: PathBuf },
+    /// Print a JSON line per key starting with PREFIX, in key order:
+    /// {"key" | "key_b64", "value" | "value_b64", "serial"}. Each page is
+    /// read at its own TID; for one TID across the store, use backup.
+    Dump { prefix: Option<OsString> },
+    /// Commit the JSON lines of FILE (as dump prints them) in batches,
+    /// each under a transaction id derived from the file and --batch, so a
+    /// rerun after an interruption applies nothing twice. Every line is
+    /// checked before the first batch. Prints `loaded lines=N batches=B
+    /// applied=A already_applied=K seconds=S`.
+    Load {
+        file: PathBuf,
+        /// Most lines per transaction (a batch also closes at 1 MiB).
+        #[arg(long, value_name = "N", default_value_t = 500)]
+        batch: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -119,6 +142,29 @@ async fn run(cli: Cli, out: &mut Output) -> Exit {
     let policy = cli.connection.read_policy();
     let result = match cli.command {
         Command::Monitor => monitor(config, out).await,
+        Command::Load { file, batch } => transfer::load(config, &file, batch, out)
+            .await
+            .map_err(|e| (SessionState::Connecting, e)),
+        command @ (Command::Backup { .. } | Command::Dump { .. }) => {
+            // Long-running: --timeout bounds each step, not the whole.
+            let timeout = config.timeout;
+            match Client::connect(config).await {
+                Ok(client) => {
+                    let exit = match command {
+                        Command::Backup { file } => transfer::backup(&client, &file, out).await,
+                        Command::Dump { prefix } => {
+                            let prefix = prefix.map(bytes_of).unwrap_or_default();
+                            transfer::dump(&client, prefix, timeout, out).await
+                        }
+                        _ => Ok(Exit::Ok),
+                    };
+                    let state = client.session().state;
+                    client.close().await;
+                    exit.map_err(|e| (state, e))
+                }
+                Err(e) => Err((SessionState::Connecting, e)),
+            }
+        }
         Command::Watch { key, every } => {
             let every = std::time::Duration::from_millis(every.max(1));
             watch(config, bytes_of(key), every, policy, out).await
@@ -239,25 +285,11 @@ async fn execute(
         Command::Incr { key, by } => Ok(out.committed(&client.incr(bytes_of(key), by).await?)),
         Command::Scan { prefix, limit } => {
             let prefix = prefix.map(bytes_of).unwrap_or_default();
-            let mut left = limit.map_or(u64::MAX, u64::from);
-            let mut scan = ScanRequest::prefix(prefix, page_size(left));
-            while left > 0 {
-                let page = client.scan(scan.clone()).await?;
-                for entry in page.entries.iter().take(left as usize) {
-                    out.entry(&entry.key, &entry.value);
-                }
-                left = left.saturating_sub(page.entries.len() as u64);
-                match page.entries.last() {
-                    Some(last) if page.more => {
-                        // Resume just after the last key returned.
-                        let mut next = last.key.to_vec();
-                        next.push(0);
-                        scan.start = Bytes::from(next);
-                        scan.limit = page_size(left);
-                    }
-                    _ => break,
-                }
-            }
+            let limit = limit.map(u64::from);
+            transfer::for_each_entry(client, prefix, limit, None, |entry| {
+                out.entry(&entry.key, &entry.value)
+            })
+            .await?;
             Ok(Exit::Ok)
         }
         Command::Status => Ok(out.status(&client.status().await?)),
@@ -275,15 +307,14 @@ async fn execute(
             Err(Error::Abandoned { txn_id }) => Ok(out.abandoned(txn_id)),
             Err(e) => Err(e),
         },
-        Command::Monitor | Command::Watch { .. } => Err(Error::Config {
-            detail: "monitor and watch run on their own".into(),
+        Command::Monitor
+        | Command::Watch { .. }
+        | Command::Backup { .. }
+        | Command::Dump { .. }
+        | Command::Load { .. } => Err(Error::Config {
+            detail: "this command runs on its own".into(),
         }),
     }
-}
-
-/// Entries asked for per scan request.
-fn page_size(left: u64) -> u32 {
-    left.min(1000) as u32
 }
 
 fn bytes_of(arg: OsString) -> Bytes {

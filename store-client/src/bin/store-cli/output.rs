@@ -244,6 +244,34 @@ impl Output {
     }
 }
 
+impl Output {
+    /// A command's summary: `WHAT k=v ...` on stdout, or the fields as one
+    /// JSON object with `--json`.
+    pub fn summary(&mut self, what: &str, fields: &[(&str, Value)]) {
+        if self.json {
+            let object: Map<String, Value> = fields
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), v.clone()))
+                .collect();
+            self.json_line(&Value::Object(object));
+        } else {
+            let mut line = what.to_string();
+            for (k, v) in fields {
+                match v {
+                    Value::String(s) => line.push_str(&format!(" {k}={s}")),
+                    other => line.push_str(&format!(" {k}={other}")),
+                }
+            }
+            self.line(line.as_bytes());
+        }
+    }
+
+    /// A line on stderr for a command whose stdout is data (`dump`).
+    pub fn note(&self, text: &str) {
+        eprintln!("store-cli: {text}");
+    }
+}
+
 fn source_name(read: &Read) -> &'static str {
     match read.source {
         Source::Cache => "cache",
@@ -262,7 +290,7 @@ fn exit_for(error: &Error) -> Exit {
 }
 
 /// Inserts bytes as UTF-8 text under `name`, or base64 under `name_b64`.
-fn put_bytes(object: &mut Map<String, Value>, name: &str, bytes: &[u8]) {
+pub fn put_bytes(object: &mut Map<String, Value>, name: &str, bytes: &[u8]) {
     match std::str::from_utf8(bytes) {
         Ok(text) => object.insert(name.into(), json!(text)),
         Err(_) => object.insert(

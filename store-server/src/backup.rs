@@ -1,0 +1,291 @@
+//! Backups while serving, and restores into a new data directory.
+//!
+//! A backup is the store's snapshot (the one a joining backup node is sent)
+//! streamed to a client as [`BackupPiece`] frames: consistent at one TID,
+//! every commit up to it and none after, read from one index transaction
+//! while commits go on. A restore installs such a stream, read from the
+//! file, into a data directory that holds no store yet.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use store_protocol::backup::{read_magic, read_piece, BackupHeader, BackupPiece, BackupTally};
+use store_protocol::{encode_frame, BackupError, WireError};
+use tokio::sync::mpsc;
+
+use crate::acl::Grant;
+use crate::error::ServerError;
+use crate::server::Shared;
+use crate::storage::{HistoryEnd, SnapshotPiece, Storage};
+use crate::wal::WalConfig;
+
+/// Most bytes of rows in one frame (less when frames are smaller).
+const CHUNK_BYTES: usize = 1 << 20;
+/// Frames read ahead of the client: the memory a backup holds is about
+/// this many chunks, however slow the client.
+const READ_AHEAD: usize = 2;
+/// A client that takes no frame for this long is cut off: its snapshot
+/// pins the index's old pages until it ends.
+pub(crate) const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Answers a `Backup` request on `send`: checks the grant and that no other
+/// backup runs, then streams the snapshot and its end (or why it failed).
+pub(crate) async fn serve(shared: &Shared, grant: &Grant, mut send: quinn::SendStream) {
+    let limit = shared.limits.max_frame_bytes;
+    let outcome = match admit(shared, grant) {
+        Ok(_slot) => stream(shared, &mut send, limit).await,
+        Err(error) => Err(error),
+    };
+    let last = match outcome {
+        Ok(end) => end,
+        Err(StreamEnd::Gone) => return,
+        Err(StreamEnd::Failed(error)) => {
+            tracing::warn!(%error, "backup failed");
+            BackupPiece::Failed(error)
+        }
+    };
+    if let Ok(frame) = encode_frame(&last, limit) {
+        if send.write_all(&frame).await.is_ok() {
+            let _ = send.finish();
+        }
+    }
+}
+
+/// Why a backup stream ended early.
+enum StreamEnd {
+    /// The client went away or stalled: nothing more to send.
+    Gone,
+    /// Tell the client why.
+    Failed(WireError),
+}
+
+impl From<WireError> for StreamEnd {
+    fn from(error: WireError) -> Self {
+        StreamEnd::Failed(error)
+    }
+}
+
+/// May this backup start? Returns the slot it holds while it runs.
+fn admit<'a>(
+    shared: &'a Shared,
+    grant: &Grant,
+) -> Result<tokio::sync::SemaphorePermit<'a>, StreamEnd> {
+    grant.admin("backup")?;
+    if !shared.serving() {
+        return Err(WireError::NotPrimary {
+            epoch: shared.epoch(),
+        }
+        .into());
+    }
+    shared
+        .backup_slot
+        .try_acquire()
+        .map_err(|_| StreamEnd::Failed(WireError::Overloaded))
+}
+
+/// Streams the header and every row, then returns the sealed end.
+async fn stream(
+    shared: &Shared,
+    send: &mut quinn::SendStream,
+    limit: u32,
+) -> Result<BackupPiece, StreamEnd> {
+    let chunk_bytes = CHUNK_BYTES.min(limit as usize / 4);
+    let (tx, mut rx) = mpsc::channel(READ_AHEAD);
+    let storage = Arc::clone(&shared.storage);
+    let snapshot = tokio::task::spawn_blocking(move || {
+        let header_tx = tx.clone();
+        let begin = |end: HistoryEnd| {
+            let header = header_of(&storage, end);
+            header_tx.blocking_send(BackupPiece::Header(header)).is_ok()
+        };
+        storage.snapshot(chunk_bytes, begin, |rows| {
+            tx.blocking_send(BackupPiece::Rows(rows)).is_ok()
+        })
+    });
+    let mut tally = BackupTally::default();
+    while let Some(piece) = rx.recv().await {
+        let frame = encode_frame(&piece, limit).map_err(|e| e.to_wire())?;
+        tally
+            .add(&frame, &piece)
+            .map_err(|e| internal(e.to_string()))?;
+        match tokio::time::timeout(STALL_TIMEOUT, send.write_all(&frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return Err(StreamEnd::Gone),
+        }
+    }
+    match snapshot.await {
+        Ok(Ok(())) if tally.header().is_some() => {
+            let end = tally.seal();
+            tracing::info!(rows = end.rows, bytes = tally.bytes(), "backup streamed");
+            Ok(BackupPiece::End(end))
+        }
+        Ok(Ok(())) => Err(internal("the snapshot ended before it began".into()).into()),
+        Ok(Err(e)) => Err(internal(format!("storage: {e}")).into()),
+        Err(e) => Err(internal(format!("the snapshot task: {e}")).into()),
+    }
+}
+
+fn header_of(storage: &Storage, end: HistoryEnd) -> BackupHeader {
+    BackupHeader {
+        cluster_id: storage.cluster_id(),
+        server_id: storage.server_id(),
+        last_tid: end.last_tid,
+        lsn: end.lsn,
+        batch_epoch: end.batch_epoch,
+        taken_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    }
+}
+
+fn internal(detail: String) -> WireError {
+    WireError::Internal { detail }
+}
+
+/// What a restore made.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    /// The backup's header.
+    pub header: BackupHeader,
+    /// Rows installed.
+    pub rows: u64,
+    /// Bytes of the backup read.
+    pub bytes: u64,
+    /// The cluster id the new store carries.
+    pub cluster_id: u64,
+}
+
+/// Makes a store in `data_dir` from the backup file `from`: a new cluster
+/// id unless `keep_cluster_id`. Refuses a directory that already holds a
+/// store (a running server's, or any other: restore never overwrites), and
+/// leaves none behind if the file proves damaged.
+pub fn restore(
+    from: &Path,
+    data_dir: &Path,
+    keep_cluster_id: bool,
+) -> Result<Restored, ServerError> {
+    let store = data_dir.join(crate::storage::STORE_FILE);
+    let wal = data_dir.join(crate::storage::WAL_DIR);
+    if store.exists() || wal.exists() {
+        return Err(ServerError::Config(format!(
+            "{} already holds a store: restore only makes a new one. Stop its server \
+             and move the directory's store.redb and wal/ away, or restore into \
+             another --data-dir",
+            data_dir.display()
+        )));
+    }
+    let opened = std::fs::File::open(from)
+        .map_err(|e| ServerError::io(format!("opening {}", from.display()), e))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, opened);
+    let damaged = |e: BackupError| ServerError::Backup {
+        file: from.display().to_string(),
+        source: e,
+    };
+    read_magic(&mut reader).map_err(damaged)?;
+    let mut tally = BackupTally::default();
+    let header = match read_piece(&mut reader).map_err(damaged)? {
+        Some((frame, piece)) => {
+            tally.add(&frame, &piece).map_err(damaged)?;
+            match tally.header() {
+                Some(header) => *header,
+                None => return Err(damaged(BackupError::Damaged("no header".into()))),
+            }
+        }
+        None => return Err(damaged(BackupError::Damaged("no header".into()))),
+    };
+    let mut made = Made {
+        paths: vec![store.clone(), wal],
+        kept: false,
+    };
+    if !data_dir.exists() {
+        made.paths.push(data_dir.to_path_buf());
+    }
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| ServerError::io(format!("making {}", data_dir.display()), e))?;
+    let storage = Storage::open(&store, WalConfig::default())?;
+    let end = HistoryEnd {
+        lsn: header.lsn,
+        batch_epoch: header.batch_epoch,
+        last_tid: header.last_tid,
+    };
+    let mut failure = None;
+    let installed = storage.install_snapshot(end, || match next_rows(&mut reader, &mut tally) {
+        Ok(piece) => piece,
+        Err(e) => {
+            failure = Some(e);
+            SnapshotPiece::Cut
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(damaged(e));
+    }
+    if !installed {
+        return Err(damaged(BackupError::Damaged("cut short".into())));
+    }
+    let cluster_id = if keep_cluster_id {
+        header.cluster_id
+    } else {
+        crate::pair::new_cluster_id()
+    };
+    storage.adopt_cluster(cluster_id)?;
+    let restored = Restored {
+        header,
+        rows: tally.rows(),
+        bytes: tally.bytes() + store_protocol::backup::BACKUP_MAGIC.len() as u64,
+        cluster_id,
+    };
+    drop(storage);
+    made.keep();
+    Ok(restored)
+}
+
+/// The next rows of the file for the install, or its end once the end
+/// matched and nothing follows it.
+fn next_rows(
+    reader: &mut impl std::io::Read,
+    tally: &mut BackupTally,
+) -> Result<SnapshotPiece, BackupError> {
+    let Some((frame, piece)) = read_piece(reader)? else {
+        return Err(BackupError::Damaged("the file ends before its end".into()));
+    };
+    tally.add(&frame, &piece)?;
+    match piece {
+        BackupPiece::Rows(rows) => Ok(SnapshotPiece::Rows(rows)),
+        BackupPiece::End(_) => match read_piece(reader)? {
+            None => Ok(SnapshotPiece::End),
+            Some(_) => Err(BackupError::Damaged("bytes after its end".into())),
+        },
+        // The tally refuses a second header and a failure.
+        BackupPiece::Header(_) | BackupPiece::Failed(_) => {
+            Err(BackupError::Damaged("an unexpected frame".into()))
+        }
+    }
+}
+
+/// The files a restore made, removed unless it completed.
+struct Made {
+    paths: Vec<PathBuf>,
+    kept: bool,
+}
+
+impl Made {
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Made {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        for path in &self.paths {
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(path)
+            } else {
+                std::fs::remove_file(path)
+            };
+        }
+    }
+}
