@@ -109,6 +109,8 @@ async fn stream(
         tally
             .add(&frame, &piece)
             .map_err(|e| internal(e.to_string()))?;
+        metrics::counter!(crate::metrics::REQUEST_BYTES, "direction" => "out")
+            .increment(frame.len() as u64);
         match tokio::time::timeout(STALL_TIMEOUT, send.write_all(&frame)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) | Err(_) => return Err(StreamEnd::Gone),

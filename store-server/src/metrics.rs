@@ -23,7 +23,7 @@ pub const FSYNC_SECONDS: &str = "zeolite_fsync_seconds";
 /// Transactions made durable by one group commit.
 pub const BATCH_SIZE: &str = "zeolite_group_commit_batch_size";
 /// Requests served, by `kind` (`get`, `get_many`, `scan`, `commit`,
-/// `resolve`, `status`, `promote`).
+/// `resolve`, `status`, `promote`, `backup`).
 pub const REQUESTS: &str = "zeolite_requests_total";
 /// Requests refused by an admission limit, by `limit`.
 pub const REFUSALS: &str = "zeolite_refusals_total";
@@ -45,6 +45,11 @@ pub const LAST_TID: &str = "zeolite_last_tid";
 pub const REPLICATION_LAG_TIDS: &str = "zeolite_replication_lag_tids";
 /// 1 while the backup holds every acknowledged commit (at scrape).
 pub const BACKUP_IN_SYNC: &str = "zeolite_backup_in_sync";
+/// How long a pair's primary may still serve without renewing its lease;
+/// 0 on a backup (at scrape).
+pub const LEASE_REMAINING: &str = "zeolite_lease_remaining_seconds";
+/// Bytes of request and response frames, by `direction` (`in`, `out`).
+pub const REQUEST_BYTES: &str = "zeolite_request_bytes_total";
 
 /// Every role `ROLE` reports, so a scrape shows 0 for the others.
 const ROLES: [&str; 3] = ["standalone", "primary", "backup"];
@@ -107,6 +112,16 @@ fn describe() {
         BACKUP_IN_SYNC,
         "1 while the backup holds every acknowledged commit"
     );
+    describe_gauge!(
+        LEASE_REMAINING,
+        Unit::Seconds,
+        "How long the primary may serve without renewing its lease"
+    );
+    describe_counter!(
+        REQUEST_BYTES,
+        Unit::Bytes,
+        "Bytes of request and response frames, by direction"
+    );
 }
 
 /// Sets the gauges read from the server's state, then renders every
@@ -127,6 +142,7 @@ pub fn scrape(handle: &PrometheusHandle, shared: &Shared) -> String {
         if let Some(lag) = status.lag_tids {
             metrics::gauge!(REPLICATION_LAG_TIDS).set(lag as f64);
         }
+        metrics::gauge!(LEASE_REMAINING).set(pair.lease_remaining().as_secs_f64());
     }
     handle.render()
 }

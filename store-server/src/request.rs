@@ -37,6 +37,8 @@ impl Stream<'_> {
             let Some(len) = read_frame_len(&mut recv, limit).await? else {
                 return Ok(None);
             };
+            metrics::counter!(crate::metrics::REQUEST_BYTES, "direction" => "in")
+                .increment(u64::from(len));
             let reserved = self.budget.reserve(len).await;
             let request = read_frame_body::<_, Request>(&mut recv, len).await?;
             Ok::<_, FrameError>(Some((request, reserved)))
@@ -84,6 +86,8 @@ async fn respond(
             Err(_) => return,
         },
     };
+    metrics::counter!(crate::metrics::REQUEST_BYTES, "direction" => "out")
+        .increment(frame.len() as u64);
     if send.write_all(&frame).await.is_ok() {
         let _ = send.finish();
     }

@@ -212,6 +212,57 @@ async fn a_pair_reports_its_roles_and_a_primary_without_its_lease_is_not_ready()
     assert_eq!(get(p, "/health").await.0, 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_backup_shows_in_the_primarys_lag_and_sync_until_it_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = store_tests::Cluster::start(dir.path()).await;
+    let primary = cluster.wait_for_primary(Some(0)).await;
+    cluster.wait_in_sync(primary).await;
+    let (p, b) = (
+        cluster.nodes[0].metrics_addr(),
+        cluster.nodes[1].metrics_addr(),
+    );
+    let (_, metrics) = get(p, "/metrics").await;
+    assert!(
+        sample(&metrics, "zeolite_lease_remaining_seconds") > 0.0,
+        "{metrics}"
+    );
+    assert!(sample(&metrics, r#"zeolite_request_bytes_total{direction="in"}"#) > 0.0);
+    let (_, metrics) = get(b, "/metrics").await;
+    assert_eq!(sample(&metrics, "zeolite_lease_remaining_seconds"), 0.0);
+
+    // The primary goes on without its frozen backup (the witness agrees),
+    // and the commits it makes alone show as lag.
+    cluster.nodes[1].freeze();
+    let client = cluster.client().await;
+    for i in 0..5 {
+        client.put(format!("alone/{i}"), "v").await.unwrap();
+    }
+    let (_, metrics) = get(p, "/metrics").await;
+    cluster.nodes[1].thaw();
+    assert_eq!(sample(&metrics, "zeolite_backup_in_sync"), 0.0, "{metrics}");
+    assert!(
+        sample(&metrics, "zeolite_replication_lag_tids") >= 5.0,
+        "{metrics}"
+    );
+    // Thawed, it catches up: in sync, no lag.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, metrics) = get(p, "/metrics").await;
+        if sample(&metrics, "zeolite_backup_in_sync") == 1.0
+            && sample(&metrics, "zeolite_replication_lag_tids") == 0.0
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup never caught up: {metrics}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    client.close().await;
+}
+
 /// `GET /ready` until its status is not `status` (or the deadline passes).
 async fn until_not(addr: std::net::SocketAddr, status: u16) -> (u16, String) {
     let deadline = std::time::Instant::now() + store_tests::EVENT_DEADLINE;

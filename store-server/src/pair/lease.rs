@@ -82,6 +82,12 @@ impl Lease {
         self.until.is_some_and(|until| now < until)
     }
 
+    /// How long the primary may still serve from `now` (zero: not at all).
+    pub fn remaining(&self, now: Instant) -> Duration {
+        self.until
+            .map_or(Duration::ZERO, |until| until.duration_since(now))
+    }
+
     /// Gives the lease up (deposed, or stepping down).
     pub fn revoke(&mut self) {
         self.until = None;
@@ -143,6 +149,22 @@ mod tests {
         assert!(promise.binds(holder_end));
         assert!(!lease.is_valid(t0 + config.usable_for(granted)));
         assert!(!promise.binds(t0 + config.bound_for(granted)));
+    }
+
+    #[test]
+    fn what_remains_of_a_lease_runs_down_to_zero() {
+        let config = LeaseConfig::default();
+        let t0 = Instant::now();
+        let mut lease = Lease::default();
+        assert_eq!(lease.remaining(t0), Duration::ZERO);
+        lease.granted(&config, t0, config.duration);
+        let usable = config.usable_for(config.duration);
+        assert_eq!(lease.remaining(t0), usable);
+        assert_eq!(lease.remaining(t0 + usable / 2), usable - usable / 2);
+        assert_eq!(lease.remaining(t0 + usable), Duration::ZERO);
+        assert_eq!(lease.remaining(t0 + usable * 2), Duration::ZERO);
+        lease.revoke();
+        assert_eq!(lease.remaining(t0), Duration::ZERO);
     }
 
     #[test]

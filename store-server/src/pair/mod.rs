@@ -259,6 +259,11 @@ impl Pair {
         self.standing().role(Instant::now())
     }
 
+    /// How long this node may still serve as primary (zero when not).
+    pub fn lease_remaining(&self) -> std::time::Duration {
+        self.standing().lease_remaining(Instant::now())
+    }
+
     /// The highest epoch this node knows.
     pub fn epoch(&self) -> Epoch {
         self.standing().epoch()

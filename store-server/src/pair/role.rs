@@ -99,6 +99,16 @@ impl Standing {
         self.primary_role && self.lease.is_valid(now)
     }
 
+    /// How long this node may still serve as primary from `now` (zero
+    /// when it is not the primary, or its lease ran out).
+    pub fn lease_remaining(&self, now: Instant) -> Duration {
+        if self.primary_role {
+            self.lease.remaining(now)
+        } else {
+            Duration::ZERO
+        }
+    }
+
     /// The role to report at `now`: `Primary` only while serving.
     pub fn role(&self, now: Instant) -> Role {
         if self.serving(now) {
