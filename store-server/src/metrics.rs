@@ -12,9 +12,11 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use crate::server::Shared;
 
 /// Commits answered, by `outcome`: `committed`, `replayed` (a resend
-/// answered from its recorded outcome), `conflict`, `rejected` (refused
-/// before any decision: limits, access, digest), `unavailable` (not the
-/// primary, shutting down), `failed` (storage or replication).
+/// answered from its recorded outcome), `conflict`, `abandoned` (a resend
+/// of a transaction `resolve` abandoned), `expired` (a resend of one whose
+/// outcome is forgotten), `rejected` (refused before any decision: limits,
+/// access, digest), `unavailable` (not the primary, shutting down),
+/// `failed` (storage or replication).
 pub const COMMITS: &str = "zeolite_commits_total";
 /// Time from a commit request's arrival to its answer.
 pub const COMMIT_SECONDS: &str = "zeolite_commit_seconds";

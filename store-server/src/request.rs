@@ -132,6 +132,8 @@ fn outcome(answer: &Result<Response, WireError>) -> &'static str {
         Ok(Response::Committed(c)) if c.replayed => "replayed",
         Ok(_) => "committed",
         Err(WireError::Conflict { .. }) => "conflict",
+        Err(WireError::Abandoned) => "abandoned",
+        Err(WireError::Expired) => "expired",
         Err(
             WireError::NotPrimary { .. }
             | WireError::ShuttingDown
