@@ -21,8 +21,8 @@ impl Client {
     ///
     /// The copy holds every commit up to the header's TID and none after,
     /// while the server goes on serving. No retries: a backup cut short is
-    /// taken again. The call's timeout bounds the wait for each frame, not
-    /// the whole backup.
+    /// taken again. The wait for each frame is bounded by the call's
+    /// timeout, or a minute if longer; the whole backup is not.
     ///
     /// ```no_run
     /// # async fn run(client: store_client::Client) -> Result<(), store_client::Error> {
@@ -38,7 +38,12 @@ impl Client {
         out: &mut W,
         mut progress: impl FnMut(&BackupTally),
     ) -> Result<BackupTally, Error> {
-        let stall = self.config().timeout;
+        // A server checkpoints before its first frame: give that a minute
+        // on a busy machine, whatever the call's timeout.
+        let stall = self
+            .config()
+            .timeout
+            .max(std::time::Duration::from_secs(60));
         let deadline = Instant::now() + stall;
         let policy = self.config().read_policy;
         let connection = self.connection(policy, deadline, None).await?;

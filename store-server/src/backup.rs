@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use store_protocol::backup::{read_magic, read_piece, BackupHeader, BackupPiece, BackupTally};
-use store_protocol::{encode_frame, BackupError, WireError};
+use store_protocol::{encode_frame, BackupError, Tid, WireError};
 use tokio::sync::mpsc;
 
 use crate::acl::Grant;
@@ -28,6 +28,12 @@ const READ_AHEAD: usize = 2;
 /// A client that takes no frame for this long is cut off: its snapshot
 /// pins the index's old pages until it ends.
 pub(crate) const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// After the first minute, a backup slower than this on average is cut
+/// off, however steadily it trickles.
+const MIN_BYTES_PER_SEC: u64 = 256 << 10;
+/// How long the end waits for the backup's last commit to be acknowledged
+/// (in a pair: held by the backup node too).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Answers a `Backup` request on `send`: checks the grant and that no other
 /// backup runs, then streams the snapshot and its end (or why it failed).
@@ -104,7 +110,17 @@ async fn stream(
         })
     });
     let mut tally = BackupTally::default();
+    let started = std::time::Instant::now();
     while let Some(piece) = rx.recv().await {
+        if shared.draining.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(WireError::ShuttingDown.into());
+        }
+        let elapsed = started.elapsed();
+        if elapsed > Duration::from_secs(60)
+            && tally.bytes() < MIN_BYTES_PER_SEC.saturating_mul(elapsed.as_secs())
+        {
+            return Err(WireError::Overloaded.into());
+        }
         let frame = encode_frame(&piece, limit).map_err(|e| e.to_wire())?;
         tally
             .add(&frame, &piece)
@@ -118,6 +134,17 @@ async fn stream(
     }
     match snapshot.await {
         Ok(Ok(())) if tally.header().is_some() => {
+            // Only what the cluster acknowledged: in a pair, a commit
+            // durable here but not yet on the backup node could be lost
+            // to a failover, and must not be in a backup either.
+            let last = tally.header().map_or(Tid::ZERO, |h| h.last_tid);
+            let settled = shared
+                .invalidations
+                .wait_published(last, SETTLE_TIMEOUT)
+                .await;
+            if !settled || !shared.serving() {
+                return Err(WireError::InProgress.into());
+            }
             let end = tally.seal();
             tracing::info!(rows = end.rows, bytes = tally.bytes(), "backup streamed");
             Ok(BackupPiece::End(end))
@@ -158,10 +185,16 @@ pub struct Restored {
     pub cluster_id: u64,
 }
 
+/// Name of the directory a restore builds the store in, inside the data
+/// directory, before moving it into place.
+pub const STAGING_DIR: &str = ".restoring";
+
 /// Makes a store in `data_dir` from the backup file `from`: a new cluster
 /// id unless `keep_cluster_id`. Refuses a directory that already holds a
-/// store (a running server's, or any other: restore never overwrites), and
-/// leaves none behind if the file proves damaged.
+/// store (a running server's, or any other: restore never overwrites).
+/// The store is built in `data_dir/.restoring` (made exclusively, so two
+/// restores never share it) and moved into place only once the whole file
+/// proved sound; a damaged file leaves nothing behind.
 pub fn restore(
     from: &Path,
     data_dir: &Path,
@@ -169,13 +202,16 @@ pub fn restore(
 ) -> Result<Restored, ServerError> {
     let store = data_dir.join(crate::storage::STORE_FILE);
     let wal = data_dir.join(crate::storage::WAL_DIR);
-    if store.exists() || wal.exists() {
-        return Err(ServerError::Config(format!(
+    let occupied = || {
+        ServerError::Config(format!(
             "{} already holds a store: restore only makes a new one. Stop its server \
              and move the directory's store.redb and wal/ away, or restore into \
              another --data-dir",
             data_dir.display()
-        )));
+        ))
+    };
+    if store.exists() || wal.exists() {
+        return Err(occupied());
     }
     let opened = std::fs::File::open(from)
         .map_err(|e| ServerError::io(format!("opening {}", from.display()), e))?;
@@ -196,16 +232,31 @@ pub fn restore(
         }
         None => return Err(damaged(BackupError::Damaged("no header".into()))),
     };
-    let mut made = Made {
-        paths: vec![store.clone(), wal],
-        kept: false,
-    };
-    if !data_dir.exists() {
-        made.paths.push(data_dir.to_path_buf());
-    }
+    let made_dir = !data_dir.exists();
     std::fs::create_dir_all(data_dir)
         .map_err(|e| ServerError::io(format!("making {}", data_dir.display()), e))?;
-    let storage = Storage::open(&store, WalConfig::default())?;
+    let staging = data_dir.join(STAGING_DIR);
+    std::fs::create_dir(&staging).map_err(|e| {
+        ServerError::io(
+            format!(
+                "making {} (a restore into this directory runs, or was interrupted: \
+                 remove it once none runs)",
+                staging.display()
+            ),
+            e,
+        )
+    })?;
+    let mut made = Made {
+        paths: vec![staging.clone()],
+        kept: false,
+    };
+    if made_dir {
+        made.paths.push(data_dir.to_path_buf());
+    }
+    let storage = Storage::open(
+        &staging.join(crate::storage::STORE_FILE),
+        WalConfig::default(),
+    )?;
     let end = HistoryEnd {
         lsn: header.lsn,
         batch_epoch: header.batch_epoch,
@@ -231,15 +282,29 @@ pub fn restore(
         crate::pair::new_cluster_id()
     };
     storage.adopt_cluster(cluster_id)?;
-    let restored = Restored {
+    // The history's batches carry this epoch: no election may go below it.
+    storage.raise_epoch(header.batch_epoch)?;
+    drop(storage);
+    if store.exists() || wal.exists() {
+        return Err(occupied());
+    }
+    let moved =
+        |what: &str, e| ServerError::io(format!("moving the restored {what} into place"), e);
+    std::fs::rename(staging.join(crate::storage::WAL_DIR), &wal).map_err(|e| moved("log", e))?;
+    made.paths.push(wal);
+    std::fs::rename(staging.join(crate::storage::STORE_FILE), &store)
+        .map_err(|e| moved("index", e))?;
+    std::fs::File::open(data_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| ServerError::io(format!("syncing {}", data_dir.display()), e))?;
+    made.keep();
+    let _ = std::fs::remove_dir(&staging);
+    Ok(Restored {
         header,
         rows: tally.rows(),
         bytes: tally.bytes() + store_protocol::backup::BACKUP_MAGIC.len() as u64,
         cluster_id,
-    };
-    drop(storage);
-    made.keep();
-    Ok(restored)
+    })
 }
 
 /// The next rows of the file for the install, or its end once the end

@@ -326,3 +326,51 @@ async fn a_load_killed_and_run_again_applies_every_batch_once() {
     assert_eq!(all[&Bytes::from("l/012345")].0, Bytes::from("12345"));
     client.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_to_stdout_restores_with_its_transaction_outcomes() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = ServerProcess::start(&dir.path().join("a")).await;
+    // A client with a fixed instance id: its first transaction is seq 1.
+    let mut config = source.client_config();
+    config.instance_id = Some(77);
+    let before = Client::connect(config).await.unwrap();
+    let committed = before.put("k", "v").await.unwrap();
+    before.close().await;
+
+    let out = Command::new(binary("store-cli"))
+        .arg("--server")
+        .arg(source.addr().to_string())
+        .arg("--tls-dir")
+        .arg(source.tls_dir())
+        .args(["backup", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(summary.contains("backup tid=1 "), "{summary}");
+    let file = dir.path().join("piped.backup");
+    std::fs::write(&file, &out.stdout).unwrap();
+
+    let restored_dir = dir.path().join("b");
+    copy_certs(source.data_dir(), &restored_dir.join("data"));
+    let made = restore(&[
+        "--from",
+        file.to_str().unwrap(),
+        "--data-dir",
+        restored_dir.join("data").to_str().unwrap(),
+    ]);
+    assert_eq!(made.code, 0, "{made:?}");
+    assert!(!restored_dir.join("data").join(".restoring").exists());
+    let restored = ServerProcess::start(&restored_dir).await;
+    // The same transaction sent again is answered from its recorded
+    // outcome, not applied a second time.
+    let mut config = restored.client_config();
+    config.instance_id = Some(77);
+    let again = Client::connect(config).await.unwrap();
+    let replayed = again.put("k", "v").await.unwrap();
+    assert!(replayed.replayed, "{replayed:?}");
+    assert_eq!(replayed.tid, committed.tid);
+    assert_eq!(again.status().await.unwrap().last_tid, committed.tid);
+    again.close().await;
+}

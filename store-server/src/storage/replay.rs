@@ -84,7 +84,7 @@ pub(super) fn replay_log(
     }
     let Some(last) = last else {
         txn.abort()?;
-        return Ok((wal, index.end, recent.into_changes()));
+        return Ok((wal, index.end, recent.into_changes(index.end.last_tid)));
     };
     {
         let mut meta = txn.open_table(META)?;
@@ -107,7 +107,7 @@ pub(super) fn replay_log(
             batch_epoch: last.epoch,
             last_tid: last.last_tid,
         },
-        recent.into_changes(),
+        recent.into_changes(last.last_tid),
     ))
 }
 
@@ -139,9 +139,12 @@ impl Recent {
         }
     }
 
-    fn into_changes(self) -> RecentChanges {
+    /// The commits read back; with none (a log emptied by a restore, or
+    /// recycled), the horizon is the history's end `last_tid`: nothing is
+    /// known of the commits before it, so a cache older than it is dropped.
+    fn into_changes(self, last_tid: Tid) -> RecentChanges {
         RecentChanges {
-            horizon: self.horizon.unwrap_or_default(),
+            horizon: self.horizon.unwrap_or(last_tid),
             commits: self.commits.into(),
         }
     }

@@ -16,8 +16,9 @@ use crate::outcomes::{OUTCOMES, WATERMARKS};
 
 impl Storage {
     /// Streams a consistent snapshot of every table: returns where its
-    /// history ends, then hands `sink` chunks of about `chunk_bytes` until
-    /// done or `sink` returns `false`. Runs on a blocking thread.
+    /// history ends, then hands `sink` chunks until done or `sink` returns
+    /// `false`. A chunk holds at most `chunk_bytes` (about: 32 bytes are
+    /// counted per row), or a single larger row. Runs on a blocking thread.
     pub fn snapshot(
         &self,
         chunk_bytes: usize,
@@ -40,13 +41,17 @@ impl Storage {
         let mut chunk = Vec::new();
         let mut size = 0usize;
         let mut push = |row: SnapshotRow, bytes: usize| -> bool {
-            chunk.push(row);
-            size += bytes + 32;
-            if size < chunk_bytes {
-                return true;
+            let bytes = bytes.saturating_add(32);
+            // A row that would overflow the chunk starts the next one.
+            if !chunk.is_empty() && size.saturating_add(bytes) > chunk_bytes {
+                size = 0;
+                if !sink(std::mem::take(&mut chunk)) {
+                    return false;
+                }
             }
-            size = 0;
-            sink(std::mem::take(&mut chunk))
+            chunk.push(row);
+            size = size.saturating_add(bytes);
+            true
         };
         for item in txn.open_table(DATA)?.iter()? {
             let (key, value) = item?;

@@ -295,6 +295,11 @@ fn a_snapshot_replaces_another_store_whole() {
         .apply_batch(&[Op::Commit(&a)], &limits, stamp, |_, _| {})
         .unwrap();
     assert!(replay.results[0].as_ref().unwrap().replayed);
+    // Reopened, it knows nothing of the commits before the snapshot: a
+    // cache older than its end is dropped, never confirmed.
+    drop(target);
+    let target = open_in(&dir.path().join("target")).unwrap();
+    assert_eq!(target.take_recent_changes().horizon, end.last_tid);
     // A snapshot cut short after its first chunk leaves an empty
     // history (never a mix of two), and so does a restart after it.
     let mut cut = [

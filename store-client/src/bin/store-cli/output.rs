@@ -245,15 +245,21 @@ impl Output {
 }
 
 impl Output {
-    /// A command's summary: `WHAT k=v ...` on stdout, or the fields as one
-    /// JSON object with `--json`.
-    pub fn summary(&mut self, what: &str, fields: &[(&str, Value)]) {
+    /// A command's summary: `WHAT k=v ...`, or the fields as one JSON
+    /// object with `--json`; on stdout, or on stderr when stdout holds the
+    /// command's data.
+    pub fn summary(&mut self, what: &str, fields: &[(&str, Value)], to_stderr: bool) {
         if self.json {
             let object: Map<String, Value> = fields
                 .iter()
                 .map(|(k, v)| ((*k).to_string(), v.clone()))
                 .collect();
-            self.json_line(&Value::Object(object));
+            let object = Value::Object(object);
+            if to_stderr {
+                eprintln!("{object}");
+            } else {
+                self.json_line(&object);
+            }
         } else {
             let mut line = what.to_string();
             for (k, v) in fields {
@@ -262,7 +268,11 @@ impl Output {
                     other => line.push_str(&format!(" {k}={other}")),
                 }
             }
-            self.line(line.as_bytes());
+            if to_stderr {
+                eprintln!("{line}");
+            } else {
+                self.line(line.as_bytes());
+            }
         }
     }
 

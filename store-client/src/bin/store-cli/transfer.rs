@@ -108,9 +108,9 @@ fn config_error(detail: String) -> Error {
     Error::Config { detail }
 }
 
-/// `store-cli backup FILE`: the backup goes to `FILE.partial`, is synced,
-/// then renamed over `FILE`; a failed backup leaves no `FILE` behind.
-/// `-` writes to stdout.
+/// `store-cli backup FILE`: the backup goes to `FILE.partial-PID`, is
+/// synced, then renamed over `FILE`; a failed backup leaves no `FILE`
+/// behind. `-` writes to stdout (and the summary to stderr).
 pub async fn backup(client: &Client, file: &Path, out: &mut Output) -> Result<Exit, Error> {
     let started = Instant::now();
     let mut progress = Progress::new();
@@ -133,8 +133,7 @@ pub async fn backup(client: &Client, file: &Path, out: &mut Output) -> Result<Ex
         // Readable by its owner only: it holds every key.
         let created = tokio::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&partial)
             .await
@@ -160,17 +159,16 @@ pub async fn backup(client: &Client, file: &Path, out: &mut Output) -> Result<Ex
     let bytes = tally.bytes() + store_protocol::backup::BACKUP_MAGIC.len() as u64;
     let tid = tally.header().map_or(0, |h| h.last_tid.0);
     let cluster = tally.header().map_or(0, |h| h.cluster_id);
-    out.summary(
-        "backup",
-        &[
-            ("tid", tid.into()),
-            ("rows", tally.rows().into()),
-            ("bytes", bytes.into()),
-            ("cluster", format!("{cluster:016x}").into()),
-            ("seconds", round(secs).into()),
-            ("mib_per_sec", round(mib(bytes) / secs.max(1e-9)).into()),
-        ],
-    );
+    let summary = [
+        ("tid", tid.into()),
+        ("rows", tally.rows().into()),
+        ("bytes", bytes.into()),
+        ("cluster", format!("{cluster:016x}").into()),
+        ("seconds", round(secs).into()),
+        ("mib_per_sec", round(mib(bytes) / secs.max(1e-9)).into()),
+    ];
+    // With `-`, stdout is the backup: the summary must not follow it there.
+    out.summary("backup", &summary, file == Path::new("-"));
     Ok(Exit::Ok)
 }
 
@@ -178,9 +176,11 @@ fn round(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
+/// The file a backup is written to before it is complete: its own per
+/// process, so two backups to one name never write the same file.
 fn partial_path(file: &Path) -> PathBuf {
     let mut name = file.as_os_str().to_os_string();
-    name.push(".partial");
+    name.push(format!(".partial-{}", std::process::id()));
     PathBuf::from(name)
 }
 
@@ -346,6 +346,7 @@ pub async fn load(
             ("already_applied", counts.already.into()),
             ("seconds", round(secs).into()),
         ],
+        false,
     );
     Ok(Exit::Ok)
 }
