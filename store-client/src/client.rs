@@ -13,13 +13,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheStats};
 use crate::config::{ClientConfig, ReadPolicy};
 use crate::connection::{resolve_now, Connection, RoundTripError};
 use crate::driver::{self, Command, SessionShared, SessionStatus};
 use crate::error::Error;
 use crate::metrics::{OUTCOMES_UNKNOWN, RESOLVES, RETRIES};
 use crate::retry::Backoff;
+use crate::serving;
 use crate::session::SUSPECT_AFTER;
 use crate::tls::quic_client_config;
 use crate::txn::{CommitError, CommitOutcome, PreparedTxn, Transaction, TxnIds};
@@ -118,7 +119,8 @@ impl Client {
         let endpoint = quinn::Endpoint::client(bind).map_err(|e| Error::Config {
             detail: format!("binding a UDP socket: {e}"),
         })?;
-        let shared = Arc::new(SessionShared::new(Cache::new(config.cache_bytes)));
+        let cache = Cache::new(config.cache_bytes, config.never_cache.clone());
+        let shared = Arc::new(SessionShared::new(cache));
         let client_id = crate::tls::client_id(&config.tls, config.instance_id)?;
         let commands = driver::spawn(
             config.clone(),
@@ -247,18 +249,54 @@ impl Client {
         value
     }
 
-    /// The cached answer for `key` that `policy` allows now, if any: a
-    /// current entry while the session is fresh, or any entry marked stale
-    /// under `AllowStale` while it is not.
+    /// The cached answer for `key` that [`serving::decide`] allows now,
+    /// if any; counted as a hit or a miss.
     fn cached(&self, key: &[u8], policy: ReadPolicy) -> Option<Read> {
-        let hit = self.inner.shared.cache.lookup(key)?;
-        let fresh = self.inner.shared.is_fresh(std::time::Instant::now());
-        let serve = (fresh && hit.current) || (!fresh && policy == ReadPolicy::AllowStale);
-        serve.then_some(Read {
+        let cache = &self.inner.shared.cache;
+        let now = std::time::Instant::now();
+        let fresh = self.inner.shared.is_fresh(now);
+        let hit = cache.lookup(key);
+        let entry = hit.as_ref().map(|hit| serving::Entry {
+            current: hit.current,
+            filled_at: hit.filled_at,
+        });
+        let ttl = self.inner.config.cache_ttl;
+        let stale = match serving::decide(entry, fresh, policy, ttl, now) {
+            serving::Serve::Fresh => false,
+            serving::Serve::Stale => true,
+            serving::Serve::Server => {
+                cache.count(false);
+                return None;
+            }
+        };
+        cache.count(true);
+        hit.map(|hit| Read {
             value: hit.value,
             source: Source::Cache,
-            stale: !fresh,
+            stale,
         })
+    }
+
+    /// What the cache holds and has done: hits, misses, evictions, bytes
+    /// and entries. Reads are counted on per-thread stripes, so counting
+    /// costs threads reading at once no shared cache line.
+    ///
+    /// ```no_run
+    /// # fn show(client: &store_client::Client) {
+    /// let stats = client.cache_stats();
+    /// println!("hit ratio {:.2}", stats.hits as f64 / (stats.hits + stats.misses).max(1) as f64);
+    /// # }
+    /// ```
+    pub fn cache_stats(&self) -> CacheStats {
+        self.inner.shared.cache.stats()
+    }
+
+    /// Drops every cached value at once (in O(1)): the next read of each
+    /// key asks the server. Reads in flight do not fill their values back.
+    /// Under [`ReadPolicy::AllowStale`] a dropped value may still answer,
+    /// marked stale, while no server proves itself live.
+    pub fn invalidate_all(&self) {
+        self.inner.shared.cache.invalidate_all();
     }
 
     /// Reads `key` from the server with the TID that wrote it (bypassing
@@ -274,24 +312,29 @@ impl Client {
         }
     }
 
-    /// Reads several keys, answered in order: cached ones from the cache
-    /// while the session is live, the rest from one server snapshot.
+    /// Reads several keys with the client's [`ReadPolicy`], answered in
+    /// order; see [`Client::read_many`].
     pub async fn get_many<K: Into<Bytes>>(
         &self,
         keys: impl IntoIterator<Item = K>,
     ) -> Result<Vec<Option<Bytes>>, Error> {
+        let policy = self.inner.config.read_policy;
+        let reads = self.read_many(keys, policy).await?;
+        Ok(reads.into_iter().map(|read| read.value).collect())
+    }
+
+    /// Reads several keys with `policy`, answered in order: each key the
+    /// cache may serve (the same decision as [`Client::read`]) from the
+    /// cache, the rest in one round trip, from one server snapshot.
+    pub async fn read_many<K: Into<Bytes>>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+        policy: ReadPolicy,
+    ) -> Result<Vec<Read>, Error> {
         let keys: Vec<Bytes> = keys.into_iter().map(Into::into).collect();
         let cache = &self.inner.shared.cache;
-        let fresh = self.inner.shared.is_fresh(std::time::Instant::now());
-        let mut answers: Vec<Option<Option<Bytes>>> = keys
-            .iter()
-            .map(|key| {
-                cache
-                    .lookup(key)
-                    .filter(|hit| fresh && hit.current)
-                    .map(|hit| hit.value)
-            })
-            .collect();
+        let mut answers: Vec<Option<Read>> =
+            keys.iter().map(|key| self.cached(key, policy)).collect();
         let missing: Vec<Bytes> = keys
             .iter()
             .zip(&answers)
@@ -303,8 +346,8 @@ impl Client {
             let request = Request::GetMany {
                 keys: missing.clone(),
             };
-            let policy = self.inner.config.read_policy;
-            let (values, read_tid) = match self.request(&request, policy).await?.0 {
+            let (response, proven) = self.request(&request, policy).await?;
+            let (values, read_tid) = match response {
                 Response::Values { values, read_tid } => (values, read_tid),
                 other => return Err(unexpected(&other)),
             };
@@ -316,10 +359,21 @@ impl Client {
                         detail: "GetMany answered fewer values than keys".into(),
                     });
                 };
-                *answer = Some(self.fill(key, found, read_tid, generation));
+                *answer = Some(Read {
+                    value: self.fill(key, found, read_tid, generation),
+                    source: Source::Server,
+                    stale: !proven,
+                });
             }
         }
-        Ok(answers.into_iter().map(Option::flatten).collect())
+        answers
+            .into_iter()
+            .map(|answer| {
+                answer.ok_or_else(|| Error::Protocol {
+                    detail: "GetMany answered fewer values than keys".into(),
+                })
+            })
+            .collect()
     }
 
     /// Reads one page of a key range from the server; see

@@ -106,6 +106,15 @@ pub struct ClientConfig {
     /// The cache is split in up to 32 shards of at least 8 MiB; a value
     /// larger than one shard's share is read through, never cached.
     pub cache_bytes: u64,
+    /// How long a cached value may be served, a second bound beside the
+    /// session's proof: an entry older than this is read from the server
+    /// again even while the session is live. Default `None`: entries live
+    /// until invalidated or evicted (invalidations keep them current).
+    pub cache_ttl: Option<Duration>,
+    /// Keys under these prefixes are never cached: every read of them asks
+    /// the server (for values read once, or too large or hot to keep).
+    /// Default: none.
+    pub never_cache: Vec<bytes::Bytes>,
     /// Open a session with whichever server welcomes the client, primary
     /// or not, and stay with it: for `status` or `promote` of one chosen
     /// node of a pair. Default `false`: only a primary (or a standalone
@@ -145,6 +154,8 @@ impl ClientConfig {
             read_policy: ReadPolicy::default(),
             any_role: false,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            cache_ttl: None,
+            never_cache: Vec::new(),
             local_addr: None,
             instance_id: None,
         }
@@ -173,6 +184,18 @@ impl ClientConfig {
     /// Sets the bound on one call.
     pub fn timeout(mut self, timeout: Duration) -> ClientConfig {
         self.timeout = timeout;
+        self
+    }
+
+    /// Serves a cached value for at most `ttl` after it was read.
+    pub fn cache_ttl(mut self, ttl: Duration) -> ClientConfig {
+        self.cache_ttl = Some(ttl);
+        self
+    }
+
+    /// Never caches keys starting with `prefix`.
+    pub fn never_cache(mut self, prefix: impl Into<bytes::Bytes>) -> ClientConfig {
+        self.never_cache.push(prefix.into());
         self
     }
 }

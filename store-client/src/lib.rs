@@ -38,11 +38,12 @@ mod driver;
 mod error;
 pub mod metrics;
 mod retry;
+mod serving;
 mod session;
 mod tls;
 mod txn;
 
-pub use cache::DEFAULT_CACHE_BYTES;
+pub use cache::{CacheStats, DEFAULT_CACHE_BYTES};
 pub use client::{Client, Read, ScanPage, Source};
 pub use config::{
     ClientConfig, ReadPolicy, TlsPaths, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,

@@ -12,13 +12,26 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use foldhash::fast::RandomState;
 
+use super::CacheStats;
+
 /// Most shards (the count is a power of two).
 const MAX_SHARDS: usize = 32;
+/// Stripes of the read counters: threads take them in turn.
+const STRIPES: usize = 16;
+
+/// The calling thread's stripe of the read counters, handed out in turn.
+fn stripe() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    STRIPE.with(|stripe| *stripe)
+}
 /// Least budget per shard: a small cache has few shards, and the default
 /// 256 MiB cache's 32 shards each hold a largest (4 MiB) value.
 const MIN_SHARD_BYTES: u64 = 8 * 1024 * 1024;
@@ -26,6 +39,9 @@ const MIN_SHARD_BYTES: u64 = 8 * 1024 * 1024;
 /// The map. `V` is cloned out on every hit.
 pub struct ClockMap<K, V> {
     shards: Box<[Locked<K, V>]>,
+    /// Reads answered and not, one pair per thread stripe, on lines of
+    /// their own.
+    counts: Box<[Padded<[AtomicU64; 2]>]>,
     hasher: RandomState,
     shard_bytes: u64,
 }
@@ -45,6 +61,7 @@ struct Shard<K, V> {
     hand: VecDeque<(K, u64)>,
     bytes: u64,
     next_stamp: u64,
+    evictions: u64,
 }
 
 struct Slot<V> {
@@ -68,11 +85,16 @@ impl<K: Hash + Eq + Clone, V: Clone> ClockMap<K, V> {
                     hand: VecDeque::new(),
                     bytes: 0,
                     next_stamp: 0,
+                    evictions: 0,
                 }))
             })
             .collect();
+        let counts = (0..STRIPES)
+            .map(|_| Padded([AtomicU64::new(0), AtomicU64::new(0)]))
+            .collect();
         ClockMap {
             shards,
+            counts,
             hasher,
             shard_bytes: max_bytes / count as u64,
         }
@@ -84,6 +106,31 @@ impl<K: Hash + Eq + Clone, V: Clone> ClockMap<K, V> {
         // also pick the HashMap bucket inside the shard).
         let index = (hash >> 32) as usize & (self.shards.len() - 1);
         &self.shards[index].0
+    }
+
+    /// Counts a read as answered (`hit`) or not, on the calling thread's
+    /// own stripe: two threads never write the same counter line (counted
+    /// by key shard instead, two threads' cached reads fell from 15.6 to
+    /// 7.9 M/s).
+    pub fn count(&self, hit: bool) {
+        self.counts[stripe() % STRIPES].0[usize::from(!hit)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts, evictions, bytes and entries, summed over the shards (each
+    /// read under its lock in turn: a sum, not a snapshot).
+    pub fn totals(&self) -> CacheStats {
+        let mut totals = CacheStats::default();
+        for counts in self.counts.iter() {
+            totals.hits += counts.0[0].load(Ordering::Relaxed);
+            totals.misses += counts.0[1].load(Ordering::Relaxed);
+        }
+        for shard in self.shards.iter() {
+            let shard = read(&shard.0);
+            totals.evictions += shard.evictions;
+            totals.bytes += shard.bytes;
+            totals.entries += shard.slots.len() as u64;
+        }
+        totals
     }
 
     /// The value of `key`, marked as recently used.
@@ -188,6 +235,7 @@ impl<K: Hash + Eq + Clone, V> Shard<K, V> {
                 continue;
             }
             self.remove(&key);
+            self.evictions += 1;
             metrics::counter!(crate::metrics::CACHE_EVICTIONS).increment(1);
             return true;
         }

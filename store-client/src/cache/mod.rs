@@ -14,6 +14,7 @@ use clock::ClockMap;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
+use std::time::Instant;
 
 use bytes::Bytes;
 use store_protocol::Tid;
@@ -30,6 +31,24 @@ struct Entry {
     /// The TID that wrote the value (`Tid::ZERO` when absent).
     serial: Tid,
     generation: u64,
+    filled_at: Instant,
+}
+
+/// What the cache holds and has done ([`Client::cache_stats`]).
+///
+/// [`Client::cache_stats`]: crate::Client::cache_stats
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Reads answered from the cache (fresh, or stale under `AllowStale`).
+    pub hits: u64,
+    /// Reads that asked the server (nothing cached, or nothing it may serve).
+    pub misses: u64,
+    /// Entries evicted to stay within the byte budget.
+    pub evictions: u64,
+    /// Bytes held: keys, values and a fixed overhead per entry.
+    pub bytes: u64,
+    /// Entries held (absent keys included: they are cached too).
+    pub entries: u64,
 }
 
 /// A cached read.
@@ -40,6 +59,8 @@ pub struct Cached {
     /// False when the entry is from before the last invalidate-all: it may
     /// be served only as stale.
     pub current: bool,
+    /// When it was filled.
+    pub filled_at: Instant,
 }
 
 /// Values this client has read, bounded by bytes.
@@ -56,11 +77,14 @@ pub struct Cache {
     /// Held for writing while invalidations are applied, for reading while
     /// a fill checks and installs: a fill never straddles an invalidation.
     applying: RwLock<()>,
+    /// Keys under these prefixes are never cached.
+    uncached: Vec<Bytes>,
 }
 
 impl Cache {
-    /// An empty cache of at most `max_bytes` of keys, values and overhead.
-    pub fn new(max_bytes: u64) -> Cache {
+    /// An empty cache of at most `max_bytes` of keys, values and overhead,
+    /// that never holds keys under the `uncached` prefixes.
+    pub fn new(max_bytes: u64, uncached: Vec<Bytes>) -> Cache {
         let entries = ClockMap::new(max_bytes);
         Cache {
             entries,
@@ -69,7 +93,25 @@ impl Cache {
             own_tid: AtomicU64::new(0),
             filled_generation: AtomicU64::new(u64::MAX),
             applying: RwLock::new(()),
+            uncached,
         }
+    }
+
+    /// Counts a read: answered from the cache (`hit`) or not.
+    pub fn count(&self, hit: bool) {
+        self.entries.count(hit);
+    }
+
+    /// Hits, misses, evictions, bytes and entries.
+    pub fn stats(&self) -> CacheStats {
+        self.entries.totals()
+    }
+
+    /// Drops every entry, in O(1) by a generation bump: dropped entries
+    /// stay readable only as stale (`AllowStale`) until replaced or
+    /// evicted, and a read in flight does not fill its value back.
+    pub fn invalidate_all(&self) {
+        self.revalidate(self.applied_tid(), None);
     }
 
     /// The current generation; pass it to [`Cache::fill`].
@@ -88,6 +130,7 @@ impl Cache {
         Some(Cached {
             current: entry.generation == self.generation(),
             value: entry.value,
+            filled_at: entry.filled_at,
         })
     }
 
@@ -112,7 +155,10 @@ impl Cache {
             .applied_tid()
             .0
             .max(self.own_tid.load(Ordering::Acquire));
-        if generation != self.generation() || read_tid.0 < floor {
+        if generation != self.generation()
+            || read_tid.0 < floor
+            || self.uncached.iter().any(|prefix| key.starts_with(prefix))
+        {
             return false;
         }
         let weight = key.len() + value.as_ref().map_or(0, Bytes::len) + ENTRY_OVERHEAD;
@@ -122,6 +168,7 @@ impl Cache {
                 value,
                 serial,
                 generation,
+                filled_at: Instant::now(),
             },
             weight as u64,
         );
@@ -210,9 +257,14 @@ mod tests {
         Bytes::from_static(s.as_bytes())
     }
 
+    /// A lookup's value and whether it is current.
+    fn seen(cache: &Cache, key: &[u8]) -> Option<(Option<Bytes>, bool)> {
+        cache.lookup(key).map(|hit| (hit.value, hit.current))
+    }
+
     #[test]
     fn whether_it_holds_current_entries_is_known() {
-        let cache = Cache::new(1 << 20);
+        let cache = Cache::new(1 << 20, Vec::new());
         assert!(!cache.holds_current());
         cache.fill(b("k"), None, Tid::ZERO, Tid::ZERO, cache.generation());
         assert!(cache.holds_current());
@@ -222,16 +274,10 @@ mod tests {
 
     #[test]
     fn fills_serve_until_invalidated() {
-        let cache = Cache::new(1 << 20);
+        let cache = Cache::new(1 << 20, Vec::new());
         let g = cache.generation();
         assert!(cache.fill(b("k"), Some(b("v1")), Tid(3), Tid(5), g));
-        assert_eq!(
-            cache.lookup(b"k"),
-            Some(Cached {
-                value: Some(b("v1")),
-                current: true
-            })
-        );
+        assert_eq!(seen(&cache, b"k"), Some((Some(b("v1")), true)));
         cache.invalidate(Tid(6), &[b("k")]);
         assert_eq!(cache.lookup(b"k"), None);
         assert_eq!(cache.applied_tid(), Tid(6));
@@ -239,7 +285,7 @@ mod tests {
 
     #[test]
     fn an_invalidation_for_an_older_commit_keeps_a_newer_value() {
-        let cache = Cache::new(1 << 20);
+        let cache = Cache::new(1 << 20, Vec::new());
         cache.fill(b("k"), Some(b("v7")), Tid(7), Tid(7), cache.generation());
         cache.invalidate(Tid(7), &[b("k")]);
         assert_eq!(cache.lookup(b"k").unwrap().value, Some(b("v7")));
@@ -250,7 +296,7 @@ mod tests {
     /// the read installs its value. The stale value must not be installed.
     #[test]
     fn a_fill_from_before_an_applied_invalidation_is_refused() {
-        let cache = Cache::new(1 << 20);
+        let cache = Cache::new(1 << 20, Vec::new());
         let generation = cache.generation();
         // 1. The read's response: value at serial 4 from snapshot 5.
         let (value, serial, read_tid) = (b("old"), Tid(4), Tid(5));
@@ -263,7 +309,7 @@ mod tests {
 
     #[test]
     fn own_commits_are_never_hidden_by_the_cache() {
-        let cache = Cache::new(1 << 20);
+        let cache = Cache::new(1 << 20, Vec::new());
         let generation = cache.generation();
         cache.fill(b("k"), Some(b("old")), Tid(1), Tid(1), generation);
         cache.own_commit(Tid(5), [b("k")]);
@@ -280,7 +326,7 @@ mod tests {
 
     #[test]
     fn a_fill_from_before_a_cache_drop_is_refused() {
-        let cache = Cache::new(1 << 20);
+        let cache = Cache::new(1 << 20, Vec::new());
         let generation = cache.generation();
         cache.revalidate(Tid::ZERO, None);
         assert!(!cache.fill(b("k"), Some(b("v")), Tid(1), Tid(1), generation));
@@ -288,50 +334,49 @@ mod tests {
 
     #[test]
     fn dropping_the_cache_is_a_generation_bump_leaving_stale_values_readable() {
-        let cache = Cache::new(1 << 20);
+        let cache = Cache::new(1 << 20, Vec::new());
         cache.fill(b("k"), Some(b("v")), Tid(1), Tid(1), cache.generation());
         cache.revalidate(Tid(1), None);
-        assert_eq!(
-            cache.lookup(b"k"),
-            Some(Cached {
-                value: Some(b("v")),
-                current: false
-            })
-        );
+        assert_eq!(seen(&cache, b"k"), Some((Some(b("v")), false)));
         // A new fill replaces it as current.
         cache.fill(b("k"), Some(b("w")), Tid(2), Tid(2), cache.generation());
-        assert_eq!(
-            cache.lookup(b"k"),
-            Some(Cached {
-                value: Some(b("w")),
-                current: true
-            })
-        );
+        assert_eq!(seen(&cache, b"k"), Some((Some(b("w")), true)));
     }
 
     #[test]
     fn revalidation_drops_only_changed_keys_or_everything() {
-        let cache = Cache::new(1 << 20);
+        let cache = Cache::new(1 << 20, Vec::new());
         let g = cache.generation();
         cache.fill(b("a"), Some(b("1")), Tid(1), Tid(2), g);
         cache.fill(b("b"), None, Tid::ZERO, Tid(2), g);
         cache.revalidate(Tid(9), Some(&[b("a")]));
         assert_eq!(cache.lookup(b"a"), None);
-        assert_eq!(
-            cache.lookup(b"b"),
-            Some(Cached {
-                value: None,
-                current: true
-            })
-        );
+        assert_eq!(seen(&cache, b"b"), Some((None, true)));
         assert_eq!(cache.applied_tid(), Tid(9));
         cache.revalidate(Tid(12), None);
         assert!(!cache.lookup(b"b").unwrap().current);
     }
 
     #[test]
+    fn uncached_prefixes_are_never_filled_and_stats_count_what_is_held() {
+        let cache = Cache::new(1 << 20, vec![b("session/")]);
+        let g = cache.generation();
+        assert!(!cache.fill(b("session/42"), Some(b("v")), Tid(1), Tid(1), g));
+        assert!(cache.fill(b("user/42"), Some(b("v")), Tid(1), Tid(1), g));
+        assert_eq!(cache.lookup(b"session/42"), None);
+        cache.count(true);
+        cache.count(true);
+        cache.count(false);
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses, stats.entries), (2, 1, 1));
+        assert_eq!(stats.bytes, (7 + 1 + ENTRY_OVERHEAD) as u64);
+        cache.invalidate_all();
+        assert_eq!(seen(&cache, b"user/42"), Some((Some(b("v")), false)));
+    }
+
+    #[test]
     fn the_cache_is_bounded_by_bytes() {
-        let cache = Cache::new(64 * 1024);
+        let cache = Cache::new(64 * 1024, Vec::new());
         for i in 0..1000 {
             cache.fill(
                 Bytes::from(format!("k{i}")),
