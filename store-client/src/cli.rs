@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::config::{ClientConfig, ReadPolicy, TlsPaths, DEFAULT_SERVER, DEFAULT_TLS_DIR};
+use crate::config::{
+    ClientConfig, ReadPolicy, TlsPaths, WritePolicy, DEFAULT_SERVER, DEFAULT_TLS_DIR,
+};
 
 /// `--read-policy` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -17,6 +19,20 @@ pub enum ReadPolicyArg {
     FailFast,
     /// Answer with the last known value, marked stale.
     AllowStale,
+}
+
+/// `--write-policy` values: [`WritePolicy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WritePolicyArg {
+    /// Resend until --timeout, through failovers; resolve before reporting
+    /// an unknown outcome (exit 4).
+    Retry,
+    /// Refused at once (exit 5, nothing sent) while the session is not
+    /// live; else sent once: no answer is exit 4, with no resend.
+    FailFast,
+    /// Sent once without waiting: prints `sent txn=ID` once handed to the
+    /// connection (exit 0); applied at most once.
+    Unconfirmed,
 }
 
 /// How to reach the store: `--server`, `--tls-dir`, `--ca`, `--cert`,
@@ -58,6 +74,9 @@ pub struct ConnectionArgs {
     /// What reads do while the session is not live.
     #[arg(long, value_enum, default_value = "wait")]
     pub read_policy: ReadPolicyArg,
+    /// What writes do about their answers.
+    #[arg(long, value_enum, default_value = "retry")]
+    pub write_policy: WritePolicyArg,
     /// Time without use after which the session stops pinging and rests
     /// (state `idle`); the next read asks for proof again. `never` pings
     /// for ever.
@@ -90,6 +109,11 @@ impl ConnectionArgs {
         config.session.stale_after = self.stale_after;
         config.session.idle_after = self.idle_after.0;
         config.read_policy = self.read_policy();
+        config.write_policy = match self.write_policy {
+            WritePolicyArg::Retry => WritePolicy::Retry,
+            WritePolicyArg::FailFast => WritePolicy::FailFast,
+            WritePolicyArg::Unconfirmed => WritePolicy::Unconfirmed,
+        };
         config
     }
 

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::cache::{Cache, CacheStats};
-use crate::config::{ClientConfig, ReadPolicy};
+use crate::config::{ClientConfig, ReadPolicy, WritePolicy};
 use crate::connection::{resolve_now, Connection, RoundTripError};
 use crate::driver::{self, Command, SessionShared, SessionStatus};
 use crate::error::Error;
@@ -44,6 +44,8 @@ pub struct Client {
     inner: Arc<Inner>,
     /// When set, every call of this handle ends by then (see [`Client::until`]).
     deadline: Option<Instant>,
+    /// What this handle's writes do about their answers.
+    pub(crate) write_policy: WritePolicy,
 }
 
 struct Inner {
@@ -52,6 +54,7 @@ struct Inner {
     shared: Arc<SessionShared>,
     commands: mpsc::UnboundedSender<Command>,
     txn_ids: Arc<TxnIds>,
+    unanswered: Arc<crate::writes::Unanswered>,
 }
 
 /// One page of a scan.
@@ -130,12 +133,14 @@ impl Client {
             shared.clone(),
         );
         Ok(Client {
+            write_policy: config.write_policy,
             inner: Arc::new(Inner {
                 config,
                 endpoint,
                 shared,
                 commands,
                 txn_ids: TxnIds::new(client_id),
+                unanswered: Arc::default(),
             }),
             deadline: None,
         })
@@ -148,6 +153,7 @@ impl Client {
         Client {
             inner: self.inner.clone(),
             deadline: Some(deadline.into()),
+            write_policy: self.write_policy,
         }
     }
 
@@ -465,8 +471,14 @@ impl Client {
     }
 
     /// Ends the session, closes the connection politely and waits briefly
-    /// for the server to hear it. Every clone stops working.
+    /// for the server to hear it (and, up to a second, for the answers of
+    /// unconfirmed writes, so that they are not dropped with the
+    /// connection). Every clone stops working.
     pub async fn close(&self) {
+        self.inner
+            .unanswered
+            .drained(std::time::Duration::from_secs(1))
+            .await;
         let _ = self.inner.commands.send(Command::Close);
         self.inner.endpoint.close(0u32.into(), b"client closed");
         let _ = tokio::time::timeout(
@@ -480,6 +492,16 @@ impl Client {
     /// This client's configuration.
     pub(crate) fn config(&self) -> &ClientConfig {
         &self.inner.config
+    }
+
+    /// Unconfirmed writes still awaiting their answer.
+    pub(crate) fn unanswered(&self) -> &Arc<crate::writes::Unanswered> {
+        &self.inner.unanswered
+    }
+
+    /// The state this client's handles share with its session driver.
+    pub(crate) fn inner_shared(&self) -> &Arc<SessionShared> {
+        &self.inner.shared
     }
 
     fn write_policy(&self) -> ReadPolicy {
@@ -510,7 +532,14 @@ impl Client {
     /// is applied at most once however many copies reach the server.
     pub async fn recommit(&self, prepared: PreparedTxn) -> Result<CommitOutcome, CommitError> {
         let span = tracing::debug_span!("commit", txn = %prepared.txn_id());
-        match self.send_commit(&prepared.request).instrument(span).await {
+        let sent = match self.write_policy {
+            WritePolicy::Retry => self.send_commit(&prepared.request).instrument(span).await,
+            WritePolicy::FailFast => self.send_once(&prepared.request).instrument(span).await,
+            WritePolicy::Unconfirmed => {
+                return self.send_unconfirmed(prepared).instrument(span).await
+            }
+        };
+        match sent {
             Ok(outcome) => {
                 // Read-your-writes: the cache never answers with what this
                 // commit overwrote, even before its invalidation arrives.
@@ -697,17 +726,18 @@ impl Client {
 
     /// One attempt's bound: an answer slower than a session's proof window
     /// is given up on, and the same bytes are sent again.
-    fn attempt_timeout(&self) -> std::time::Duration {
+    pub(crate) fn attempt_timeout(&self) -> std::time::Duration {
         self.inner.config.session.stale_after
     }
 
-    fn committed(&self, txn_id: TxnId, c: store_protocol::Committed) -> CommitOutcome {
+    pub(crate) fn committed(&self, txn_id: TxnId, c: store_protocol::Committed) -> CommitOutcome {
         self.inner.shared.saw(c.tid);
         CommitOutcome {
             tid: c.tid,
             txn_id,
             results: c.results,
             replayed: c.replayed,
+            confirmed: true,
         }
     }
 
@@ -754,7 +784,7 @@ impl Client {
     /// `until`. An answer later than [`SUSPECT_AFTER`] makes the driver
     /// look for a newer primary meanwhile (a failover is found by the
     /// request that meets it, not only by the next ping).
-    async fn round_trip(
+    pub(crate) async fn round_trip(
         &self,
         connection: &Arc<Connection>,
         request: &Request,
@@ -773,12 +803,12 @@ impl Client {
     }
 
     /// Tells the driver that `connection`'s server is not the primary.
-    fn not_primary(&self, connection: &Connection) {
+    pub(crate) fn not_primary(&self, connection: &Connection) {
         let id = connection.connection.stable_id();
         let _ = self.inner.commands.send(Command::NotPrimary(id));
     }
 
-    fn deadline(&self) -> Instant {
+    pub(crate) fn deadline(&self) -> Instant {
         self.deadline
             .unwrap_or_else(|| Instant::now() + self.inner.config.timeout)
     }
@@ -854,7 +884,7 @@ fn unavailable(status: &SessionStatus, what: &str) -> Error {
 /// Errors that mean "not decided, or not known to be: send the same bytes
 /// again". A server-side failure (a failed fsync) may have left the commit
 /// durable or not; the outcome table answers the resend either way.
-fn is_retry_signal(error: &WireError) -> bool {
+pub(crate) fn is_retry_signal(error: &WireError) -> bool {
     matches!(
         error,
         WireError::NotPrimary { .. }
@@ -881,7 +911,7 @@ fn is_decision(error: &WireError) -> bool {
 }
 
 /// The client error for a server's decided refusal of `txn_id`.
-fn commit_error(txn_id: TxnId, error: WireError) -> Error {
+pub(crate) fn commit_error(txn_id: TxnId, error: WireError) -> Error {
     match error {
         WireError::Abandoned => Error::Abandoned { txn_id },
         WireError::Expired => Error::Expired { txn_id },

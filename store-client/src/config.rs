@@ -49,6 +49,44 @@ impl Default for ReadPolicy {
     }
 }
 
+/// What a write does about its answer: the three philosophies of the
+/// MeeGo report, chosen per client ([`ClientConfig::write_policy`]) or per
+/// call ([`Client::with_write_policy`](crate::Client::with_write_policy)).
+/// Every policy sends a transaction under one id, so none applies it twice.
+///
+/// ```
+/// use store_client::WritePolicy;
+/// assert_eq!(WritePolicy::default(), WritePolicy::Retry);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WritePolicy {
+    /// Wait and retry: resend the same bytes through reconnects and
+    /// failovers until the call's deadline; if a copy may have arrived and
+    /// no answer came, ask the server (`resolve`) before reporting
+    /// [`Error::OutcomeUnknown`](crate::Error::OutcomeUnknown). The answer
+    /// is definite whenever a server can be reached in time.
+    #[default]
+    Retry,
+    /// Give up and report: refused at once, nothing sent
+    /// ([`Error::SessionStale`](crate::Error::SessionStale)), while the
+    /// session is not proven live; otherwise sent once, and answered
+    /// within one attempt (a round trip, bounded by `stale_after`). A
+    /// refusal before any decision (not primary, shutting down,
+    /// overloaded) is [`Error::Unavailable`](crate::Error::Unavailable),
+    /// not applied; no answer is `OutcomeUnknown`, with no resend and no
+    /// `resolve` (call [`Client::resolve`](crate::Client::resolve) or
+    /// [`Client::recommit`](crate::Client::recommit) yourself).
+    FailFast,
+    /// Guarantee nothing: handed to the live session's connection and
+    /// returned at once ([`CommitOutcome::confirmed`](crate::CommitOutcome)
+    /// is false, with no TID). Applied at most once, never twice: it is
+    /// never resent. Its answer, when it comes, is only counted
+    /// (`zeolite_client_unconfirmed_failures_total` for a failure), and a
+    /// read may not see it yet. Refused at once while the session is not
+    /// live, as `FailFast`.
+    Unconfirmed,
+}
+
 /// The PEM files a client presents and trusts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsPaths {
@@ -102,6 +140,8 @@ pub struct ClientConfig {
     /// What reads (and writes) do while the session is not `Live`.
     /// Writes never go out on a stale session: `AllowStale` waits for them.
     pub read_policy: ReadPolicy,
+    /// What writes do about their answers. Default [`WritePolicy::Retry`].
+    pub write_policy: WritePolicy,
     /// Cache budget in bytes. Default [`DEFAULT_CACHE_BYTES`] (256 MiB).
     /// The cache is split in up to 32 shards of at least 8 MiB; a value
     /// larger than one shard's share is read through, never cached.
@@ -152,6 +192,7 @@ impl ClientConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             session: SessionConfig::default(),
             read_policy: ReadPolicy::default(),
+            write_policy: WritePolicy::default(),
             any_role: false,
             cache_bytes: DEFAULT_CACHE_BYTES,
             cache_ttl: None,

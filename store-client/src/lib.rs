@@ -20,7 +20,9 @@
 //! still safe to serve?*; public as [`Liveness`] for simulations, such as
 //! the server's simulation of a pair and its client), `driver` (the task that runs it), `cache`,
 //! `retry` (backoff), `client` (the handle), `connection` (one QUIC
-//! connection), `txn` (transactions and their ids), `backup`
+//! connection), `txn` (transactions and their ids), `writes` (the
+//! [`WritePolicy`]s but `Retry`), `serving` (*may this cached value be
+//! served?*), `backup`
 //! ([`Client::backup`]), `config`, `tls`,
 //! `error`, [`metrics`] (the names it records through the `metrics`
 //! facade: cache evictions, session state changes,
@@ -42,11 +44,12 @@ mod serving;
 mod session;
 mod tls;
 mod txn;
+mod writes;
 
 pub use cache::{CacheStats, DEFAULT_CACHE_BYTES};
 pub use client::{Client, Read, ScanPage, Source};
 pub use config::{
-    ClientConfig, ReadPolicy, TlsPaths, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    ClientConfig, ReadPolicy, TlsPaths, WritePolicy, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_KEEP_ALIVE, DEFAULT_READ_WAIT, DEFAULT_SERVER, DEFAULT_TIMEOUT, DEFAULT_TLS_DIR,
 };
 pub use driver::SessionStatus;

@@ -14,3 +14,6 @@ pub const RETRIES: &str = "zeolite_client_retries_total";
 pub const OUTCOMES_UNKNOWN: &str = "zeolite_client_outcomes_unknown_total";
 /// Explicit and automatic `resolve` calls.
 pub const RESOLVES: &str = "zeolite_client_resolves_total";
+/// Writes sent under `WritePolicy::Unconfirmed` whose answer, when it
+/// came, was not a commit (or did not come in time).
+pub const UNCONFIRMED_FAILURES: &str = "zeolite_client_unconfirmed_failures_total";

@@ -138,6 +138,16 @@ impl Output {
     }
 
     pub fn committed(&mut self, outcome: &CommitOutcome) -> Exit {
+        if !outcome.confirmed {
+            // Unconfirmed: handed over, its answer not awaited.
+            if self.json {
+                let line = json!({"sent": true, "txn": outcome.txn_id.to_string()});
+                self.json_line(&line);
+            } else {
+                self.line(format!("sent txn={}", outcome.txn_id).as_bytes());
+            }
+            return Exit::Ok;
+        }
         if self.json {
             let mut object = Map::new();
             object.insert("tid".into(), json!(outcome.tid.0));

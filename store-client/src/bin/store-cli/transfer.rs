@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{Map, Value};
-use store_client::{Client, ClientConfig, Entry, Error, ScanRequest};
+use store_client::{Client, ClientConfig, Entry, Error, ScanRequest, WritePolicy};
 
 use crate::output::{put_bytes, Exit, Output};
 
@@ -351,6 +351,57 @@ pub async fn load(
     Ok(Exit::Ok)
 }
 
+/// What became of one batch.
+enum Batch {
+    /// Applied now.
+    Applied,
+    /// Applied by an earlier run: replayed, or forgotten since (expired).
+    Already,
+}
+
+/// Commits one batch under [`WritePolicy::FailFast`], resending the same
+/// transaction itself until `timeout`, and never asking `resolve`: so no
+/// batch of a load is ever recorded as abandoned, and the only decision a
+/// batch of plain puts can get is "committed". A rerun that finds its id
+/// forgotten (expired) therefore finds it applied. Out of time, the error
+/// names the transaction, and a rerun finishes the load.
+async fn commit_batch(
+    client: &Client,
+    rows: Vec<(Bytes, Bytes)>,
+    timeout: Duration,
+) -> Result<Batch, Error> {
+    let deadline = Instant::now() + timeout;
+    let handle = client
+        .with_write_policy(WritePolicy::FailFast)
+        .until(deadline);
+    let mut txn = handle.txn();
+    for (key, value) in rows {
+        txn.put(key, value);
+    }
+    let mut attempt = txn.commit().await;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let failed = match attempt {
+            Ok(outcome) if outcome.replayed => return Ok(Batch::Already),
+            Ok(_) => return Ok(Batch::Applied),
+            Err(failed) => failed,
+        };
+        if matches!(failed.error(), Error::Expired { .. }) {
+            return Ok(Batch::Already);
+        }
+        let error = failed.error().clone();
+        let Some(prepared) = failed.into_prepared() else {
+            return Err(error);
+        };
+        if Instant::now() + pause >= deadline {
+            return Err(error);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+        attempt = handle.recommit(prepared).await;
+    }
+}
+
 #[derive(Default)]
 struct Counts {
     batches: u64,
@@ -399,17 +450,9 @@ async fn commit_batches(
         if flush {
             let rows = std::mem::take(&mut pending);
             let n = rows.len() as u64;
-            let bounded = client.until(std::time::Instant::now() + timeout);
-            let mut txn = bounded.txn();
-            for (key, value) in rows {
-                txn.put(key, value);
-            }
-            match txn.commit().await {
-                Ok(outcome) if outcome.replayed => counts.already += n,
-                Ok(_) => counts.applied += n,
-                // Decided by an earlier run and forgotten since.
-                Err(e) if matches!(e.error(), Error::Expired { .. }) => counts.already += n,
-                Err(e) => return Err(e.error().clone()),
+            match commit_batch(client, rows, timeout).await? {
+                Batch::Applied => counts.applied += n,
+                Batch::Already => counts.already += n,
             }
             counts.batches += 1;
             done += n;
