@@ -23,8 +23,10 @@
 //!   writes one [`Request`] frame and finishes its side; the server writes one
 //!   [`Response`] frame and finishes. A request stream opened before the
 //!   session is welcomed is answered with [`WireError::NoSession`].
-//!   The one exception is [`Request::Backup`], answered with a sequence of
-//!   [`backup::BackupPiece`] frames (see [`backup`]).
+//!   The exceptions are [`Request::Backup`], answered with a sequence of
+//!   [`backup::BackupPiece`] frames (see [`backup`]), and
+//!   [`Request::Subscribe`], answered with [`feed::FeedEvent`] frames for
+//!   as long as the client reads (see [`feed`]).
 //!
 //! ## Frames, byte by byte
 //!
@@ -70,6 +72,7 @@
 
 pub mod backup;
 mod error;
+pub mod feed;
 mod frame;
 #[cfg(feature = "tls")]
 pub mod identity;

@@ -135,6 +135,10 @@ pub enum Request {
     /// request, with a sequence of [`BackupPiece`](crate::backup::BackupPiece)
     /// frames: the stream a backup file holds.
     Backup,
+    /// Subscribes to the changes of keys under a prefix, from a TID on.
+    /// Answered with [`FeedEvent`](crate::feed::FeedEvent) frames until the
+    /// client stops reading.
+    Subscribe(crate::feed::Subscribe),
 }
 
 /// A range read: keys `k` with `start <= k < end` (no `end`: to the last key).

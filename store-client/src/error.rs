@@ -80,6 +80,18 @@ pub enum Error {
         /// What interrupted it.
         detail: String,
     },
+    /// A subscription's start is older than the history the server
+    /// retains; a new one may start at `oldest` (after reading the current
+    /// state, say with a scan).
+    #[error("the history before tid {oldest} is no longer retained (compacted)")]
+    Compacted {
+        /// The oldest TID a subscription may start from now.
+        oldest: store_protocol::Tid,
+    },
+    /// A subscription read so slowly that the server cut it off rather
+    /// than hold changes for it.
+    #[error("the subscription fell behind and the server cut it off")]
+    FellBehind,
     /// The server answered something this client does not understand.
     #[error("protocol error: {detail}")]
     Protocol {

@@ -22,7 +22,7 @@
 //! `retry` (backoff), `client` (the handle), `connection` (one QUIC
 //! connection), `txn` (transactions and their ids), `writes` (the
 //! [`WritePolicy`]s but `Retry`), `serving` (*may this cached value be
-//! served?*), `backup`
+//! served?*), `feed` ([`Client::subscribe`], the change feed), `backup`
 //! ([`Client::backup`]), `config`, `tls`,
 //! `error`, [`metrics`] (the names it records through the `metrics`
 //! facade: cache evictions, session state changes,
@@ -38,6 +38,7 @@ mod config;
 mod connection;
 mod driver;
 mod error;
+mod feed;
 pub mod metrics;
 mod retry;
 mod serving;
@@ -54,12 +55,14 @@ pub use config::{
 };
 pub use driver::SessionStatus;
 pub use error::Error;
+pub use feed::Subscription;
 pub use retry::{BACKOFF_BASE, BACKOFF_CAP};
 pub use session::{
     Action as SessionAction, Liveness, SessionConfig, SessionState, DEFAULT_EXPIRE_AFTER,
     DEFAULT_IDLE_AFTER, DEFAULT_PING_INTERVAL, DEFAULT_PING_JITTER, DEFAULT_STALE_AFTER,
     SUSPECT_AFTER,
 };
+pub use store_protocol::feed::{Change, ChangeOp};
 pub use store_protocol::{
     Entry, Role, ScanRequest, StatusInfo, Tid, TxnId, Versioned, WireError, WriteResult,
 };

@@ -129,6 +129,11 @@ impl Invalidations {
         }
     }
 
+    /// The last TID published: every commit up to it is acknowledged.
+    pub fn published(&self) -> Tid {
+        *self.published.borrow()
+    }
+
     /// Waits until every commit up to `tid` is published (acknowledged),
     /// at most `timeout`; returns whether it is.
     pub async fn wait_published(&self, tid: Tid, timeout: std::time::Duration) -> bool {

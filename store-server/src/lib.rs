@@ -14,6 +14,7 @@
 //! * `http`: `/metrics`, `/health` and `/ready` for operators, with
 //!   `metrics` (every metric's name, the recorder, the scrape);
 //! * `streams`: a connection's request-stream window, small while idle;
+//! * `feed`: change-feed subscriptions, read from the log;
 //! * `session`: `Hello`/`Welcome` with cache revalidation, then pings,
 //!   pongs and invalidations in TID order;
 //! * `request`: one request stream, its bytes reserved (`budget`), limits
@@ -45,6 +46,7 @@ mod cli;
 mod commit;
 mod config;
 mod error;
+mod feed;
 mod http;
 mod identity;
 mod invalidation;

@@ -50,6 +50,11 @@ impl Stream<'_> {
                 metrics::counter!(crate::metrics::REQUESTS, "kind" => "backup").increment(1);
                 return crate::backup::serve(self.shared, self.grant, send).await;
             }
+            Ok(Some((Request::Subscribe(subscribe), reserved))) => {
+                drop(reserved);
+                metrics::counter!(crate::metrics::REQUESTS, "kind" => "subscribe").increment(1);
+                return crate::feed::serve(self.shared, self.grant, send, subscribe).await;
+            }
             Ok(Some((request, reserved))) => {
                 let response = answer(request, self.shared, self.session, self.grant).await;
                 drop(reserved);
@@ -123,6 +128,7 @@ fn kind(request: &Request) -> &'static str {
         Request::Status => "status",
         Request::Promote { .. } => "promote",
         Request::Backup => "backup",
+        Request::Subscribe(_) => "subscribe",
     }
 }
 
@@ -241,9 +247,9 @@ async fn decide(
             pair.promote(force).await?;
             Ok(Response::Status(status(shared)))
         }
-        // Streamed by `backup::serve` before it gets here.
-        Request::Backup => Err(WireError::Malformed {
-            detail: "a backup is answered on its own stream".into(),
+        // Streamed by `backup::serve` and `feed::serve` before they get here.
+        Request::Backup | Request::Subscribe(_) => Err(WireError::Malformed {
+            detail: "answered on its own stream".into(),
         }),
     }
 }

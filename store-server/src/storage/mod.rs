@@ -24,6 +24,7 @@ mod check;
 pub mod crash;
 mod file;
 mod fold;
+mod history;
 mod pending;
 mod reads;
 mod redo;
@@ -51,6 +52,7 @@ use batch::now_ms;
 pub use batch::{Op, OpResult, MAX_RECORD_BYTES};
 pub use check::{check, CheckReport};
 pub use file::{fail_stop, open_database};
+pub use history::Start;
 pub use snapshot::SnapshotPiece;
 
 /// key → (serial, value).

@@ -369,6 +369,14 @@ impl Wal {
         self.active.is_some()
     }
 
+    /// The LSN of the oldest record retained, if any segment is.
+    pub fn first_lsn(&self) -> Option<u64> {
+        self.sealed
+            .front()
+            .map(|s| s.first_lsn)
+            .or_else(|| self.active.as_ref().map(|a| a.first_lsn))
+    }
+
     /// The LSN the next record must carry.
     pub fn next_lsn(&self) -> u64 {
         self.next_lsn

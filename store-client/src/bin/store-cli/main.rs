@@ -91,6 +91,18 @@ enum Command {
     /// {"key" | "key_b64", "value" | "value_b64", "serial"}. Each page is
     /// read at its own TID; for one TID across the store, use backup.
     Dump { prefix: Option<OsString> },
+    /// Print a line per change of a key under PREFIX, in TID order, until
+    /// interrupted: `TID<TAB>put<TAB>KEY<TAB>VALUE`,
+    /// `TID<TAB>append<TAB>KEY<TAB>SUFFIX` or `TID<TAB>delete<TAB>KEY`
+    /// (--json: {"tid", "key", "value" | "appended" | "deleted": true}).
+    /// Goes on across reconnects and failovers, missing nothing; a start
+    /// older than the retained history exits 3 naming the oldest TID.
+    Subscribe {
+        prefix: OsString,
+        /// Changes of commits after this TID (default: from now on).
+        #[arg(long, value_name = "TID")]
+        from: Option<u64>,
+    },
     /// Commit the JSON lines of FILE (as dump prints them) in batches,
     /// each under a transaction id derived from the file and --batch, so a
     /// rerun after an interruption applies nothing twice. Every line is
@@ -145,6 +157,7 @@ async fn run(cli: Cli, out: &mut Output) -> Exit {
         Command::Load { file, batch } => transfer::load(config, &file, batch, out)
             .await
             .map_err(|e| (SessionState::Connecting, e)),
+        Command::Subscribe { prefix, from } => subscribe(config, bytes_of(prefix), from, out).await,
         command @ (Command::Backup { .. } | Command::Dump { .. }) => {
             // Long-running: --timeout bounds each step, not the whole.
             let timeout = config.timeout;
@@ -246,6 +259,43 @@ async fn watch(
     Ok(Exit::Ok)
 }
 
+/// Prints every change under `prefix` until interrupted.
+async fn subscribe(
+    config: ClientConfig,
+    prefix: Bytes,
+    from: Option<u64>,
+    out: &mut Output,
+) -> Result<Exit, (SessionState, Error)> {
+    let client = Client::connect(config)
+        .await
+        .map_err(|e| (SessionState::Connecting, e))?;
+    let from = match from {
+        Some(tid) => store_client::Tid(tid),
+        None => match client.status().await {
+            Ok(status) => status.last_tid,
+            Err(e) => return Err((client.session().state, e)),
+        },
+    };
+    let mut feed = client.subscribe(prefix, from);
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    let result = loop {
+        let next = tokio::select! {
+            next = feed.next() => next,
+            () = &mut stop => break Ok(Exit::Ok),
+        };
+        match next {
+            Some(Ok(change)) => out.change(&change),
+            // Nothing reached in time: say so, and go on trying.
+            Some(Err(e @ Error::Unavailable { .. })) => eprintln!("store-cli: {e}"),
+            Some(Err(e)) => break Err((client.session().state, e)),
+            None => break Ok(Exit::Ok),
+        }
+    };
+    client.close().await;
+    result
+}
+
 /// Completes on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -311,6 +361,7 @@ async fn execute(
         | Command::Watch { .. }
         | Command::Backup { .. }
         | Command::Dump { .. }
+        | Command::Subscribe { .. }
         | Command::Load { .. } => Err(Error::Config {
             detail: "this command runs on its own".into(),
         }),

@@ -6,7 +6,8 @@ use std::time::Instant;
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 use store_client::{
-    CommitOutcome, Error, Read, SessionState, SessionStatus, Source, StatusInfo, TxnId,
+    Change, ChangeOp, CommitOutcome, Error, Read, SessionState, SessionStatus, Source, StatusInfo,
+    TxnId,
 };
 
 /// Exit codes scripts rely on.
@@ -255,6 +256,40 @@ impl Output {
 }
 
 impl Output {
+    /// One change of a `subscribe`: `TID<TAB>put<TAB>KEY<TAB>VALUE`,
+    /// `TID<TAB>append<TAB>KEY<TAB>SUFFIX` or `TID<TAB>delete<TAB>KEY`; with
+    /// `--json` `{"tid", "key", "value" | "appended" | "deleted": true}`.
+    pub fn change(&mut self, change: &Change) {
+        if self.json {
+            let mut object = Map::new();
+            object.insert("tid".into(), json!(change.tid.0));
+            put_bytes(&mut object, "key", &change.key);
+            match &change.op {
+                ChangeOp::Put(value) => put_bytes(&mut object, "value", value),
+                ChangeOp::Append(suffix) => put_bytes(&mut object, "appended", suffix),
+                ChangeOp::Delete => {
+                    object.insert("deleted".into(), json!(true));
+                }
+            }
+            self.json_line(&Value::Object(object));
+            return;
+        }
+        let mut line = format!("{}\t", change.tid.0).into_bytes();
+        let (verb, bytes) = match &change.op {
+            ChangeOp::Put(value) => ("put", Some(value)),
+            ChangeOp::Append(suffix) => ("append", Some(suffix)),
+            ChangeOp::Delete => ("delete", None),
+        };
+        line.extend_from_slice(verb.as_bytes());
+        line.push(b'\t');
+        line.extend_from_slice(&change.key);
+        if let Some(bytes) = bytes {
+            line.push(b'\t');
+            line.extend_from_slice(bytes);
+        }
+        self.line(&line);
+    }
+
     /// A command's summary: `WHAT k=v ...`, or the fields as one JSON
     /// object with `--json`; on stdout, or on stderr when stdout holds the
     /// command's data.
@@ -301,7 +336,11 @@ fn source_name(read: &Read) -> &'static str {
 
 fn exit_for(error: &Error) -> Exit {
     match error {
-        Error::Conflict { .. } | Error::Rejected(_) | Error::Abandoned { .. } => Exit::Definite,
+        Error::Conflict { .. }
+        | Error::Rejected(_)
+        | Error::Abandoned { .. }
+        | Error::Compacted { .. }
+        | Error::FellBehind => Exit::Definite,
         // A forgotten outcome is an unknown one: a copy may have landed.
         Error::OutcomeUnknown { .. } | Error::Expired { .. } => Exit::Unknown,
         Error::Config { .. } | Error::Tls { .. } => Exit::Usage,

@@ -1,0 +1,199 @@
+//! The change feed: subscribers from different TIDs each see exactly the
+//! committed history under their prefix (in order, nothing missed, nothing
+//! twice) across a SIGKILL of a standalone server and a failover of a
+//! pair; a start before the retained history is `Compacted`, and
+//! `store-cli subscribe` exits 3 naming the oldest TID.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use store_client::{Change, ChangeOp, Client, Error, Subscription, Tid};
+use store_tests::{cli, ServerProcess, EVENT_DEADLINE};
+
+/// A commit the writer made: its TID and what it did to one key.
+#[derive(Debug, Clone)]
+struct Made {
+    tid: Tid,
+    key: Bytes,
+    op: ChangeOp,
+}
+
+/// Commits `count` single-key transactions, cycling put, append and
+/// delete over a few keys under `f/` and one outside it; returns the
+/// acknowledged ones (every one, when nothing fails).
+async fn write(client: &Client, start: usize, count: usize) -> Vec<Made> {
+    let mut made = Vec::new();
+    for i in start..start + count {
+        let key = if i % 5 == 4 {
+            format!("g/{}", i % 3)
+        } else {
+            format!("f/{}", i % 4)
+        };
+        let value = Bytes::from(format!("v{i}"));
+        let (outcome, op) = match i % 3 {
+            0 => (
+                client.put(key.clone(), value.clone()).await,
+                ChangeOp::Put(value),
+            ),
+            1 => (
+                client.append(key.clone(), value.clone()).await,
+                ChangeOp::Append(value),
+            ),
+            _ => (client.delete(key.clone()).await, ChangeOp::Delete),
+        };
+        let outcome = outcome.unwrap();
+        made.push(Made {
+            tid: outcome.tid,
+            key: Bytes::from(key),
+            op,
+        });
+    }
+    made
+}
+
+/// What a subscriber from `from` under `f/` must see of `made`.
+fn expected(made: &[Made], from: Tid) -> Vec<Change> {
+    made.iter()
+        .filter(|m| m.tid > from && m.key.starts_with(b"f/"))
+        .map(|m| Change {
+            tid: m.tid,
+            key: m.key.clone(),
+            op: m.op.clone(),
+        })
+        .collect()
+}
+
+/// Reads changes until one of TID `last` or later has come (or the
+/// deadline passes).
+async fn collect(feed: &mut Subscription, into: &mut Vec<Change>, last: Tid) {
+    let deadline = Instant::now() + EVENT_DEADLINE;
+    while feed.through() < last {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "the feed stopped at {:?}", feed.through());
+        match tokio::time::timeout(left, feed.next()).await {
+            Ok(Some(Ok(change))) => into.push(change),
+            // No server for a while (it is being restarted): go on.
+            Ok(Some(Err(Error::Unavailable { .. }))) => {}
+            Ok(other) => panic!("the feed ended: {other:?}"),
+            Err(_) => panic!("no change for {EVENT_DEADLINE:?}"),
+        }
+    }
+    // The rest of the last frame, already buffered.
+    while let Ok(Some(Ok(change))) = tokio::time::timeout(Duration::ZERO, feed.next()).await {
+        into.push(change);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_from_three_tids_see_the_committed_history_across_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(dir.path()).await;
+    let writer = server.client().await;
+    let mut made = write(&writer, 0, 20).await;
+    let reader = server.client().await;
+    let froms = [Tid::ZERO, made[9].tid, made[19].tid];
+    let mut feeds: Vec<Subscription> = froms.iter().map(|&f| reader.subscribe("f/", f)).collect();
+    let mut seen: Vec<Vec<Change>> = vec![Vec::new(); 3];
+    made.extend(write(&writer, 20, 20).await);
+    for (feed, seen) in feeds.iter_mut().zip(&mut seen) {
+        collect(feed, seen, made[39].tid).await;
+    }
+    // Killed mid-stream; restarted, it serves the rest from its log.
+    server.restart().await;
+    made.extend(write(&writer, 40, 20).await);
+    let last = made.last().unwrap().tid;
+    for (feed, seen) in feeds.iter_mut().zip(&mut seen) {
+        collect(feed, seen, last).await;
+    }
+    for (from, seen) in froms.iter().zip(&seen) {
+        assert_eq!(
+            seen,
+            &expected(&made, *from),
+            "the subscriber from {from:?}"
+        );
+    }
+    reader.close().await;
+    writer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_follows_a_pair_through_a_failover_missing_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = store_tests::Cluster::start(dir.path()).await;
+    let primary = cluster.wait_for_primary(Some(0)).await;
+    cluster.wait_in_sync(primary).await;
+    let writer = cluster.client().await;
+    let reader = cluster.client().await;
+    let mut feed = reader.subscribe("f/", Tid::ZERO);
+    let mut seen = Vec::new();
+    let mut made = write(&writer, 0, 15).await;
+    collect(&mut feed, &mut seen, made[14].tid).await;
+    cluster.nodes[primary].kill();
+    assert_eq!(
+        cluster.wait_for_primary(Some(1 - primary)).await,
+        1 - primary
+    );
+    made.extend(write(&writer, 15, 15).await);
+    let last = made.last().unwrap().tid;
+    collect(&mut feed, &mut seen, last).await;
+    // In TID order, each change once, and exactly the acknowledged history.
+    let tids: Vec<Tid> = seen.iter().map(|c| c.tid).collect();
+    assert!(tids.windows(2).all(|w| w[0] < w[1]), "{tids:?}");
+    assert_eq!(seen, expected(&made, Tid::ZERO));
+    let distinct: BTreeSet<Tid> = tids.into_iter().collect();
+    assert_eq!(distinct.len(), seen.len());
+    reader.close().await;
+    writer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_before_the_retained_history_is_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = ServerProcess::start(&dir.path().join("a")).await;
+    let writer = source.client().await;
+    write(&writer, 0, 5).await;
+    writer.close().await;
+    // A restored store keeps no log from before its backup's TID.
+    let file = dir.path().join("b.backup");
+    let taken = cli(&source, &["backup", file.to_str().unwrap()], None);
+    assert_eq!(taken.code, 0, "{taken:?}");
+    let restored_dir = dir.path().join("b");
+    for sub in ["tls", "tls-private"] {
+        let from = source.data_dir().join(sub);
+        let to = restored_dir.join("data").join(sub);
+        std::fs::create_dir_all(&to).unwrap();
+        for entry in std::fs::read_dir(&from).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            }
+        }
+    }
+    let made = std::process::Command::new(store_tests::binary("store-server"))
+        .args(["restore", "--from"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(restored_dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let restored = ServerProcess::start(&restored_dir).await;
+    let client = restored.client().await;
+    let mut feed = client.subscribe("f/", Tid::ZERO);
+    match feed.next().await {
+        Some(Err(Error::Compacted { oldest })) => assert_eq!(oldest, Tid(5)),
+        other => panic!("expected Compacted, got {other:?}"),
+    }
+    assert!(feed.next().await.is_none(), "a compacted feed ends");
+    // From the oldest TID on, it serves.
+    let mut feed = client.subscribe("f/", Tid(5));
+    client.put("f/new", "x").await.unwrap();
+    let change = feed.next().await.unwrap().unwrap();
+    assert_eq!((change.tid, &change.key[..]), (Tid(6), &b"f/new"[..]));
+    client.close().await;
+    let out = cli(&restored, &["subscribe", "f/", "--from", "0"], None);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("tid 5"), "{out:?}");
+}
