@@ -197,3 +197,49 @@ async fn a_start_before_the_retained_history_is_compacted() {
     assert_eq!(out.code, 3, "{out:?}");
     assert!(out.stderr.contains("tid 5"), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_is_cut_off_and_holds_back_no_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path()).await;
+    let writer = server.client().await;
+    let slow_client = server.client().await;
+    let fast_client = server.client().await;
+    let mut slow = slow_client.subscribe("s/", Tid::ZERO);
+    let mut fast = fast_client.subscribe("s/", Tid::ZERO);
+    writer.put("s/first", "x").await.unwrap();
+    // Both subscribed; the slow one now stops reading.
+    assert!(slow.next().await.unwrap().is_ok());
+    assert!(fast.next().await.unwrap().is_ok());
+    // Far more than QUIC lets through unread (a 1.25 MB stream window).
+    let value = Bytes::from(vec![b'v'; 64 << 10]);
+    let mut last = Tid::ZERO;
+    for i in 0..80 {
+        last = writer.put(format!("s/{i:03}"), value.clone()).await.unwrap().tid;
+    }
+    // The fast reader gets everything while the slow one is stuck.
+    let mut got = Vec::new();
+    collect(&mut fast, &mut got, last).await;
+    assert_eq!(got.len(), 80);
+    // The server cuts the slow one off once it has taken nothing for its
+    // stall timeout (30 s), rather than hold changes for it.
+    let deadline = Instant::now() + EVENT_DEADLINE;
+    while !server.log_text().contains("a subscriber fell behind and was cut off") {
+        assert!(Instant::now() < deadline, "the slow subscriber was never cut off");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // What had arrived is delivered, then the end, with why.
+    let mut delivered = 0;
+    let end = loop {
+        match tokio::time::timeout(EVENT_DEADLINE, slow.next()).await.unwrap() {
+            Some(Ok(_)) => delivered += 1,
+            other => break other,
+        }
+    };
+    assert!(delivered < 80, "it was not held back: {delivered}");
+    assert!(matches!(end, Some(Err(Error::FellBehind))), "{end:?}");
+    assert!(slow.next().await.is_none());
+    writer.close().await;
+    slow_client.close().await;
+    fast_client.close().await;
+}
