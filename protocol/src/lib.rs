@@ -98,7 +98,7 @@ pub use limits::{
 pub use message::{
     content_digest, CommitRequest, Committed, Entry, Hello, PairStatus, Pong, ReadCheck, Request,
     Response, ScanRequest, SessionEvent, SessionRequest, StatusInfo, Versioned, Welcome, Write,
-    WriteResult,
+    WriteResult, COMMIT_ENVELOPE_BYTES, OP_ENVELOPE_BYTES,
 };
 
 /// The protocol version this build speaks, sent in [`Hello`].

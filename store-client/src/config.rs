@@ -216,6 +216,34 @@ impl ClientConfig {
         self.session.validate()
     }
 
+    /// Defaults, with the servers and TLS directory of the environment as
+    /// `store-cli` reads them: `ZEOLITE_SERVERS` (comma-separated, default
+    /// [`DEFAULT_SERVER`]) and `ZEOLITE_TLS_DIR` (default
+    /// [`DEFAULT_TLS_DIR`]).
+    ///
+    /// ```
+    /// let config = store_client::ClientConfig::from_env();
+    /// assert!(!config.servers.is_empty());
+    /// ```
+    pub fn from_env() -> ClientConfig {
+        let servers = std::env::var("ZEOLITE_SERVERS").unwrap_or_else(|_| DEFAULT_SERVER.into());
+        let servers: Vec<String> = servers
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        let config = if servers.is_empty() {
+            ClientConfig::default()
+        } else {
+            ClientConfig::new(servers)
+        };
+        match std::env::var_os("ZEOLITE_TLS_DIR") {
+            Some(dir) => config.tls_dir(PathBuf::from(dir)),
+            None => config,
+        }
+    }
+
     /// Takes `ca.pem`, `client.pem` and `client.key` from `dir`.
     pub fn tls_dir(mut self, dir: impl AsRef<Path>) -> ClientConfig {
         self.tls = TlsPaths::in_dir(dir);

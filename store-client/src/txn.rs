@@ -210,9 +210,10 @@ pub struct CommitOutcome {
     pub results: Vec<WriteResult>,
     /// True when the server replayed an outcome recorded earlier.
     pub replayed: bool,
-    /// False for a write sent under [`WritePolicy::Unconfirmed`]
-    /// (crate::WritePolicy::Unconfirmed): handed to the connection, its
-    /// answer not awaited; `tid` is then zero and `results` empty.
+    /// False for a write sent under
+    /// [`WritePolicy::Unconfirmed`](crate::WritePolicy::Unconfirmed):
+    /// handed to the connection, its answer not awaited; `tid` is then
+    /// zero and `results` empty.
     pub confirmed: bool,
 }
 

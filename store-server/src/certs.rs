@@ -62,7 +62,7 @@ impl CertRole {
 
 /// Creates a development CA, a server certificate and a client certificate in
 /// `dir` unless `dir/ca.pem` already exists, and the CA's key in
-/// [`private_dir`].
+/// `private_dir`.
 ///
 /// The files are made in a sibling temporary directory and renamed into place
 /// in one step, so two nodes started at once with the same `--tls-dir` end up
@@ -115,7 +115,7 @@ fn ca_key_name(ca_pem: &str) -> String {
 
 /// The `role` certificate of `name` (a node's address, or a standalone
 /// server's name) from development directory `dir`, issued from its CA on
-/// first use into [`private_dir`] (`nodes/HOST_PORT/`, or `server/`).
+/// first use into `private_dir` (`nodes/HOST_PORT/`, or `server/`).
 pub fn ensure_dev_cert(dir: &Path, role: CertRole, name: &str) -> Result<TlsFiles, ServerError> {
     ensure_dev_certs(dir)?;
     let safe: String = name
@@ -155,7 +155,7 @@ pub fn ensure_dev_cert(dir: &Path, role: CertRole, name: &str) -> Result<TlsFile
 }
 
 /// Issues a `role` certificate for `name` from the development CA of
-/// `ca_dir` (its `ca.pem`, and the key in [`private_dir`]) into `out`:
+/// `ca_dir` (its `ca.pem`, and the key in `private_dir`) into `out`:
 /// `ca.pem`, and `client.pem`/`client.key` or `node.pem`/`node.key`, so that
 /// `out` serves as a client's or node's TLS directory. Refuses to overwrite
 /// an existing certificate.

@@ -215,7 +215,11 @@ async fn a_subscriber_that_stops_reading_is_cut_off_and_holds_back_no_one() {
     let value = Bytes::from(vec![b'v'; 64 << 10]);
     let mut last = Tid::ZERO;
     for i in 0..80 {
-        last = writer.put(format!("s/{i:03}"), value.clone()).await.unwrap().tid;
+        last = writer
+            .put(format!("s/{i:03}"), value.clone())
+            .await
+            .unwrap()
+            .tid;
     }
     // The fast reader gets everything while the slow one is stuck.
     let mut got = Vec::new();
@@ -224,14 +228,23 @@ async fn a_subscriber_that_stops_reading_is_cut_off_and_holds_back_no_one() {
     // The server cuts the slow one off once it has taken nothing for its
     // stall timeout (30 s), rather than hold changes for it.
     let deadline = Instant::now() + EVENT_DEADLINE;
-    while !server.log_text().contains("a subscriber fell behind and was cut off") {
-        assert!(Instant::now() < deadline, "the slow subscriber was never cut off");
+    while !server
+        .log_text()
+        .contains("a subscriber fell behind and was cut off")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the slow subscriber was never cut off"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // What had arrived is delivered, then the end, with why.
     let mut delivered = 0;
     let end = loop {
-        match tokio::time::timeout(EVENT_DEADLINE, slow.next()).await.unwrap() {
+        match tokio::time::timeout(EVENT_DEADLINE, slow.next())
+            .await
+            .unwrap()
+        {
             Some(Ok(_)) => delivered += 1,
             other => break other,
         }

@@ -1,5 +1,5 @@
 //! The witness server (`store-server witness`): the third vote of a pair.
-//! It holds no data, only its [`Votes`], made durable in a small redb file
+//! It holds no data, only its `Votes`, made durable in a small redb file
 //! before any answer that depends on them.
 
 use super::clock::Instant;
