@@ -299,7 +299,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value_t = WalConfig::default().checkpoint_bytes)]
     pub checkpoint_bytes: u64,
     /// Log bytes kept past a checkpoint, for a restarted backup to catch up
-    /// from and for clients to revalidate their caches from.
+    /// from, for clients to revalidate their caches from, and for change
+    /// feeds to start from.
     #[arg(long, value_name = "BYTES", default_value_t = WalConfig::default().retain_bytes)]
     pub wal_retain_bytes: u64,
     /// How long a full log segment is kept past a checkpoint (counted from
