@@ -207,7 +207,9 @@ impl Client {
     /// proven live, else from the server, filling the cache.
     pub async fn read(&self, key: impl Into<Bytes>, policy: ReadPolicy) -> Result<Read, Error> {
         let key = key.into();
+        let cache = &self.inner.shared.cache;
         if let Some(hit) = self.cached(&key, policy) {
+            cache.count(true);
             return Ok(hit);
         }
         if let ReadPolicy::Wait(_) = policy {
@@ -215,11 +217,12 @@ impl Client {
                 // Wait for proof, then the cache may answer after all.
                 self.connection(policy, self.deadline(), None).await?;
                 if let Some(hit) = self.cached(&key, policy) {
+                    cache.count(true);
                     return Ok(hit);
                 }
             }
         }
-        let cache = &self.inner.shared.cache;
+        cache.count(false);
         let generation = cache.generation();
         let (response, proven) = self
             .request(&Request::Get { key: key.clone() }, policy)
@@ -256,7 +259,7 @@ impl Client {
     }
 
     /// The cached answer for `key` that [`serving::decide`] allows now,
-    /// if any; counted as a hit or a miss.
+    /// if any (the caller counts the read once it knows where it went).
     fn cached(&self, key: &[u8], policy: ReadPolicy) -> Option<Read> {
         let cache = &self.inner.shared.cache;
         let now = std::time::Instant::now();
@@ -270,12 +273,8 @@ impl Client {
         let stale = match serving::decide(entry, fresh, policy, ttl, now) {
             serving::Serve::Fresh => false,
             serving::Serve::Stale => true,
-            serving::Serve::Server => {
-                cache.count(false);
-                return None;
-            }
+            serving::Serve::Server => return None,
         };
-        cache.count(true);
         hit.map(|hit| Read {
             value: hit.value,
             source: Source::Cache,
@@ -339,8 +338,14 @@ impl Client {
     ) -> Result<Vec<Read>, Error> {
         let keys: Vec<Bytes> = keys.into_iter().map(Into::into).collect();
         let cache = &self.inner.shared.cache;
-        let mut answers: Vec<Option<Read>> =
-            keys.iter().map(|key| self.cached(key, policy)).collect();
+        let mut answers: Vec<Option<Read>> = keys
+            .iter()
+            .map(|key| {
+                let hit = self.cached(key, policy);
+                cache.count(hit.is_some());
+                hit
+            })
+            .collect();
         let missing: Vec<Bytes> = keys
             .iter()
             .zip(&answers)

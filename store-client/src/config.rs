@@ -83,7 +83,10 @@ pub enum WritePolicy {
     /// never resent. Its answer, when it comes, is only counted
     /// (`zeolite_client_unconfirmed_failures_total` for a failure), and a
     /// read may not see it yet. Refused at once while the session is not
-    /// live, as `FailFast`.
+    /// live, as `FailFast`. Until its answer comes (or the call's timeout
+    /// passes) it holds one of the client's
+    /// [`MAX_UNRESOLVED`](crate::MAX_UNRESOLVED) transaction slots, so
+    /// with that many unanswered the next write waits for one.
     Unconfirmed,
 }
 

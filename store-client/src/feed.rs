@@ -21,9 +21,14 @@ use crate::retry::Backoff;
 pub struct Subscription {
     client: Client,
     prefix: Bytes,
-    /// Every commit up to here has been delivered (those under the prefix).
-    through: Tid,
+    /// The server has read the history up to here: a new subscription
+    /// starts after it.
+    resume: Tid,
+    /// Every commit up to here has been handed out whole.
+    delivered: Tid,
+    /// The changes of the last frame not handed out yet, and its `through`.
     buffer: VecDeque<Change>,
+    buffered_through: Tid,
     stream: Option<(Arc<Connection>, quinn::RecvStream)>,
     backoff: Backoff,
     ended: bool,
@@ -33,7 +38,7 @@ impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription")
             .field("prefix", &self.prefix)
-            .field("through", &self.through)
+            .field("through", &self.delivered)
             .field("ended", &self.ended)
             .finish()
     }
@@ -63,8 +68,10 @@ impl Client {
         Subscription {
             client: self.clone(),
             prefix: prefix.into(),
-            through: from,
+            resume: from,
+            delivered: from,
             buffer: VecDeque::new(),
+            buffered_through: from,
             stream: None,
             backoff: Backoff::default(),
             ended: false,
@@ -73,10 +80,13 @@ impl Client {
 }
 
 impl Subscription {
-    /// Every commit up to this TID has been delivered or is buffered to
-    /// be: a new subscription from here would go on where this one is.
+    /// A checkpoint: every commit up to this TID has been handed out
+    /// whole (it moves at commit boundaries only). Saved with a view built
+    /// from the feed, a new subscription from it after a restart goes on
+    /// after the last whole commit (the changes of a commit only partly
+    /// handed out come again).
     pub fn through(&self) -> Tid {
-        self.through
+        self.delivered
     }
 
     /// The next change. Waits as long as it takes for one; across a lost
@@ -89,6 +99,11 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Result<Change, Error>> {
         loop {
             if let Some(change) = self.buffer.pop_front() {
+                self.delivered = match self.buffer.front() {
+                    None => self.buffered_through,
+                    Some(next) if next.tid != change.tid => change.tid,
+                    Some(_) => self.delivered,
+                };
                 return Some(Ok(change));
             }
             if self.ended {
@@ -104,7 +119,11 @@ impl Subscription {
             let failure = match read_frame::<_, FeedEvent>(recv, limit).await {
                 Ok(Some(FeedEvent::Changes { through, changes })) => {
                     self.backoff.reset();
-                    self.through = self.through.max(through);
+                    self.resume = self.resume.max(through);
+                    self.buffered_through = self.resume;
+                    if changes.is_empty() {
+                        self.delivered = self.resume;
+                    }
                     self.buffer.extend(changes);
                     continue;
                 }
@@ -125,7 +144,7 @@ impl Subscription {
                 Err(e) if reset_for_falling_behind(&e) => return self.end(Error::FellBehind),
                 Err(e) => e.to_string(),
             };
-            tracing::debug!(%failure, through = %self.through, "feed interrupted; subscribing again");
+            tracing::debug!(%failure, resume = %self.resume, "feed interrupted; subscribing again");
             self.stream = None;
             let delay = self.backoff.next_delay(&mut rand::thread_rng());
             tokio::time::sleep(delay).await;
@@ -146,7 +165,7 @@ impl Subscription {
         let connection = self.client.connection(policy, deadline, None).await?;
         let request = Request::Subscribe(Subscribe {
             prefix: self.prefix.clone(),
-            from: self.through,
+            from: self.resume,
         });
         let (write, recv) = connection
             .open(&request, deadline)

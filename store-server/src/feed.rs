@@ -50,7 +50,8 @@ pub(crate) async fn serve(
         Ended::Event(event) => event,
     };
     if let Ok(frame) = encode_frame(&last, limit) {
-        if send.write_all(&frame).await.is_ok() {
+        let written = tokio::time::timeout(Duration::from_secs(1), send.write_all(&frame)).await;
+        if matches!(written, Ok(Ok(()))) {
             let _ = send.finish();
         }
     }
@@ -88,16 +89,33 @@ async fn stream(
     if let Err(error) = admitted {
         return error.into();
     }
-    let storage = std::sync::Arc::clone(&shared.storage);
     let from = subscribe.from;
+    let last = shared.storage.last_tid();
+    if from > last {
+        // Commits up to `from` that this store never had would be skipped
+        // as if delivered (a store restored from an older backup, a typo).
+        return WireError::Malformed {
+            detail: format!("subscribing after tid {from}, past this store's last tid {last}"),
+        }
+        .into();
+    }
+    let storage = std::sync::Arc::clone(&shared.storage);
     let mut lsn = match blocking(move || storage.history_start(from)).await {
         Ok(Start::At(lsn)) => lsn,
         Ok(Start::Compacted { oldest }) => return Ended::Event(FeedEvent::Compacted { oldest }),
         Err(error) => return error.into(),
     };
-    let mut through = from;
-    let mut told = from;
-    let mut told_at = Instant::now();
+    // Every commit up to `through` has been read (and what matched sent,
+    // or about to be): the resume point a frame tells.
+    let mut out = Outbox {
+        through: from,
+        told: from,
+        told_at: Instant::now(),
+        changes: Vec::new(),
+        bytes: 0,
+        budget: FRAME_BYTES.min(limit as usize / 2),
+        limit,
+    };
     loop {
         if shared.draining.load(Ordering::Acquire) {
             return WireError::ShuttingDown.into();
@@ -113,6 +131,7 @@ async fn stream(
             // retained TID.
             Ok(None) => {
                 let storage = std::sync::Arc::clone(&shared.storage);
+                let through = out.through;
                 return match blocking(move || storage.history_start(through)).await {
                     Ok(Start::Compacted { oldest }) => {
                         Ended::Event(FeedEvent::Compacted { oldest })
@@ -123,8 +142,6 @@ async fn stream(
             }
             Err(error) => return error.into(),
         };
-        let mut changes = Vec::new();
-        let mut bytes = 0usize;
         let mut waiting = records.is_empty();
         for record in records {
             // Only what the cluster acknowledged.
@@ -132,46 +149,112 @@ async fn stream(
                 waiting = true;
                 break;
             }
-            lsn = record.lsn.saturating_add(1);
-            through = through.max(record.last_tid);
-            for change in record.changes {
-                if change.tid > from && change.key.starts_with(prefix) {
-                    bytes = bytes.saturating_add(change.key.len() + change_len(&change) + 16);
-                    changes.push(change);
+            // Commit by commit (a record holds a batch of them): a frame
+            // is sent before a commit that would overflow it, so a frame
+            // holds whole commits and at most one commit past its budget.
+            let mut changes = record.changes.into_iter().peekable();
+            while let Some(first) = changes.next() {
+                let tid = first.tid;
+                let mut commit = vec![first];
+                while let Some(next) = changes.next_if(|c| c.tid == tid) {
+                    commit.push(next);
                 }
+                if tid <= out.through {
+                    continue;
+                }
+                commit.retain(|c| c.key.starts_with(prefix));
+                let size: usize = commit.iter().map(change_size).sum();
+                if !out.changes.is_empty() && out.bytes.saturating_add(size) > out.budget {
+                    if let Err(ended) = out.flush(shared, send).await {
+                        return ended;
+                    }
+                }
+                out.changes.extend(commit);
+                out.bytes = out.bytes.saturating_add(size);
+                out.through = tid;
             }
-            if bytes >= FRAME_BYTES.min(limit as usize / 2) {
-                break;
-            }
+            out.through = out.through.max(record.last_tid);
+            lsn = record.lsn.saturating_add(1);
         }
-        let progress = through > told && told_at.elapsed() >= PROGRESS_EVERY;
-        if !changes.is_empty() || progress {
-            let event = FeedEvent::Changes { through, changes };
-            let frame = match encode_frame(&event, limit) {
-                Ok(frame) => frame,
-                Err(e) => return e.to_wire().into(),
-            };
-            match tokio::time::timeout(STALL_TIMEOUT, send.write_all(&frame)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Ended::Gone,
-                Err(_) => return Ended::TooSlow,
+        if !out.changes.is_empty() || out.progress_due() {
+            if let Err(ended) = out.flush(shared, send).await {
+                return ended;
             }
-            told = through;
-            told_at = Instant::now();
         }
         if waiting {
+            // Until the next commit is acknowledged, or the reader leaves.
             let next = Tid(published.0.saturating_add(1));
-            shared.invalidations.wait_published(next, WAIT).await;
+            tokio::select! {
+                _ = shared.invalidations.wait_published(next, WAIT) => {}
+                _ = send.stopped() => return Ended::Gone,
+            }
         }
     }
 }
 
-fn change_len(change: &store_protocol::feed::Change) -> usize {
+/// What a feed has read and not yet sent.
+struct Outbox {
+    through: Tid,
+    /// The `through` of the last frame sent.
+    told: Tid,
+    told_at: Instant,
+    changes: Vec<store_protocol::feed::Change>,
+    bytes: usize,
+    budget: usize,
+    limit: u32,
+}
+
+impl Outbox {
+    /// Whether a frame with no changes is due, to tell how far the
+    /// history has been read.
+    fn progress_due(&self) -> bool {
+        self.through > self.told && self.told_at.elapsed() >= PROGRESS_EVERY
+    }
+
+    /// Sends what is held, through `self.through`.
+    async fn flush(&mut self, shared: &Shared, send: &mut quinn::SendStream) -> Result<(), Ended> {
+        let event = FeedEvent::Changes {
+            through: self.through,
+            changes: std::mem::take(&mut self.changes),
+        };
+        self.bytes = 0;
+        let frame = encode_frame(&event, self.limit).map_err(|e| Ended::from(e.to_wire()))?;
+        write(shared, send, &frame).await?;
+        self.told = self.through;
+        self.told_at = Instant::now();
+        Ok(())
+    }
+}
+
+/// Writes a frame, cutting the reader off if it takes nothing for
+/// [`STALL_TIMEOUT`], and giving up at once when the server drains.
+async fn write(shared: &Shared, send: &mut quinn::SendStream, frame: &[u8]) -> Result<(), Ended> {
+    let stalled = tokio::time::Instant::now() + STALL_TIMEOUT;
+    let written = send.write_all(frame);
+    tokio::pin!(written);
+    loop {
+        tokio::select! {
+            result = &mut written => return result.map_err(|_| Ended::Gone),
+            () = tokio::time::sleep(Duration::from_millis(250)) => {
+                if shared.draining.load(Ordering::Acquire) {
+                    return Err(Ended::Gone);
+                }
+                if tokio::time::Instant::now() >= stalled {
+                    return Err(Ended::TooSlow);
+                }
+            }
+        }
+    }
+}
+
+/// About what a change costs in a frame.
+fn change_size(change: &store_protocol::feed::Change) -> usize {
     use store_protocol::feed::ChangeOp;
-    match &change.op {
+    let value = match &change.op {
         ChangeOp::Put(value) | ChangeOp::Append(value) => value.len(),
         ChangeOp::Delete => 0,
-    }
+    };
+    change.key.len() + value + 16
 }
 
 /// A feed is served by a primary holding its lease (or a standalone

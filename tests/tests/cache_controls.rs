@@ -61,15 +61,17 @@ async fn an_entry_older_than_its_time_to_live_is_read_again() {
         .unwrap();
     client.put("k", "v").await.unwrap();
     let policy = ReadPolicy::default();
-    let filled = Instant::now();
+    let asked = Instant::now();
     assert_eq!(
         client.read("k", policy).await.unwrap().source,
         Source::Server
     );
+    // The entry was filled before the read returned: it is at least this old.
+    let filled = Instant::now();
     let second = client.read("k", policy).await.unwrap();
-    // Served from the cache while young (the read came well inside the TTL
-    // unless this machine stalled for longer than it).
-    if filled.elapsed() < ttl {
+    // Filled after `asked`: younger than the TTL until `asked + ttl`, so
+    // served from the cache (unless this machine stalled for that long).
+    if asked.elapsed() < ttl {
         assert_eq!(second.source, Source::Cache);
     }
     tokio::time::sleep_until((filled + ttl + Duration::from_millis(50)).into()).await;

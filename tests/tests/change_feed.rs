@@ -65,6 +65,13 @@ fn expected(made: &[Made], from: Tid) -> Vec<Change> {
         .collect()
 }
 
+/// The next change, or a failure if none comes for [`EVENT_DEADLINE`].
+async fn next(feed: &mut Subscription) -> Option<Result<Change, Error>> {
+    tokio::time::timeout(EVENT_DEADLINE, feed.next())
+        .await
+        .expect("the feed answers")
+}
+
 /// Reads changes until one of TID `last` or later has come (or the
 /// deadline passes).
 async fn collect(feed: &mut Subscription, into: &mut Vec<Change>, last: Tid) {
@@ -182,15 +189,20 @@ async fn a_start_before_the_retained_history_is_compacted() {
     let restored = ServerProcess::start(&restored_dir).await;
     let client = restored.client().await;
     let mut feed = client.subscribe("f/", Tid::ZERO);
-    match feed.next().await {
+    match next(&mut feed).await {
         Some(Err(Error::Compacted { oldest })) => assert_eq!(oldest, Tid(5)),
         other => panic!("expected Compacted, got {other:?}"),
     }
-    assert!(feed.next().await.is_none(), "a compacted feed ends");
-    // From the oldest TID on, it serves.
+    assert!(next(&mut feed).await.is_none(), "a compacted feed ends");
+    // From the oldest TID on, it serves; past the store's last, it refuses.
+    let mut ahead = client.subscribe("f/", Tid(99));
+    match next(&mut ahead).await {
+        Some(Err(Error::Rejected(_))) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
     let mut feed = client.subscribe("f/", Tid(5));
     client.put("f/new", "x").await.unwrap();
-    let change = feed.next().await.unwrap().unwrap();
+    let change = next(&mut feed).await.unwrap().unwrap();
     assert_eq!((change.tid, &change.key[..]), (Tid(6), &b"f/new"[..]));
     client.close().await;
     let out = cli(&restored, &["subscribe", "f/", "--from", "0"], None);
