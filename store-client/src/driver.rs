@@ -309,6 +309,7 @@ impl Driver {
         while let Some(action) = self.liveness.poll_action() {
             match action {
                 Action::SendPing { seq } => {
+                    crate::metrics::record_cache(self.shared.cache.stats());
                     if let Some(link) = &self.link {
                         // A full queue means the stream is stuck; the ping's
                         // absence is itself the signal Liveness acts on.

@@ -2,7 +2,8 @@
 //! application that installs a recorder (a Prometheus exporter, say) sees
 //! them; without one, recording costs a load and a branch. Nothing is
 //! recorded per cached read: a shared counter there halved cached reads
-//! from two threads (hit and miss counts are left for `cache_stats`).
+//! from two threads. The cache's counts (`Client::cache_stats`, kept on
+//! per-thread stripes) are copied to the facade with each ping instead.
 
 /// Entries evicted to keep the cache within its byte budget.
 pub const CACHE_EVICTIONS: &str = "zeolite_client_cache_evictions_total";
@@ -17,3 +18,19 @@ pub const RESOLVES: &str = "zeolite_client_resolves_total";
 /// Writes sent under `WritePolicy::Unconfirmed` whose answer, when it
 /// came, was not a commit (or did not come in time).
 pub const UNCONFIRMED_FAILURES: &str = "zeolite_client_unconfirmed_failures_total";
+/// Reads answered from the cache (copied from `cache_stats` with each ping).
+pub const CACHE_HITS: &str = "zeolite_client_cache_hits_total";
+/// Reads that asked the server (copied with each ping).
+pub const CACHE_MISSES: &str = "zeolite_client_cache_misses_total";
+/// Bytes the cache holds (copied with each ping).
+pub const CACHE_BYTES: &str = "zeolite_client_cache_bytes";
+/// Entries the cache holds (copied with each ping).
+pub const CACHE_ENTRIES: &str = "zeolite_client_cache_entries";
+
+/// Copies the cache's counts to the facade.
+pub(crate) fn record_cache(stats: crate::CacheStats) {
+    metrics::counter!(CACHE_HITS).absolute(stats.hits);
+    metrics::counter!(CACHE_MISSES).absolute(stats.misses);
+    metrics::gauge!(CACHE_BYTES).set(stats.bytes as f64);
+    metrics::gauge!(CACHE_ENTRIES).set(stats.entries as f64);
+}

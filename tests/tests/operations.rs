@@ -300,5 +300,21 @@ async fn the_client_library_records_its_session_metrics_for_its_application() {
         "{text}"
     );
     assert_eq!(sample(&text, "zeolite_client_outcomes_unknown_total"), 0.0);
+    // The cache's counts reach the facade with the pings (every second).
+    client.get("k").await.unwrap();
+    client.get("k").await.unwrap();
+    let stats = client.cache_stats();
+    let deadline = std::time::Instant::now() + store_tests::EVENT_DEADLINE;
+    loop {
+        let text = handle.render();
+        let hits = sample(&text, "zeolite_client_cache_hits_total");
+        if hits >= stats.hits as f64 {
+            assert!(sample(&text, "zeolite_client_cache_misses_total") >= 1.0);
+            assert!(sample(&text, "zeolite_client_cache_entries") >= 1.0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     client.close().await;
 }
