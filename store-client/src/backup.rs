@@ -51,12 +51,7 @@ impl Client {
         let (send, mut recv) = connection
             .open(&Request::Backup, deadline)
             .await
-            .map_err(|e| match e {
-                RoundTripError::Unsendable(e) => Error::Rejected(e),
-                RoundTripError::NotSent(detail) | RoundTripError::MaybeSent(detail) => {
-                    Error::Unavailable { detail }
-                }
-            })?;
+            .map_err(RoundTripError::unavailable)?;
         let cut = |detail: String| Error::Unavailable {
             detail: format!("backup cut short: {detail}"),
         };

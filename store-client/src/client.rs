@@ -427,10 +427,7 @@ impl Client {
             Ok(Response::Status(status)) => Ok(status),
             Ok(Response::Error(e)) => Err(Error::from_wire(e)),
             Ok(other) => Err(unexpected(&other)),
-            Err(RoundTripError::Unsendable(e)) => Err(Error::Rejected(e)),
-            Err(RoundTripError::NotSent(detail) | RoundTripError::MaybeSent(detail)) => {
-                Err(Error::Unavailable { detail })
-            }
+            Err(e) => Err(e.unavailable()),
         }
     }
 

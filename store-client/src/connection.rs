@@ -45,6 +45,20 @@ pub(crate) enum RoundTripError {
     Unsendable(WireError),
 }
 
+impl RoundTripError {
+    /// The error of a request that changes nothing (a read, a backup, a
+    /// subscription, a promotion's answer) when it failed here: refused
+    /// as unsendable, or unavailable.
+    pub(crate) fn unavailable(self) -> Error {
+        match self {
+            RoundTripError::Unsendable(e) => Error::Rejected(e),
+            RoundTripError::NotSent(detail) | RoundTripError::MaybeSent(detail) => {
+                Error::Unavailable { detail }
+            }
+        }
+    }
+}
+
 /// Splits `host:port` (or `[v6]:port`) into the TLS server name and the
 /// resolved addresses.
 pub(crate) async fn resolve(server: &str) -> Result<(String, Vec<SocketAddr>), Error> {

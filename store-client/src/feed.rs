@@ -170,12 +170,7 @@ impl Subscription {
         let (write, recv) = connection
             .open(&request, deadline)
             .await
-            .map_err(|e| match e {
-                RoundTripError::Unsendable(e) => Error::Rejected(e),
-                RoundTripError::NotSent(detail) | RoundTripError::MaybeSent(detail) => {
-                    Error::Unavailable { detail }
-                }
-            })?;
+            .map_err(RoundTripError::unavailable)?;
         tokio::time::timeout_at(deadline, write)
             .await
             .map_err(|_| Error::Unavailable {

@@ -86,14 +86,10 @@ impl Client {
             Err(e) => return Err(CommitError::new(e, prepared)),
         };
         let request = Request::Commit(prepared.request.clone());
+        // Opening sends nothing: whatever fails here, nothing was applied.
         let (write, mut recv) = match connection.open(&request, deadline).await {
             Ok(opened) => opened,
-            Err(RoundTripError::Unsendable(e)) => {
-                return Err(CommitError::new(Error::Rejected(e), prepared))
-            }
-            Err(RoundTripError::NotSent(detail) | RoundTripError::MaybeSent(detail)) => {
-                return Err(CommitError::new(Error::Unavailable { detail }, prepared))
-            }
+            Err(e) => return Err(CommitError::new(e.unavailable(), prepared)),
         };
         // Until every byte is handed over, the server cannot hold the
         // whole frame: a failure here is "not applied".

@@ -78,12 +78,7 @@ fn admit<'a>(
     grant: &Grant,
 ) -> Result<tokio::sync::SemaphorePermit<'a>, StreamEnd> {
     grant.admin("backup")?;
-    if !shared.serving() {
-        return Err(WireError::NotPrimary {
-            epoch: shared.epoch(),
-        }
-        .into());
-    }
+    crate::request::serving(shared)?;
     shared
         .backup_slot
         .try_acquire()

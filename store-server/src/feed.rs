@@ -15,6 +15,7 @@ use store_protocol::feed::{FeedEvent, Subscribe, FEED_RESET_TOO_SLOW};
 use store_protocol::{encode_frame, ScanRequest, Tid, WireError};
 
 use crate::acl::Grant;
+use crate::request::serving;
 use crate::server::Shared;
 use crate::storage::Start;
 
@@ -255,18 +256,6 @@ fn change_size(change: &store_protocol::feed::Change) -> usize {
         ChangeOp::Delete => 0,
     };
     change.key.len() + value + 16
-}
-
-/// A feed is served by a primary holding its lease (or a standalone
-/// server): a backup's history may be behind.
-fn serving(shared: &Shared) -> Result<(), WireError> {
-    if shared.serving() {
-        Ok(())
-    } else {
-        Err(WireError::NotPrimary {
-            epoch: shared.epoch(),
-        })
-    }
 }
 
 /// Runs a storage call on a blocking thread.

@@ -265,9 +265,10 @@ fn status(shared: &Shared) -> StatusInfo {
     }
 }
 
-/// Reads are served only by a primary holding its lease (or a standalone
-/// server): a backup or a deposed primary may be behind.
-fn serving(shared: &Shared) -> Result<(), WireError> {
+/// Reads, backups and feeds are served only by a primary holding its
+/// lease (or a standalone server): a backup or a deposed primary may be
+/// behind.
+pub(crate) fn serving(shared: &Shared) -> Result<(), WireError> {
     if shared.serving() {
         Ok(())
     } else {

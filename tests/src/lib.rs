@@ -21,6 +21,7 @@
 //! * [`netns`]: a private network namespace per test and nftables drops
 //!   between chosen members.
 //! * [`binary`]: where the workspace's binaries were built.
+//! * [`restore`]: copying data directories, restoring backups.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 pub mod chaos;
@@ -31,6 +32,7 @@ mod process;
 mod proxy;
 pub mod raw;
 pub mod registers;
+pub mod restore;
 pub mod scrape;
 pub mod session;
 

@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,39 +13,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use store_client::{Client, ScanRequest};
+use store_tests::restore::{restore, restore_beside};
 use store_tests::scrape::{get, sample};
 use store_tests::{binary, cli, CliOutput, ServerProcess};
-
-/// Runs `store-server restore ARGS...`.
-fn restore(args: &[&str]) -> CliOutput {
-    Command::new(binary("store-server"))
-        .arg("restore")
-        .args(args)
-        .output()
-        .unwrap()
-        .into()
-}
-
-/// Copies the development CA and certificates of `from` (a data
-/// directory) into `to`, as an operator moving a node would.
-fn copy_certs(from: &Path, to: &Path) {
-    for sub in ["tls", "tls-private"] {
-        copy_dir(&from.join(sub), &to.join(sub));
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
 
 /// Every entry under `prefix`, page by page.
 async fn entries(client: &Client, prefix: &str) -> BTreeMap<Bytes, (Bytes, u64)> {
@@ -185,13 +154,7 @@ async fn a_backup_under_a_writer_restores_exactly_the_acknowledged_state_at_its_
     // Restored into a new directory, it holds exactly the writes
     // acknowledged at or before the backup's TID.
     let restored_dir = dir.path().join("b");
-    copy_certs(source.data_dir(), &restored_dir.join("data"));
-    let made = restore(&[
-        "--from",
-        file.to_str().unwrap(),
-        "--data-dir",
-        restored_dir.join("data").to_str().unwrap(),
-    ]);
+    let made = restore_beside(&source, &file, &restored_dir);
     assert_eq!(made.code, 0, "{made:?}");
     assert_eq!(field(&made.stdout, "tid"), backup_tid, "{made:?}");
     let restored = ServerProcess::start(&restored_dir).await;
@@ -353,13 +316,7 @@ async fn a_backup_to_stdout_restores_with_its_transaction_outcomes() {
     std::fs::write(&file, &out.stdout).unwrap();
 
     let restored_dir = dir.path().join("b");
-    copy_certs(source.data_dir(), &restored_dir.join("data"));
-    let made = restore(&[
-        "--from",
-        file.to_str().unwrap(),
-        "--data-dir",
-        restored_dir.join("data").to_str().unwrap(),
-    ]);
+    let made = restore_beside(&source, &file, &restored_dir);
     assert_eq!(made.code, 0, "{made:?}");
     assert!(!restored_dir.join("data").join(".restoring").exists());
     let restored = ServerProcess::start(&restored_dir).await;

@@ -167,25 +167,8 @@ async fn a_start_before_the_retained_history_is_compacted() {
     let taken = cli(&source, &["backup", file.to_str().unwrap()], None);
     assert_eq!(taken.code, 0, "{taken:?}");
     let restored_dir = dir.path().join("b");
-    for sub in ["tls", "tls-private"] {
-        let from = source.data_dir().join(sub);
-        let to = restored_dir.join("data").join(sub);
-        std::fs::create_dir_all(&to).unwrap();
-        for entry in std::fs::read_dir(&from).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_file() {
-                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-            }
-        }
-    }
-    let made = std::process::Command::new(store_tests::binary("store-server"))
-        .args(["restore", "--from"])
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(restored_dir.join("data"))
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
+    let made = store_tests::restore::restore_beside(&source, &file, &restored_dir);
+    assert_eq!(made.code, 0, "{made:?}");
     let restored = ServerProcess::start(&restored_dir).await;
     let client = restored.client().await;
     let mut feed = client.subscribe("f/", Tid::ZERO);

@@ -32,19 +32,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_the_server_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
@@ -77,7 +64,7 @@ async fn a_full_disk_stops_the_server_and_loses_nothing_acknowledged() {
 
     // On a disk with room, every acknowledged write is there.
     let moved = dir.path().join("moved");
-    copy_dir(&full.join("data"), &moved.join("data"));
+    store_tests::restore::copy_dir(&full.join("data"), &moved.join("data"));
     let server = ServerProcess::start(&moved).await;
     let client = server.client().await;
     for i in acked {
