@@ -3,8 +3,12 @@
 
 use std::process::Command;
 
+/// The server binary, with no metrics listener: tests run at once, and
+/// the default `127.0.0.1:9447` would be taken by whichever ran first.
 fn server() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_store-server"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_store-server"));
+    command.env("ZEOLITE_METRICS_LISTEN", "off");
+    command
 }
 
 #[test]

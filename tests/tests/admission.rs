@@ -75,7 +75,8 @@ async fn request_bytes_are_budgeted_and_large_requests_queue_for_them() {
     let too_small = std::process::Command::new(store_tests::binary("store-server"))
         .args(["--data-dir"])
         .arg(dir.path().join("other"))
-        .args(["--listen", "127.0.0.1:0", "--max-connection-bytes", "1000"])
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+        .args(["--max-connection-bytes", "1000"])
         .output()
         .unwrap();
     assert_eq!(too_small.status.code(), Some(2));
