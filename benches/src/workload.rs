@@ -37,6 +37,11 @@ pub enum Workload {
     /// `clients` sessions that only ping for `--duration`; reports the
     /// server's CPU and memory (see [`run_idle`](crate::run_idle)).
     Idle,
+    /// `ops` sequential commits by one client while another subscribes to
+    /// their prefix: each latency is from the commit's start to the
+    /// change's arrival at the subscriber (commit, acknowledgement and
+    /// delivery).
+    FeedLatency,
 }
 
 /// One benchmark run's parameters.
@@ -63,7 +68,7 @@ pub struct BenchConfig {
 /// Runs one benchmark against a live server and summarises it.
 pub async fn run(config: &BenchConfig) -> anyhow::Result<Summary> {
     let clients = match config.workload {
-        Workload::Commit | Workload::ReadPipelined => 1,
+        Workload::Commit | Workload::ReadPipelined | Workload::FeedLatency => 1,
         Workload::ReadCold | Workload::CommitConcurrent => config.clients.max(1),
         Workload::Idle => anyhow::bail!("the idle workload runs with run_idle"),
     };
@@ -96,6 +101,12 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Summary> {
 
     let started = Instant::now();
     let latencies = match config.workload {
+        Workload::FeedLatency => {
+            let writer = connected.pop().context("no client")?;
+            let latencies = feed_latency(config, &writer, &prefix, &keys, &value).await?;
+            writer.close().await;
+            latencies
+        }
         Workload::ReadPipelined => {
             let client = connected.pop().context("no client")?;
             let latencies = read_pipelined(&client, keys, config.depth.max(1)).await?;
@@ -151,6 +162,49 @@ pub async fn run(config: &BenchConfig) -> anyhow::Result<Summary> {
     let mut summary = Summary::from_latencies(latencies, started.elapsed());
     summary.load = reading.then(|| started.duration_since(loading));
     Ok(summary)
+}
+
+/// Commits a put of each key in turn while a second client subscribes to
+/// `prefix`; returns, per commit, the time from its start to its change's
+/// arrival at the subscriber.
+async fn feed_latency(
+    config: &BenchConfig,
+    writer: &Client,
+    prefix: &str,
+    keys: &[Bytes],
+    value: &Bytes,
+) -> anyhow::Result<Vec<Duration>> {
+    let reader = Client::connect(config.client.clone())
+        .await
+        .context("connecting the subscriber")?;
+    let from = writer.status().await?.last_tid;
+    let mut feed = reader.subscribe(prefix.to_string(), from);
+    let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let subscriber = tokio::spawn(async move {
+        while let Some(change) = feed.next().await {
+            if arrived.send((change?.key, Instant::now())).is_err() {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    });
+    let mut latencies = Vec::with_capacity(keys.len());
+    for key in keys {
+        let started = Instant::now();
+        writer.put(key.clone(), value.clone()).await?;
+        let (changed, at) = tokio::time::timeout(Duration::from_secs(30), arrivals.recv())
+            .await
+            .context("no change arrived within 30 s")?
+            .context("the subscription ended")?;
+        anyhow::ensure!(
+            changed == *key,
+            "the feed delivered {changed:?}, not {key:?}"
+        );
+        latencies.push(at.saturating_duration_since(started));
+    }
+    subscriber.abort();
+    reader.close().await;
+    Ok(latencies)
 }
 
 /// Reads every key once from one client, `depth` reads in flight: `depth`
