@@ -752,3 +752,73 @@ fn rows_folded_in_the_background_stay_readable_throughout() {
     assert_eq!(storage.get(&key(599)).unwrap().0.unwrap().value.len(), 1000);
     assert_eq!(storage.get(&key(299)).unwrap().0.unwrap().value, b("599"));
 }
+
+#[test]
+fn a_feed_starts_at_the_first_record_past_its_tid_and_reads_what_each_commit_did() {
+    use store_protocol::feed::ChangeOp;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open_in(&dir.path().join("db")).unwrap();
+    let limits = Limits::default();
+    let put = |key: &str, value: &str| {
+        commit(
+            vec![],
+            vec![Write::Put {
+                key: b(key),
+                value: b(value),
+            }],
+        )
+    };
+    // Three records: TIDs 1-3 in one batch, 4 alone, 5-6 together.
+    let (a, b1, c) = (put("a", "1"), put("b", "2"), put("c", "3"));
+    commit_batch(&storage, &[&a, &b1, &c], &limits);
+    let d = commit(
+        vec![],
+        vec![
+            Write::Append {
+                key: b("a"),
+                value: b("+"),
+            },
+            Write::Delete { key: b("b") },
+        ],
+    );
+    commit_batch(&storage, &[&d], &limits);
+    let (e, f) = (put("e", "5"), put("f", "6"));
+    commit_batch(&storage, &[&e, &f], &limits);
+    assert_eq!(storage.last_tid(), Tid(6));
+
+    let start = |from| match storage.history_start(Tid(from)).unwrap() {
+        Start::At(lsn) => lsn,
+        other => panic!("from {from}: {other:?}"),
+    };
+    let tids_from = |lsn| -> Vec<u64> {
+        let records = storage.history_from(lsn, usize::MAX).unwrap().unwrap();
+        records
+            .iter()
+            .flat_map(|r| r.changes.iter().map(|c| c.tid.0))
+            .collect()
+    };
+    // Bisection lands on the record holding the first TID past `from`
+    // (the feed drops the TIDs at or before it inside that record).
+    assert_eq!(tids_from(start(0)), [1, 2, 3, 4, 4, 5, 6]);
+    assert_eq!(tids_from(start(2)), [1, 2, 3, 4, 4, 5, 6]);
+    assert_eq!(tids_from(start(3)), [4, 4, 5, 6]);
+    assert_eq!(tids_from(start(4)), [5, 6]);
+    assert_eq!(tids_from(start(5)), [5, 6]);
+    // Caught up: the next record's LSN, and nothing to read there yet.
+    assert_eq!(tids_from(start(6)), Vec::<u64>::new());
+    // What the commit of TID 4 did, key by key.
+    let records = storage.history_from(start(3), usize::MAX).unwrap().unwrap();
+    let ops: Vec<(Bytes, ChangeOp)> = records[0]
+        .changes
+        .iter()
+        .map(|c| (c.key.clone(), c.op.clone()))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            (b("a"), ChangeOp::Append(b("+"))),
+            (b("b"), ChangeOp::Delete)
+        ]
+    );
+    assert_eq!(records[0].last_tid, Tid(4));
+}
