@@ -319,6 +319,19 @@ async fn a_backup_to_stdout_restores_with_its_transaction_outcomes() {
     let made = restore_beside(&source, &file, &restored_dir);
     assert_eq!(made.code, 0, "{made:?}");
     assert!(!restored_dir.join("data").join(".restoring").exists());
+    // A new cluster id (the source, standalone, had none) unless kept.
+    assert!(
+        !made.stdout.contains("cluster=0000000000000000"),
+        "{made:?}"
+    );
+    let kept = restore(&[
+        "--from",
+        file.to_str().unwrap(),
+        "--data-dir",
+        dir.path().join("kept").to_str().unwrap(),
+        "--keep-cluster-id",
+    ]);
+    assert!(kept.stdout.contains("cluster=0000000000000000"), "{kept:?}");
     let restored = ServerProcess::start(&restored_dir).await;
     // The same transaction sent again is answered from its recorded
     // outcome, not applied a second time.
