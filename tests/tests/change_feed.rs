@@ -273,3 +273,61 @@ async fn store_bench_measures_the_feed_latency() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_commits_decided_together_reach_a_subscriber_whole() {
+    use store_tests::scrape::{get, sample};
+    let dir = tempfile::tempdir().unwrap();
+    // Frames of 400 kB: one commit of a 300 kB value fits, two do not.
+    let limits = ["--max-value-bytes", "300000", "--max-frame-bytes", "400000"];
+    let server = ServerProcess::start_with(dir.path(), &limits).await;
+    let reader = server.client().await;
+    let mut feed = reader.subscribe("big/", reader.status().await.unwrap().last_tid);
+    let mut writers = Vec::new();
+    for _ in 0..16 {
+        writers.push(server.client().await);
+    }
+    let value = Bytes::from(vec![b'x'; 300_000]);
+    // Rounds of sixteen writers at once, until group commit has put
+    // several of their commits in one log record (more than a frame holds).
+    let batched = |text: &str| {
+        sample(text, r#"zeolite_group_commit_batch_size_bucket{le="1"}"#)
+            < sample(text, "zeolite_group_commit_batch_size_count")
+    };
+    let mut tids = Vec::new();
+    for round in 0..100 {
+        let puts: Vec<_> = writers
+            .iter()
+            .enumerate()
+            .map(|(i, writer)| {
+                let (writer, value) = (writer.clone(), value.clone());
+                tokio::spawn(async move { writer.put(format!("big/{round}/{i}"), value).await })
+            })
+            .collect();
+        for put in puts {
+            tids.push(put.await.unwrap().unwrap().tid);
+        }
+        if batched(&get(server.metrics_addr(), "/metrics").await.1) {
+            break;
+        }
+    }
+    let (_, text) = get(server.metrics_addr(), "/metrics").await;
+    let batches: Vec<&str> = text.lines().filter(|l| l.contains("batch_size")).collect();
+    assert!(
+        batched(&text),
+        "no two commits were ever decided together: {batches:#?}"
+    );
+    let mut seen = Vec::new();
+    collect(&mut feed, &mut seen, *tids.iter().max().unwrap()).await;
+    let mut got: Vec<Tid> = seen.iter().map(|c| c.tid).collect();
+    got.sort();
+    tids.sort();
+    assert_eq!(got, tids);
+    assert!(seen
+        .iter()
+        .all(|c| matches!(&c.op, ChangeOp::Put(v) if v.len() == value.len())));
+    for writer in writers {
+        writer.close().await;
+    }
+    reader.close().await;
+}
