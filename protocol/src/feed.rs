@@ -9,7 +9,7 @@
 //! that reconnects, to the same server or to a new primary, subscribes
 //! again from there and misses nothing, receives nothing twice. A `from`
 //! older than the retained history ends the stream with
-//! [`FeedEvent::Compacted`]; a client that does not read for 30 s is cut
+//! [`FeedEvent::Compacted`]; a client that does not read for the server's stall timeout (30 s by default) is cut
 //! off (the stream is reset with [`FEED_RESET_TOO_SLOW`]), never buffered
 //! for.
 

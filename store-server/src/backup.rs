@@ -25,9 +25,6 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// Frames read ahead of the client: the memory a backup holds is about
 /// this many chunks, however slow the client.
 const READ_AHEAD: usize = 2;
-/// A client that takes no frame for this long is cut off: its snapshot
-/// pins the index's old pages until it ends.
-pub(crate) const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// After the first minute, a backup slower than this on average is cut
 /// off, however steadily it trickles.
 const MIN_BYTES_PER_SEC: u64 = 256 << 10;
@@ -122,7 +119,7 @@ async fn stream(
             .map_err(|e| internal(e.to_string()))?;
         metrics::counter!(crate::metrics::REQUEST_BYTES, "direction" => "out")
             .increment(frame.len() as u64);
-        match tokio::time::timeout(STALL_TIMEOUT, send.write_all(&frame)).await {
+        match tokio::time::timeout(shared.stall_timeout, send.write_all(&frame)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) | Err(_) => return Err(StreamEnd::Gone),
         }

@@ -317,6 +317,10 @@ pub struct RunArgs {
     /// (e.g. 24h, 30m); a later retry is refused as expired.
     #[arg(long, value_name = "DUR", default_value = "24h", value_parser = parse_duration)]
     pub outcome_retention: Duration,
+    /// How long a change-feed subscriber or a backup's reader may take
+    /// nothing before it is cut off (the server buffers nothing for it).
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
     /// HTTP address serving `/metrics` (Prometheus), `/health` and
     /// `/ready`; `off` serves none.
     #[arg(long, value_name = "ADDR|off", default_value = crate::config::DEFAULT_METRICS_LISTEN, value_parser = parse_metrics_listen)]
@@ -363,6 +367,7 @@ impl RunArgs {
         config.listen = self.listen;
         config.limits = limits;
         config.outcome_retention = self.outcome_retention;
+        config.stall_timeout = self.stall_timeout;
         config.metrics_listen = self.metrics_listen.0;
         config.join = self.join;
         config.acl = self.acl;

@@ -30,6 +30,9 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a transaction's outcome is kept when its client never
 /// acknowledges it (DESIGN §6): a retry later than this gets `Expired`.
 pub const DEFAULT_OUTCOME_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+/// Default time a change-feed subscriber (or a backup's reader) may take
+/// nothing before it is cut off: the server never buffers for it.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Creates a data directory readable by its owner only (0700), or checks
 /// that an existing one is a directory.
@@ -106,6 +109,8 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// See [`DEFAULT_OUTCOME_RETENTION`].
     pub outcome_retention: Duration,
+    /// See [`DEFAULT_STALL_TIMEOUT`].
+    pub stall_timeout: Duration,
     /// Where `/metrics`, `/health` and `/ready` are served over HTTP;
     /// `None`: nowhere. See [`DEFAULT_METRICS_LISTEN`].
     pub metrics_listen: Option<SocketAddr>,
@@ -142,6 +147,7 @@ impl ServerConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             outcome_retention: DEFAULT_OUTCOME_RETENTION,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
             metrics_listen: None,
             pair: None,
             join: false,

@@ -5,7 +5,7 @@
 //! Nothing is queued for a subscriber: each round reads at most
 //! [`READ_BYTES`] of the log, on a blocking thread, and writes what
 //! matched before reading on, so a slow reader holds back only itself. A
-//! reader that takes nothing for [`STALL_TIMEOUT`] is cut off (the stream
+//! reader that takes nothing for `--stall-timeout` is cut off (the stream
 //! reset with [`FEED_RESET_TOO_SLOW`]).
 
 use std::sync::atomic::Ordering;
@@ -23,8 +23,6 @@ use crate::storage::Start;
 const READ_BYTES: usize = 256 << 10;
 /// Changes sent per frame, at most (about).
 const FRAME_BYTES: usize = 1 << 20;
-/// A reader that takes no frame for this long is cut off.
-const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a subscriber whose prefix matched nothing hears how far the
 /// history has been read (so that a resume starts there).
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -62,7 +60,7 @@ pub(crate) async fn serve(
 enum Ended {
     /// The reader went away.
     Gone,
-    /// The reader took nothing for [`STALL_TIMEOUT`].
+    /// The reader took nothing for the stall timeout.
     TooSlow,
     /// Tell the reader this, last.
     Event(FeedEvent),
@@ -227,10 +225,10 @@ impl Outbox {
     }
 }
 
-/// Writes a frame, cutting the reader off if it takes nothing for
-/// [`STALL_TIMEOUT`], and giving up at once when the server drains.
+/// Writes a frame, cutting the reader off if it takes nothing for the
+/// stall timeout, and giving up at once when the server drains.
 async fn write(shared: &Shared, send: &mut quinn::SendStream, frame: &[u8]) -> Result<(), Ended> {
-    let stalled = tokio::time::Instant::now() + STALL_TIMEOUT;
+    let stalled = tokio::time::Instant::now() + shared.stall_timeout;
     let written = send.write_all(frame);
     tokio::pin!(written);
     loop {

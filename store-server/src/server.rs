@@ -60,6 +60,8 @@ pub struct Shared {
     idle: Notify,
     /// One backup at a time: each pins the index's old pages while it runs.
     pub(crate) backup_slot: tokio::sync::Semaphore,
+    /// See [`ServerConfig::stall_timeout`].
+    pub(crate) stall_timeout: std::time::Duration,
 }
 
 impl Shared {
@@ -249,6 +251,7 @@ impl Server {
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
             backup_slot: tokio::sync::Semaphore::new(1),
+            stall_timeout: config.stall_timeout,
         });
         Ok(Server {
             endpoint,
