@@ -267,28 +267,6 @@ async fn a_subscriber_that_stops_reading_is_cut_off_and_holds_back_no_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_bench_measures_the_feed_latency() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(dir.path()).await;
-    let mut bench = std::process::Command::new(store_tests::binary("store-bench"));
-    bench
-        .arg("--server")
-        .arg(server.addr().to_string())
-        .arg("--tls-dir")
-        .arg(server.tls_dir())
-        .args(["--workload", "feed-latency", "--ops", "50"]);
-    let out = tokio::task::spawn_blocking(move || bench.output().unwrap())
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{out:?}");
-    assert!(
-        text.starts_with("workload=FeedLatency clients=1 ops=50 "),
-        "{text}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_commits_decided_together_reach_a_subscriber_whole() {
     use store_tests::scrape::{get, sample};
     let dir = tempfile::tempdir().unwrap();
