@@ -45,6 +45,12 @@ pub const EPOCH: &str = "zeolite_epoch";
 pub const LAST_TID: &str = "zeolite_last_tid";
 /// TIDs the backup is behind the primary, when known (at scrape).
 pub const REPLICATION_LAG_TIDS: &str = "zeolite_replication_lag_tids";
+/// On a primary: log batches the backup node has not acknowledged (at
+/// scrape; it goes on growing while the backup is gone).
+pub const REPLICATION_LAG_RECORDS: &str = "zeolite_replication_lag_records";
+/// On a primary: bytes of those batches, while all of them are still in
+/// the replicator's memory (at scrape).
+pub const REPLICATION_LAG_BYTES: &str = "zeolite_replication_lag_bytes";
 /// 1 while the backup holds every acknowledged commit (at scrape).
 pub const BACKUP_IN_SYNC: &str = "zeolite_backup_in_sync";
 /// How long a pair's primary may still serve without renewing its lease;
@@ -115,6 +121,15 @@ fn describe() {
         "1 while the backup holds every acknowledged commit"
     );
     describe_gauge!(
+        REPLICATION_LAG_RECORDS,
+        "Log batches the backup has not acknowledged (on a primary)"
+    );
+    describe_gauge!(
+        REPLICATION_LAG_BYTES,
+        Unit::Bytes,
+        "Bytes of the log batches the backup has not acknowledged (on a primary)"
+    );
+    describe_gauge!(
         LEASE_REMAINING,
         Unit::Seconds,
         "How long the primary may serve without renewing its lease"
@@ -145,6 +160,11 @@ pub fn scrape(handle: &PrometheusHandle, shared: &Shared) -> String {
             metrics::gauge!(REPLICATION_LAG_TIDS).set(lag as f64);
         }
         metrics::gauge!(LEASE_REMAINING).set(pair.lease_remaining().as_secs_f64());
+        let (records, bytes) = pair.lag_log().unwrap_or((0, Some(0)));
+        metrics::gauge!(REPLICATION_LAG_RECORDS).set(records as f64);
+        if let Some(bytes) = bytes {
+            metrics::gauge!(REPLICATION_LAG_BYTES).set(bytes as f64);
+        }
     }
     handle.render()
 }

@@ -245,12 +245,22 @@ async fn a_frozen_backup_shows_in_the_primarys_lag_and_sync_until_it_catches_up(
         sample(&metrics, "zeolite_replication_lag_tids") >= 5.0,
         "{metrics}"
     );
+    assert!(
+        sample(&metrics, "zeolite_replication_lag_records") >= 5.0,
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "zeolite_replication_lag_bytes") > 0.0,
+        "{metrics}"
+    );
     // Thawed, it catches up: in sync, no lag.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let (_, metrics) = get(p, "/metrics").await;
         if sample(&metrics, "zeolite_backup_in_sync") == 1.0
             && sample(&metrics, "zeolite_replication_lag_tids") == 0.0
+            && sample(&metrics, "zeolite_replication_lag_records") == 0.0
+            && sample(&metrics, "zeolite_replication_lag_bytes") == 0.0
         {
             break;
         }

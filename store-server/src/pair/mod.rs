@@ -143,6 +143,9 @@ pub struct Pair {
     write_epoch: WriteEpoch,
     /// The last batch acknowledged to clients, reported to the witness.
     acked: Mutex<LogPosition>,
+    /// On a primary: the last batch the backup node acknowledged on its
+    /// stream (kept while the stream is lost, so the lag goes on growing).
+    backup_acked: AtomicU64,
     /// The highest epoch the witness has vouched for (or this node held
     /// durably at start).
     confirmed: AtomicU64,
@@ -205,6 +208,7 @@ impl Pair {
             diverged: std::sync::atomic::AtomicBool::new(false),
             write_epoch,
             acked: Mutex::new(LogPosition::default()),
+            backup_acked: AtomicU64::new(0),
             confirmed: AtomicU64::new(storage.epoch().0),
             config,
             storage,
@@ -257,6 +261,19 @@ impl Pair {
     /// The role to report now: `Primary` only while the lease holds.
     pub fn role(&self) -> Role {
         self.standing().role(Instant::now())
+    }
+
+    /// On a primary: how many batches of the log the backup node has not
+    /// acknowledged, and their bytes when they are all still in memory
+    /// (`None` on a backup).
+    pub fn lag_log(&self) -> Option<(u64, Option<u64>)> {
+        if self.role() != Role::Primary {
+            return None;
+        }
+        let head = self.storage.history_end().lsn;
+        let acked = self.backup_acked.load(Ordering::Acquire);
+        let bytes = self.lock_log().bytes_after(acked, head);
+        Some((head.saturating_sub(acked), bytes))
     }
 
     /// How long this node may still serve as primary (zero when not).

@@ -63,6 +63,21 @@ impl ReplLog {
         }
     }
 
+    /// Bytes of the batches after `after` up to `head`, if all of them are
+    /// still in memory.
+    pub fn bytes_after(&self, after: u64, head: u64) -> Option<u64> {
+        if after.saturating_add(1) < self.first {
+            return None;
+        }
+        let bytes = self
+            .batches
+            .iter()
+            .filter(|(batch, _)| batch.lsn > after && batch.lsn <= head)
+            .map(|(_, size)| *size as u64)
+            .sum();
+        Some(bytes)
+    }
+
     fn get(&self, lsn: u64) -> Option<&Arc<Batch>> {
         let index = usize::try_from(lsn.checked_sub(self.first)?).ok()?;
         self.batches.get(index).map(|(batch, _)| batch)
@@ -142,10 +157,12 @@ pub(super) async fn run(
                     ReplEvent::Joined { generation, lsn } => {
                         tracing::debug!(generation, lsn, machine = machine.is_some(), "stream joined");
                         stream = Some((generation, lsn));
+                        pair.backup_acked.store(lsn, Ordering::Release);
                     }
                     ReplEvent::Acked { generation: g, lsn } => {
                         if let Some((_, acked)) = stream.as_mut().filter(|(s, _)| *s == g) {
                             *acked = (*acked).max(lsn);
+                            pair.backup_acked.fetch_max(lsn, Ordering::AcqRel);
                         }
                     }
                     ReplEvent::Lost { generation: g } if stream.is_some_and(|(s, _)| s == g) => {
@@ -298,7 +315,7 @@ async fn record_backup(pair: Arc<Pair>, epoch: Epoch, in_sync: bool) {
 }
 
 impl Pair {
-    fn lock_log(&self) -> std::sync::MutexGuard<'_, ReplLog> {
+    pub(super) fn lock_log(&self) -> std::sync::MutexGuard<'_, ReplLog> {
         self.log
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
