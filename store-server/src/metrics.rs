@@ -48,8 +48,8 @@ pub const REPLICATION_LAG_TIDS: &str = "zeolite_replication_lag_tids";
 /// On a primary: log batches the backup node has not acknowledged (at
 /// scrape; it goes on growing while the backup is gone).
 pub const REPLICATION_LAG_RECORDS: &str = "zeolite_replication_lag_records";
-/// On a primary: bytes of those batches, while all of them are still in
-/// the replicator's memory (at scrape).
+/// On a primary: bytes of those batches still in the replicator's memory
+/// (16 MiB at most: a lower bound for a backup further behind; at scrape).
 pub const REPLICATION_LAG_BYTES: &str = "zeolite_replication_lag_bytes";
 /// 1 while the backup holds every acknowledged commit (at scrape).
 pub const BACKUP_IN_SYNC: &str = "zeolite_backup_in_sync";
@@ -160,11 +160,9 @@ pub fn scrape(handle: &PrometheusHandle, shared: &Shared) -> String {
             metrics::gauge!(REPLICATION_LAG_TIDS).set(lag as f64);
         }
         metrics::gauge!(LEASE_REMAINING).set(pair.lease_remaining().as_secs_f64());
-        let (records, bytes) = pair.lag_log().unwrap_or((0, Some(0)));
+        let (records, bytes) = pair.lag_log().unwrap_or((0, 0));
         metrics::gauge!(REPLICATION_LAG_RECORDS).set(records as f64);
-        if let Some(bytes) = bytes {
-            metrics::gauge!(REPLICATION_LAG_BYTES).set(bytes as f64);
-        }
+        metrics::gauge!(REPLICATION_LAG_BYTES).set(bytes as f64);
     }
     handle.render()
 }

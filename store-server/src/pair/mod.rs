@@ -264,9 +264,9 @@ impl Pair {
     }
 
     /// On a primary: how many batches of the log the backup node has not
-    /// acknowledged, and their bytes when they are all still in memory
-    /// (`None` on a backup).
-    pub fn lag_log(&self) -> Option<(u64, Option<u64>)> {
+    /// acknowledged, and their bytes (of those still in the replicator's
+    /// memory: a lower bound once it is far behind); `None` on a backup.
+    pub fn lag_log(&self) -> Option<(u64, u64)> {
         if self.role() != Role::Primary {
             return None;
         }

@@ -63,19 +63,15 @@ impl ReplLog {
         }
     }
 
-    /// Bytes of the batches after `after` up to `head`, if all of them are
-    /// still in memory.
-    pub fn bytes_after(&self, after: u64, head: u64) -> Option<u64> {
-        if after.saturating_add(1) < self.first {
-            return None;
-        }
-        let bytes = self
-            .batches
+    /// Bytes of the batches after `after` up to `head` still in memory:
+    /// all of them, unless the oldest were already dropped (then a lower
+    /// bound).
+    pub fn bytes_after(&self, after: u64, head: u64) -> u64 {
+        self.batches
             .iter()
             .filter(|(batch, _)| batch.lsn > after && batch.lsn <= head)
             .map(|(_, size)| *size as u64)
-            .sum();
-        Some(bytes)
+            .sum()
     }
 
     fn get(&self, lsn: u64) -> Option<&Arc<Batch>> {
