@@ -72,13 +72,9 @@ async fn load(client: &Client, prefix: &str) -> Result<BTreeMap<Bytes, Bytes>, E
         for entry in &page.entries {
             view.insert(entry.key.clone(), entry.value.clone());
         }
-        match page.entries.last() {
-            Some(last) if page.more => {
-                let mut next = last.key.to_vec();
-                next.push(0);
-                scan.start = Bytes::from(next);
-            }
-            _ => return Ok(view),
+        match page.next_start() {
+            Some(start) => scan.start = start,
+            None => return Ok(view),
         }
     }
 }

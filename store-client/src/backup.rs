@@ -8,7 +8,6 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::{timeout, Instant};
 
 use crate::client::Client;
-use crate::connection::RoundTripError;
 use crate::error::Error;
 
 impl Client {
@@ -48,17 +47,10 @@ impl Client {
         let policy = self.config().read_policy;
         let connection = self.connection(policy, deadline, None).await?;
         let limit = connection.frame_limit();
-        let (send, mut recv) = connection
-            .open(&Request::Backup, deadline)
-            .await
-            .map_err(RoundTripError::unavailable)?;
+        let mut recv = connection.hand_over(&Request::Backup, deadline).await?;
         let cut = |detail: String| Error::Unavailable {
             detail: format!("backup cut short: {detail}"),
         };
-        timeout(stall, send)
-            .await
-            .map_err(|_| cut("timed out sending the request".into()))?
-            .map_err(|e| cut(e.to_string()))?;
         let written = |e: std::io::Error| Error::Config {
             detail: format!("writing the backup: {e}"),
         };

@@ -66,6 +66,31 @@ pub struct ScanPage {
     pub more: bool,
 }
 
+impl ScanPage {
+    /// Where the next page starts, if the range holds more: just after
+    /// this page's last key (the key with a zero byte appended).
+    ///
+    /// ```no_run
+    /// # async fn all(client: store_client::Client) -> Result<(), store_client::Error> {
+    /// let mut scan = store_client::ScanRequest::prefix("app/", 1000);
+    /// loop {
+    ///     let page = client.scan(scan.clone()).await?;
+    ///     // ... use page.entries ...
+    ///     match page.next_start() {
+    ///         Some(start) => scan.start = start,
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn next_start(&self) -> Option<Bytes> {
+        let last = self.entries.last().filter(|_| self.more)?;
+        let mut next = last.key.to_vec();
+        next.push(0);
+        Some(Bytes::from(next))
+    }
+}
+
 /// Where a read's answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -377,14 +402,8 @@ impl Client {
                 });
             }
         }
-        answers
-            .into_iter()
-            .map(|answer| {
-                answer.ok_or_else(|| Error::Protocol {
-                    detail: "GetMany answered fewer values than keys".into(),
-                })
-            })
-            .collect()
+        // Every key is answered now: from the cache, or filled above.
+        Ok(answers.into_iter().flatten().collect())
     }
 
     /// Reads one page of a key range from the server; see
@@ -490,7 +509,6 @@ impl Client {
         .await;
     }
 
-    /// Writes never go out on a session that is not proven live.
     /// This client's configuration.
     pub(crate) fn config(&self) -> &ClientConfig {
         &self.inner.config
@@ -506,6 +524,7 @@ impl Client {
         &self.inner.shared
     }
 
+    /// Writes never go out on a session that is not proven live.
     fn write_policy(&self) -> ReadPolicy {
         match self.inner.config.read_policy {
             ReadPolicy::AllowStale => ReadPolicy::Wait(self.inner.config.timeout),

@@ -206,10 +206,34 @@ impl Connection {
         }
     }
 
+    /// Opens a stream and hands `request` over by `deadline`, for an answer
+    /// read at the caller's pace (a backup, a feed, an unconfirmed write).
+    /// Until every byte is handed over the server cannot hold the whole
+    /// frame, so any failure here means it was not acted on.
+    pub(crate) async fn hand_over(
+        &self,
+        request: &Request,
+        deadline: Instant,
+    ) -> Result<quinn::RecvStream, Error> {
+        let (write, recv) = self
+            .open(request, deadline)
+            .await
+            .map_err(RoundTripError::unavailable)?;
+        match timeout_at(deadline, write).await {
+            Ok(Ok(())) => Ok(recv),
+            Ok(Err(e)) => Err(Error::Unavailable {
+                detail: e.to_string(),
+            }),
+            Err(_) => Err(Error::Unavailable {
+                detail: "timed out handing the request over".into(),
+            }),
+        }
+    }
+
     /// Opens a stream for `request`: returns the write of the request (to
     /// be awaited; it finishes the client's side) and the stream to read
     /// the answer from.
-    pub(crate) async fn open(
+    async fn open(
         &self,
         request: &Request,
         deadline: Instant,

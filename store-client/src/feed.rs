@@ -12,7 +12,7 @@ use store_protocol::{read_frame, FrameError, Request, Tid, WireError};
 use tokio::time::Instant;
 
 use crate::client::{read_error, Client};
-use crate::connection::{Connection, RoundTripError};
+use crate::connection::Connection;
 use crate::error::Error;
 use crate::retry::Backoff;
 
@@ -167,18 +167,7 @@ impl Subscription {
             prefix: self.prefix.clone(),
             from: self.resume,
         });
-        let (write, recv) = connection
-            .open(&request, deadline)
-            .await
-            .map_err(RoundTripError::unavailable)?;
-        tokio::time::timeout_at(deadline, write)
-            .await
-            .map_err(|_| Error::Unavailable {
-                detail: "timed out subscribing".into(),
-            })?
-            .map_err(|e| Error::Unavailable {
-                detail: e.to_string(),
-            })?;
+        let recv = connection.hand_over(&request, deadline).await?;
         self.stream = Some((connection, recv));
         Ok(())
     }

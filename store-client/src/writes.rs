@@ -86,28 +86,11 @@ impl Client {
             Err(e) => return Err(CommitError::new(e, prepared)),
         };
         let request = Request::Commit(prepared.request.clone());
-        // Opening sends nothing: whatever fails here, nothing was applied.
-        let (write, mut recv) = match connection.open(&request, deadline).await {
-            Ok(opened) => opened,
-            Err(e) => return Err(CommitError::new(e.unavailable(), prepared)),
+        // Not handed over whole: not applied.
+        let mut recv = match connection.hand_over(&request, deadline).await {
+            Ok(recv) => recv,
+            Err(e) => return Err(CommitError::new(e, prepared)),
         };
-        // Until every byte is handed over, the server cannot hold the
-        // whole frame: a failure here is "not applied".
-        match tokio::time::timeout_at(deadline, write).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                let error = Error::Unavailable {
-                    detail: e.to_string(),
-                };
-                return Err(CommitError::new(error, prepared));
-            }
-            Err(_) => {
-                let error = Error::Unavailable {
-                    detail: "timed out handing the commit over".into(),
-                };
-                return Err(CommitError::new(error, prepared));
-            }
-        }
         let shared = Arc::clone(self.inner_shared());
         let unanswered = self.unanswered().start();
         let limit = connection.frame_limit();

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::acl::Grant;
 use crate::error::ServerError;
+use crate::pacing::write_paced;
 use crate::server::Shared;
 use crate::storage::{HistoryEnd, SnapshotPiece, Storage};
 use crate::wal::WalConfig;
@@ -28,9 +29,6 @@ const READ_AHEAD: usize = 2;
 /// After the first minute, a backup slower than this on average is cut
 /// off, however steadily it trickles.
 const MIN_BYTES_PER_SEC: u64 = 256 << 10;
-/// How long the end waits for the backup's last commit to be acknowledged
-/// (in a pair: held by the backup node too).
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Answers a `Backup` request on `send`: checks the grant and that no other
 /// backup runs, then streams the snapshot and its end (or why it failed).
@@ -49,7 +47,7 @@ pub(crate) async fn serve(shared: &Shared, grant: &Grant, mut send: quinn::SendS
         }
     };
     if let Ok(frame) = encode_frame(&last, limit) {
-        if send.write_all(&frame).await.is_ok() {
+        if write_paced(shared, &mut send, &frame).await.is_ok() {
             let _ = send.finish();
         }
     }
@@ -117,12 +115,9 @@ async fn stream(
         tally
             .add(&frame, &piece)
             .map_err(|e| internal(e.to_string()))?;
-        metrics::counter!(crate::metrics::REQUEST_BYTES, "direction" => "out")
-            .increment(frame.len() as u64);
-        match tokio::time::timeout(shared.stall_timeout, send.write_all(&frame)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => return Err(StreamEnd::Gone),
-        }
+        write_paced(shared, send, &frame)
+            .await
+            .map_err(|_| StreamEnd::Gone)?;
     }
     match snapshot.await {
         Ok(Ok(())) if tally.header().is_some() => {
@@ -130,13 +125,7 @@ async fn stream(
             // durable here but not yet on the backup node could be lost
             // to a failover, and must not be in a backup either.
             let last = tally.header().map_or(Tid::ZERO, |h| h.last_tid);
-            let settled = shared
-                .invalidations
-                .wait_published(last, SETTLE_TIMEOUT)
-                .await;
-            if !settled || !shared.serving() {
-                return Err(WireError::InProgress.into());
-            }
+            crate::request::settled(shared, last).await?;
             let end = tally.seal();
             tracing::info!(rows = end.rows, bytes = tally.bytes(), "backup streamed");
             Ok(BackupPiece::End(end))

@@ -15,6 +15,7 @@ use store_protocol::feed::{FeedEvent, Subscribe, FEED_RESET_TOO_SLOW};
 use store_protocol::{encode_frame, ScanRequest, Tid, WireError};
 
 use crate::acl::Grant;
+use crate::pacing::{write_paced, Cut};
 use crate::request::serving;
 use crate::server::Shared;
 use crate::storage::Start;
@@ -49,8 +50,7 @@ pub(crate) async fn serve(
         Ended::Event(event) => event,
     };
     if let Ok(frame) = encode_frame(&last, limit) {
-        let written = tokio::time::timeout(Duration::from_secs(1), send.write_all(&frame)).await;
-        if matches!(written, Ok(Ok(()))) {
+        if write_paced(shared, &mut send, &frame).await.is_ok() {
             let _ = send.finish();
         }
     }
@@ -64,6 +64,15 @@ enum Ended {
     TooSlow,
     /// Tell the reader this, last.
     Event(FeedEvent),
+}
+
+impl From<Cut> for Ended {
+    fn from(cut: Cut) -> Self {
+        match cut {
+            Cut::Gone => Ended::Gone,
+            Cut::Stalled => Ended::TooSlow,
+        }
+    }
 }
 
 impl From<WireError> for Ended {
@@ -218,31 +227,12 @@ impl Outbox {
         };
         self.bytes = 0;
         let frame = encode_frame(&event, self.limit).map_err(|e| Ended::from(e.to_wire()))?;
-        write(shared, send, &frame).await?;
+        write_paced(shared, send, &frame)
+            .await
+            .map_err(Ended::from)?;
         self.told = self.through;
         self.told_at = Instant::now();
         Ok(())
-    }
-}
-
-/// Writes a frame, cutting the reader off if it takes nothing for the
-/// stall timeout, and giving up at once when the server drains.
-async fn write(shared: &Shared, send: &mut quinn::SendStream, frame: &[u8]) -> Result<(), Ended> {
-    let stalled = tokio::time::Instant::now() + shared.stall_timeout;
-    let written = send.write_all(frame);
-    tokio::pin!(written);
-    loop {
-        tokio::select! {
-            result = &mut written => return result.map_err(|_| Ended::Gone),
-            () = tokio::time::sleep(Duration::from_millis(250)) => {
-                if shared.draining.load(Ordering::Acquire) {
-                    return Err(Ended::Gone);
-                }
-                if tokio::time::Instant::now() >= stalled {
-                    return Err(Ended::TooSlow);
-                }
-            }
-        }
     }
 }
 

@@ -14,7 +14,9 @@
 //! * `http`: `/metrics`, `/health` and `/ready` for operators, with
 //!   `metrics` (every metric's name, the recorder, the scrape);
 //! * `streams`: a connection's request-stream window, small while idle;
-//! * `feed`: change-feed subscriptions, read from the log;
+//! * `feed`: change-feed subscriptions, read from the log; `pacing`: the
+//!   frame-by-frame write both it and `backup` use, cutting off a reader
+//!   that stalls;
 //! * `session`: `Hello`/`Welcome` with cache revalidation, then pings,
 //!   pongs and invalidations in TID order;
 //! * `request`: one request stream, its bytes reserved (`budget`), limits
@@ -52,6 +54,7 @@ mod identity;
 mod invalidation;
 mod metrics;
 mod outcomes;
+mod pacing;
 pub mod pair;
 mod request;
 mod server;

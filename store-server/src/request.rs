@@ -281,7 +281,10 @@ pub(crate) fn serving(shared: &Shared) -> Result<(), WireError> {
 /// A read may see a batch that is durable here but not yet on the backup
 /// (not acknowledged, so a failover could lose it): answer it only once
 /// that batch is acknowledged, and only if this node still serves.
-async fn settled(shared: &Shared, read_tid: store_protocol::Tid) -> Result<(), WireError> {
+pub(crate) async fn settled(
+    shared: &Shared,
+    read_tid: store_protocol::Tid,
+) -> Result<(), WireError> {
     if !shared
         .invalidations
         .wait_published(read_tid, std::time::Duration::from_secs(5))

@@ -26,13 +26,9 @@ async fn entries(client: &Client, prefix: &str) -> BTreeMap<Bytes, (Bytes, u64)>
         for entry in &page.entries {
             all.insert(entry.key.clone(), (entry.value.clone(), entry.serial.0));
         }
-        match page.entries.last() {
-            Some(last) if page.more => {
-                let mut next = last.key.to_vec();
-                next.push(0);
-                scan.start = Bytes::from(next);
-            }
-            _ => return all,
+        match page.next_start() {
+            Some(start) => scan.start = start,
+            None => return all,
         }
     }
 }

@@ -78,11 +78,11 @@ async fn acknowledged_writes_survive_sigkill() {
     let mut scan = ScanRequest::prefix("w/", 1000);
     loop {
         let page = client.scan(scan.clone()).await.unwrap();
-        let last = page.entries.last().map(|e| e.key.clone());
+        let next = page.next_start();
         stored.extend(page.entries.into_iter().map(|e| (e.key, e.value)));
-        match last {
-            Some(last) if page.more => scan.start = Bytes::from([&last[..], b"\0"].concat()),
-            _ => break,
+        match next {
+            Some(start) => scan.start = start,
+            None => break,
         }
     }
 

@@ -47,15 +47,12 @@ pub async fn for_each_entry(
             seen += 1;
         }
         left = left.saturating_sub(page.entries.len() as u64);
-        match page.entries.last() {
-            Some(last) if page.more => {
-                // Resume just after the last key returned.
-                let mut next = last.key.to_vec();
-                next.push(0);
-                scan.start = Bytes::from(next);
+        match page.next_start() {
+            Some(start) => {
+                scan.start = start;
                 scan.limit = page_size(left);
             }
-            _ => break,
+            None => break,
         }
     }
     Ok(seen)
