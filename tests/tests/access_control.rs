@@ -76,6 +76,12 @@ async fn roles_and_prefixes_from_the_acl_decide_who_does_what() {
         "zeolite-client",
         "promote",
     );
+    // A change feed tells only of keys the identity may read.
+    denied(
+        &as_identity(&server, &app, &["subscribe", "other/", "--from", "0"]),
+        "zeolite-client",
+        "other/",
+    );
     // A backup holds every key: admins only, and a refused one leaves no file.
     let backup = dir.path().join("refused.backup");
     let refused = as_identity(&server, &app, &["backup", backup.to_str().unwrap()]);

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use store_client::{Change, ChangeOp, Client, Error, Subscription, Tid};
+use store_client::{Change, ChangeOp, Client, Error, Subscription, Tid, WireError};
 use store_tests::{cli, ServerProcess, EVENT_DEADLINE};
 
 /// A commit the writer made: its TID and what it did to one key.
@@ -182,6 +182,12 @@ async fn a_start_before_the_retained_history_is_compacted() {
     match next(&mut ahead).await {
         Some(Err(Error::Rejected(_))) => {}
         other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A prefix longer than any key is refused by the key limit.
+    let mut huge = client.subscribe(vec![b'x'; 5000], Tid(5));
+    match next(&mut huge).await {
+        Some(Err(Error::Rejected(WireError::TooLarge { .. }))) => {}
+        other => panic!("expected TooLarge, got {other:?}"),
     }
     let mut feed = client.subscribe("f/", Tid(5));
     client.put("f/new", "x").await.unwrap();
